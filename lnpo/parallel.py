@@ -1,0 +1,143 @@
+"""Device mesh, logical axis rules and sharding helpers.
+
+Parameters and activations are annotated with *logical* axis names
+(``"embed"``, ``"vocab"``, ``"heads"``, ...). A rule table maps each logical
+name to zero, one or several *mesh* axes of the ``(data, fsdp, tensor)`` mesh,
+so one model definition shards data-parallel, FSDP or tensor-parallel without
+code changes:
+
+    spec = logical_to_spec(("embed", "mlp"), DEFAULT_RULES)  # P("fsdp", "tensor")
+
+Inside :func:`use_rules`, :func:`constrain` applies
+``jax.lax.with_sharding_constraint`` to activations; outside it is the identity,
+so the same model code runs unsharded on one CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Sequence
+
+import jax
+from jax.experimental import mesh_utils
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis, tuple of mesh axes, or None (replicated).
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    # parameters
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("labels", None),
+)
+
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.ContextVar(
+    "lnpo_mesh_rules", default=None
+)
+
+
+def logical_to_spec(axes: Sequence[str | None] | None, rules=DEFAULT_RULES) -> PartitionSpec:
+    """Map logical axis names to a ``PartitionSpec``.
+
+    Unknown names and ``None`` map to replication. A mesh axis is used at most
+    once per spec (the first logical axis that claims it wins), as JAX requires.
+    """
+    if axes is None:
+        return PartitionSpec()
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name in axes:
+        target = table.get(name) if name is not None else None
+        if target is None:
+            out.append(None)
+            continue
+        targets = (target,) if isinstance(target, str) else tuple(target)
+        free = tuple(t for t in targets if t not in used)
+        used.update(free)
+        out.append(None if not free else (free[0] if len(free) == 1 else free))
+    return PartitionSpec(*out)
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Resolve a mesh shape where at most one entry is -1 ("the rest").
+
+    Raises ValueError naming the problem when the shape cannot cover exactly
+    ``num_devices`` devices.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh shape {shape}: sizes must be positive or -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(
+                f"mesh shape {shape} does not divide the {num_devices} available devices"
+            )
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"mesh shape {shape} needs {math.prod(shape)} devices but {num_devices} are available"
+        )
+    return shape
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
+    """Build a ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all)."""
+    devices = jax.devices() if devices is None else list(devices)
+    resolved = resolve_mesh_shape(shape, len(devices))
+    try:
+        device_array = mesh_utils.create_device_mesh(resolved, devices=devices)
+    except Exception:  # non-physical topologies (CPU, odd shapes): plain reshape
+        device_array = np.asarray(devices).reshape(resolved)
+    return Mesh(device_array, MESH_AXES)
+
+
+@contextlib.contextmanager
+def use_rules(mesh: Mesh, rules=DEFAULT_RULES):
+    """Within this context, :func:`constrain` shards activations on ``mesh``."""
+    token = _ACTIVE.set((mesh, tuple(rules)))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_mesh_rules() -> tuple[Mesh, tuple] | None:
+    """The ``(mesh, rules)`` set by :func:`use_rules`, or None."""
+    return _ACTIVE.get()
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint by logical names; the identity outside :func:`use_rules`."""
+    active = _ACTIVE.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, rules)))
+
+
+def named_sharding(mesh: Mesh, axes: Sequence[str | None] | None, rules=DEFAULT_RULES) -> NamedSharding:
+    """``NamedSharding`` for an array annotated with logical ``axes``."""
+    return NamedSharding(mesh, logical_to_spec(axes, rules))
