@@ -1,0 +1,93 @@
+"""Shared base config: every method file starts from ``get_base()``.
+
+Run with ``python -m lnpo.main --config=configs/lndpo.py`` and override any
+field from the command line, e.g. ``--config.loss.beta=0.05``.
+"""
+
+import ml_collections
+
+
+def get_base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "base"
+    c.stage = "po"  # "sft" | "po" | "rm"
+    c.seed = 0
+
+    # The policy's starting point. path="" means the embedded tiny model: an SFT
+    # model is trained on the embedded task first (cached under runs/) and used as
+    # the policy and the reference.
+    c.model = ml_collections.ConfigDict()
+    c.model.path = ""  # a local Hugging Face directory (config.json + safetensors)
+    c.model.param_dtype = "float32"  # master weights
+    c.model.compute_dtype = "float32"  # "bfloat16" for mixed precision
+    c.model.remat = "none"  # "none" | "full" | "dots"
+    # Architecture of the embedded tiny model (used only when path == "").
+    c.model.tiny = ml_collections.ConfigDict()
+    c.model.tiny.hidden_size = 128
+    c.model.tiny.intermediate_size = 384
+    c.model.tiny.num_layers = 4
+    c.model.tiny.num_heads = 4
+    c.model.tiny.num_kv_heads = 2
+
+    # Reference log-probs: "cache" (one pass over the training set before
+    # training, reused by every run with the same fingerprint) or "in_step"
+    # (frozen reference parameters evaluated inside the train step).
+    c.reference = ml_collections.ConfigDict()
+    c.reference.mode = "cache"
+    c.reference.dtype = "float32"  # in_step reference weights may be held in bfloat16
+    c.reference.cache_dir = ""  # default: <runs root>/reference_cache
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "embedded"  # "embedded", a local file/directory, or a hub name
+    c.data.schema = "auto"
+    c.data.split = "train"
+    c.data.eval_source = ""  # held-out preference data; "" = the embedded task's
+    c.data.eval_split = "train"
+    c.data.columns = ml_collections.ConfigDict()  # column mapping, e.g. prompt="question"
+    c.data.max_prompt_len = 48
+    c.data.max_len = 96  # prompt + one response, in tokens
+    c.data.truncation = "keep_end"  # "keep_end" | "drop"
+    c.data.layout = "padded"  # "padded" | "packed" | "shared_prompt"
+    c.data.num_proc = 1
+    c.data.tokenizer = ""  # default: the model directory's tokenizer
+
+    # The objective, picked by name from lnpo.losses; its other fields are the
+    # objective's hyperparameters.
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "ln_dpo"
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-5
+    c.optim.schedule = "cosine"  # "cosine" | "linear" | "constant"
+    c.optim.warmup_steps = 10
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.clip_norm = 1.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 100
+    c.train.global_batch = 32  # pairs (po, rm) or examples (sft) per optimizer step
+    c.train.micro_batches = 1  # gradient accumulation
+    c.train.logprob_chunk = 256  # sequence chunk of the chunked log-softmax
+    c.train.log_every = 10
+    c.train.eval_every = 50
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 50
+    c.train.keep_checkpoints = 2
+    c.train.export = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 = the rest of the devices
+
+    # The SFT stage that makes the starting model when model.path == "".
+    c.sft = ml_collections.ConfigDict()
+    c.sft.steps = 300
+    c.sft.lr = 3e-3
+    c.sft.global_batch = 64
+    c.sft.warmup_steps = 20
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.enabled = True
+    return c

@@ -1,0 +1,11 @@
+"""ln_dpo: see lnpo.losses.ln_dpo for the formula."""
+
+from configs.base import get_base
+
+
+def get_config():
+    c = get_base()
+    c.name = "lndpo"
+    c.loss.name = "ln_dpo"
+    c.loss.beta = 0.1
+    return c

@@ -1,0 +1,634 @@
+"""Loading preference and SFT data through ``datasets``, and schema adapters to the canonical rows.
+
+Public entry points:
+
+- :func:`load_preferences` -> ``(Dataset, LoadReport)`` with columns
+  ``prompt``, ``chosen``, ``rejected`` (lists of ``{"role", "content"}`` messages)
+  and ``source_row`` (the row's 0-based index in the loaded split);
+- :func:`load_sft` -> ``(Dataset, LoadReport)`` with ``prompt``, ``completion``
+  and ``source_row``;
+- :func:`validate_preferences` / :func:`validate_sft`: the same validation for a
+  ``Dataset`` that is already in the canonical format.
+
+Sources (``source`` argument):
+
+- a ``datasets.Dataset`` or ``DatasetDict`` (the split is picked from a dict), or
+  a list of row dicts (``split`` only slices these: ``"train[:10]"``);
+- a local file: ``.json`` / ``.jsonl`` (JSON Lines or a JSON array), ``.parquet``,
+  ``.arrow``, ``.csv``, optionally compressed (``.gz``, ``.bz2``, ``.xz``, ``.zst``);
+  the file is the requested split (``split`` may carry a
+  slice, e.g. ``"train[:100]"``);
+- a local directory: a ``Dataset.save_to_disk`` directory, or a directory of data
+  files laid out as ``datasets`` infers splits (``train.jsonl``, ``data/test-*.parquet``, ...);
+- a builder name with ``data_files`` (``load_preferences("json", data_files=[...])``);
+- otherwise a Hugging Face Hub dataset name (``name`` = its config, ``revision``),
+  which needs network access. Dataset loading scripts are never run.
+
+A JSON Lines file that the Arrow JSON reader rejects as a whole (a line that is
+not UTF-8 or not JSON) is re-read line by line, so such lines are skipped and
+counted (``undecodable_text``, ``malformed_json``) instead of failing the load
+(uncompressed single files only; blank lines are not rows).
+
+Caching: the adapter pass is a ``Dataset.map`` fingerprinted from the input
+dataset, the schema, the column mapping, the options and the code of this module
+and :mod:`lnpo.data.validate`, so a file-backed source is adapted once.
+
+Schemas (``schema=``; ``"auto"`` detects from the columns, after the column mapping):
+
+=====================  =====================================================================
+``generic``            ``prompt`` (text or messages), ``chosen`` / ``rejected`` (text or
+                       messages); an optional ``system`` text column. A completion that
+                       repeats the prompt messages at its start has them removed.
+``conversational``     ``chosen`` / ``rejected``: whole conversations (message lists); the
+                       prompt is their shared prefix, which must end where both continue
+                       with an assistant message.
+``hh_rlhf``            ``chosen`` / ``rejected``: Anthropic HH-RLHF transcripts
+                       ``"\\n\\nHuman: ... \\n\\nAssistant: ..."``; the prompt is the
+                       transcript before the final assistant turn (it must be the same in
+                       both), the completions are the final assistant turns.
+``pku_saferlhf``       ``prompt``, ``response_0``, ``response_1`` and ``better_response_id``
+                       or ``safer_response_id`` (``pku_preference="better"`` or ``"safer"``).
+``ultrafeedback``      UltraFeedback-binarized: ``prompt``, ``chosen`` / ``rejected`` whole
+                       conversations, ``score_chosen`` / ``score_rejected``; handled as
+                       ``conversational`` (the ``prompt`` column is not needed).
+=====================  =====================================================================
+
+SFT schemas: ``messages`` (a conversation ending with the assistant message that
+is the completion; everything before it is the prompt) and ``prompt_completion``
+(``prompt`` and ``completion``, each text or messages).
+
+Auto-detection order (preferences): ``response_0`` + ``response_1`` + a label
+column -> ``pku_saferlhf``; ``chosen`` + ``rejected`` + ``prompt`` +
+``score_chosen`` + ``score_rejected`` -> ``ultrafeedback``; ``chosen`` +
+``rejected`` + ``prompt`` -> ``generic``; ``chosen`` + ``rejected`` -> ``hh_rlhf``
+when their values are text, ``conversational`` when they are message lists.
+SFT: ``messages`` -> ``messages``; ``prompt`` + ``completion`` -> ``prompt_completion``.
+
+Column mapping: keyword arguments name the source column of a canonical input
+column, e.g. ``load_preferences("qa.parquet", prompt="question", chosen="good",
+rejected="bad")``. A mapped column that does not exist is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+from lnpo.data import validate as validate_module
+from lnpo.data.validate import (
+    LoadReport,
+    code_hash,
+    fingerprint_of,
+    RowIssue,
+    check_messages,
+    check_text,
+    make_report,
+    check_preference_row,
+    check_sft_row,
+    strict_error,
+)
+
+log = logging.getLogger(__name__)
+
+PREFERENCE_SCHEMAS = ("generic", "conversational", "hh_rlhf", "pku_saferlhf", "ultrafeedback")
+SFT_SCHEMAS = ("messages", "prompt_completion")
+PKU_PREFERENCES = {"better": "better_response_id", "safer": "safer_response_id"}
+
+# Canonical input columns a mapping may name.
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "system", "response_0", "response_1",
+                      "better_response_id", "safer_response_id", "score_chosen", "score_rejected")
+SFT_COLUMNS = ("prompt", "completion", "messages", "system")
+
+_MESSAGE = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+PREFERENCE_FEATURES = datasets.Features(
+    {"prompt": [_MESSAGE], "chosen": [_MESSAGE], "rejected": [_MESSAGE], "source_row": datasets.Value("int64")}
+)
+SFT_FEATURES = datasets.Features(
+    {"prompt": [_MESSAGE], "completion": [_MESSAGE], "source_row": datasets.Value("int64")}
+)
+
+_REASON, _DETAIL = "_lnpo_reason", "_lnpo_detail"
+_RAW = "_lnpo_raw"  # one undecoded JSON Lines line (fallback reader)
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+_SAMPLE_ROWS = 64
+
+
+# ----------------------------------------------------------------------------- opening a source
+
+
+def _jsonl_lines(files):
+    """Generator for :meth:`datasets.Dataset.from_generator`: one row per non-blank line, undecoded.
+
+    ``files`` is a list of ``(path, mtime_ns, size)``; mtime and size are there only
+    so that the generator's cache fingerprint changes when a file does.
+    """
+    for path, _mtime, _size in files:
+        with open(path, "rb") as f:
+            for line in f:
+                line = line.rstrip(b"\r\n")
+                if line.strip():
+                    yield {_RAW: line}
+
+
+def _looks_like_json_lines(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    return not head.startswith(b"[")
+
+
+def _split_base(split: str) -> str:
+    return re.split(r"[\[+]", split, maxsplit=1)[0].strip() or "train"
+
+
+def _open_file(path: str, *, split: str, cache_dir, num_proc) -> datasets.Dataset:
+    stem, ext = os.path.splitext(path.lower())
+    compressed = ext in _COMPRESSIONS
+    if compressed:  # prefs.jsonl.gz: the builder reads it; the line-by-line fallback does not
+        ext = os.path.splitext(stem)[1]
+    if ext not in _FILE_BUILDERS:
+        raise ValueError(f"{path}: unsupported file type {ext!r}; expected one of {', '.join(_FILE_BUILDERS)}")
+    builder = _FILE_BUILDERS[ext]
+    data_files = {_split_base(split): [path]}
+    try:
+        return datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir,
+                                     num_proc=num_proc)
+    except datasets.exceptions.DatasetGenerationError as e:
+        if builder != "json" or compressed or not _looks_like_json_lines(path):
+            raise
+        log.warning("%s: the JSON reader failed (%s); re-reading it line by line", path, e.__cause__ or e)
+    stat = os.stat(path)
+    ds = datasets.Dataset.from_generator(
+        _jsonl_lines,
+        features=datasets.Features({_RAW: datasets.Value("binary")}),
+        gen_kwargs={"files": [(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)]},
+        cache_dir=cache_dir,
+    )
+    return _apply_slice(ds, split, path)
+
+
+def _apply_slice(ds: datasets.Dataset, split: str, what: str) -> datasets.Dataset:
+    """``ds`` sliced as ``split`` says (``"train[:100]"``, ``"test[10%:20%]"``); as is without a slice."""
+    base = _split_base(split)
+    if split.strip() == base:
+        return ds
+    spans = datasets.ReadInstruction.from_spec(split).to_absolute({base: len(ds)})
+    if len(spans) != 1:
+        raise ValueError(f"{what}: split {split!r} is not a single slice of one split")
+    return ds.select(range(spans[0].from_, spans[0].to))
+
+
+def _pick_split(ds, split: str, what: str) -> datasets.Dataset:
+    if isinstance(ds, datasets.DatasetDict):
+        base = _split_base(split)
+        if base not in ds:
+            raise KeyError(f"{what}: split {base!r} not found (splits: {', '.join(ds)})")
+        ds = ds[base]
+    return _apply_slice(ds, split, what)
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
+
+
+def open_source(source: Any, *, split: str = "train", name: str | None = None, data_files=None,
+                revision: str | None = None, cache_dir: str | None = None,
+                num_proc: int | None = None) -> tuple[datasets.Dataset, str]:
+    """Open ``source`` (see the module docstring) as a raw ``datasets.Dataset``; returns ``(dataset, display name)``."""
+    if isinstance(source, datasets.Dataset):
+        return _apply_slice(source, split, "<Dataset>"), "<Dataset>"
+    if isinstance(source, datasets.DatasetDict):
+        return _pick_split(source, split, "<DatasetDict>"), f"<DatasetDict>[{_split_base(split)}]"
+    if isinstance(source, (list, tuple)) and all(isinstance(r, Mapping) for r in source):
+        try:
+            return datasets.Dataset.from_list([dict(r) for r in source]), "<list>"
+        except (pa.ArrowException, TypeError, ValueError):  # mixed types across rows: keep each row as JSON
+            lines = [json.dumps(dict(r), ensure_ascii=False).encode("utf-8") for r in source]
+            return datasets.Dataset.from_dict({_RAW: lines}, features=datasets.Features(
+                {_RAW: datasets.Value("binary")})), "<list>"
+    if isinstance(source, datasets.IterableDataset):
+        raise TypeError("streaming datasets are not supported: load a map-style datasets.Dataset")
+    path = os.fspath(source)
+    if data_files is None and os.path.isfile(path):
+        return _open_file(path, split=split, cache_dir=cache_dir, num_proc=num_proc), path
+    if data_files is None and os.path.isdir(path):
+        if _is_saved_dataset(path):
+            return _pick_split(datasets.load_from_disk(path), split, path), path
+        return datasets.load_dataset(path, split=split, cache_dir=cache_dir, num_proc=num_proc), path
+    # A builder name with data_files ("json", "parquet", ...) or a Hub dataset.
+    ds = datasets.load_dataset(path, name, data_files=data_files, split=split, revision=revision,
+                               cache_dir=cache_dir, num_proc=num_proc)
+    if not isinstance(ds, datasets.Dataset):
+        raise TypeError(f"{path}: expected a map-style Dataset for split {split!r}, got {type(ds).__name__}")
+    return ds, path if name is None else f"{path}/{name}"
+
+
+# ----------------------------------------------------------------------------- reading rows
+
+
+def _parse_raw(raw: bytes) -> dict:
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RowIssue("undecodable_text", f"line is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise RowIssue("malformed_json", f"line is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise RowIssue("malformed_json", f"line is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _get(row: Mapping, columns: Mapping[str, str], key: str) -> Any:
+    """The value of canonical column ``key`` (``columns``: canonical name -> source column); ``None`` when absent."""
+    column = columns.get(key)
+    return None if column is None else row.get(column)
+
+
+def _as_messages(value: Any, what: str, default_role: str) -> list[dict[str, str]]:
+    """Text -> one ``default_role`` message; a list -> checked messages."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return [{"role": default_role, "content": check_text(value, what)}]
+    if value is None:
+        raise RowIssue("missing_field", f"missing field {what!r}")
+    if not isinstance(value, (list, tuple)):
+        raise RowIssue("wrong_type", f"{what} must be text or a list of messages, got {type(value).__name__}")
+    return check_messages(value, what)
+
+
+def _strip_prompt(prompt: list, completion: list) -> list:
+    """``completion`` without a leading copy of the prompt messages (a common dataset convention).
+
+    The copy may lack a leading system message of ``prompt`` (one added from a ``system`` column).
+    """
+    candidates = [prompt, prompt[1:]] if prompt and prompt[0]["role"] == "system" else [prompt]
+    for p in candidates:
+        n = len(p)
+        if n and len(completion) > n and completion[:n] == p:
+            return completion[n:]
+    return completion
+
+
+def _prompt_with_system(row, columns, prompt_value) -> list[dict[str, str]]:
+    prompt = _as_messages(prompt_value, "prompt", "user")
+    system = _get(row, columns, "system")
+    if system is not None:
+        system = check_text(system, "system")
+        if system.strip():
+            prompt = [{"role": "system", "content": system}] + prompt
+    return prompt
+
+
+# --- preference adapters: raw row -> {"prompt", "chosen", "rejected"} (not yet validated)
+
+
+def _adapt_generic(row, columns, options):
+    prompt = _prompt_with_system(row, columns, _get(row, columns, "prompt"))
+    chosen = _strip_prompt(prompt, _as_messages(_get(row, columns, "chosen"), "chosen", "assistant"))
+    rejected = _strip_prompt(prompt, _as_messages(_get(row, columns, "rejected"), "rejected", "assistant"))
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def split_shared_prefix(chosen: list, rejected: list) -> tuple[list, list, list]:
+    """``(prompt, chosen completion, rejected completion)`` of two whole conversations.
+
+    The prompt is the longest shared prefix of messages; the two conversations must
+    then both continue with a (different) assistant message. Raises :class:`RowIssue`
+    (``identical_responses`` or ``prompt_mismatch``) otherwise.
+    """
+    k = 0
+    while k < len(chosen) and k < len(rejected) and chosen[k] == rejected[k]:
+        k += 1
+    if k == len(chosen) and k == len(rejected):
+        raise RowIssue("identical_responses", "chosen is identical to rejected")
+    if k == len(chosen) or k == len(rejected):
+        raise RowIssue("prompt_mismatch", "one conversation is a prefix of the other")
+    if chosen[k]["role"] != "assistant" or rejected[k]["role"] != "assistant":
+        raise RowIssue("prompt_mismatch",
+                       f"chosen and rejected first differ at message {k}, which is not an assistant message in both")
+    return chosen[:k], chosen[k:], rejected[k:]
+
+
+def _adapt_conversational(row, columns, options):
+    chosen = check_messages(_get(row, columns, "chosen"), "chosen")
+    rejected = check_messages(_get(row, columns, "rejected"), "rejected")
+    prompt, chosen, rejected = split_shared_prefix(chosen, rejected)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def parse_hh_transcript(text: str, what: str = "transcript") -> list[dict[str, str]]:
+    """Messages of an HH-RLHF transcript ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``.
+
+    Turn contents are stripped of surrounding whitespace. Raises :class:`RowIssue`
+    ``malformed_transcript`` unless the text is one or more turns (nothing before
+    the first), starting with a Human turn and ending with an Assistant turn.
+    """
+    if not text.startswith("\n\n") and re.match(r"\s*Human:", text):
+        text = "\n\n" + text.lstrip()
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise RowIssue("malformed_transcript", f"{what} has text before the first '\\n\\nHuman:' turn")
+    messages = [{"role": _HH_ROLES[role], "content": content.strip()}
+                for role, content in zip(parts[1::2], parts[2::2])]
+    if not messages:
+        raise RowIssue("malformed_transcript", f"{what} has no '\\n\\nHuman:' / '\\n\\nAssistant:' turns")
+    if messages[0]["role"] != "user":
+        raise RowIssue("malformed_transcript", f"{what} does not start with a Human turn")
+    if messages[-1]["role"] != "assistant":
+        raise RowIssue("malformed_transcript", f"{what} does not end with an Assistant turn")
+    return messages
+
+
+def _adapt_hh(row, columns, options):
+    chosen = parse_hh_transcript(check_text(_get(row, columns, "chosen"), "chosen"), "chosen")
+    rejected = parse_hh_transcript(check_text(_get(row, columns, "rejected"), "rejected"), "rejected")
+    if chosen[:-1] != rejected[:-1]:
+        raise RowIssue("prompt_mismatch", "chosen and rejected transcripts differ before the final assistant turn")
+    return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+
+
+def _adapt_pku(row, columns, options):
+    label_column = PKU_PREFERENCES[options["pku_preference"]]
+    label = _get(row, columns, label_column)
+    if label is None:
+        raise RowIssue("missing_field", f"missing field {label_column!r}")
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or int(label) not in (0, 1):
+        raise RowIssue("invalid_label", f"{label_column} must be 0 or 1, got {label!r}")
+    prompt = _prompt_with_system(row, columns, _get(row, columns, "prompt"))
+    responses = [_as_messages(_get(row, columns, f"response_{i}"), f"response_{i}", "assistant") for i in (0, 1)]
+    return {"prompt": prompt, "chosen": responses[int(label)], "rejected": responses[1 - int(label)]}
+
+
+_PREFERENCE_ADAPTERS = {
+    "generic": _adapt_generic,
+    "conversational": _adapt_conversational,
+    "hh_rlhf": _adapt_hh,
+    "pku_saferlhf": _adapt_pku,
+    "ultrafeedback": _adapt_conversational,
+}
+
+
+# --- SFT adapters: raw row -> {"prompt", "completion"}
+
+
+def _adapt_messages(row, columns, options):
+    messages = check_messages(_get(row, columns, "messages"), "messages")
+    if not messages:
+        raise RowIssue("empty_prompt", "messages is empty")
+    if messages[-1]["role"] != "assistant":
+        raise RowIssue("invalid_role", f"messages ends with a {messages[-1]['role']!r} message, not 'assistant'")
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+def _adapt_prompt_completion(row, columns, options):
+    prompt = _prompt_with_system(row, columns, _get(row, columns, "prompt"))
+    completion = _strip_prompt(prompt, _as_messages(_get(row, columns, "completion"), "completion", "assistant"))
+    return {"prompt": prompt, "completion": completion}
+
+
+_SFT_ADAPTERS = {"messages": _adapt_messages, "prompt_completion": _adapt_prompt_completion}
+
+
+class _Adapter:
+    """The ``Dataset.map`` function: raw row -> canonical row + skip reason (picklable, hashable)."""
+
+    def __init__(self, kind: str, schema: str, columns: dict[str, str], options: dict, raw: bool):
+        self.kind, self.schema, self.columns, self.options, self.raw = kind, schema, columns, options, raw
+
+    def __call__(self, row: dict, index: int) -> dict:
+        empty = ("prompt", "chosen", "rejected") if self.kind == "preference" else ("prompt", "completion")
+        try:
+            if self.raw:
+                row = _parse_raw(row[_RAW])
+            if self.kind == "preference":
+                out = check_preference_row(_PREFERENCE_ADAPTERS[self.schema](row, self.columns, self.options))
+            else:
+                out = check_sft_row(_SFT_ADAPTERS[self.schema](row, self.columns, self.options))
+            out.update({_REASON: "", _DETAIL: ""})
+        except RowIssue as issue:
+            out = {key: [] for key in empty}
+            out.update({_REASON: issue.reason, _DETAIL: issue.detail})
+        out["source_row"] = index
+        return out
+
+
+# ----------------------------------------------------------------------------- schema detection
+
+
+def _sample_rows(ds: datasets.Dataset, raw: bool) -> list[dict]:
+    n = min(len(ds), _SAMPLE_ROWS)
+    if n == 0:
+        return []
+    batch = ds[:n]
+    rows = [{key: batch[key][i] for key in batch} for i in range(n)]
+    if not raw:
+        return rows
+    parsed = []
+    for row in rows:
+        try:
+            parsed.append(_parse_raw(row[_RAW]))
+        except RowIssue:
+            pass
+    return parsed
+
+
+def _canonical_columns(available: set[str], mapping: dict[str, str], allowed: Sequence[str], source: str) -> set[str]:
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown column mapping key(s) {unknown}; allowed: {', '.join(allowed)}")
+    for key, column in mapping.items():
+        if column not in available:
+            raise ValueError(f"{source}: column mapping {key}={column!r} names a column that does not exist "
+                             f"(columns: {', '.join(sorted(available))})")
+    mapped_sources = set(mapping.values())
+    present = {key for key in allowed if key in mapping or (key in available and key not in mapped_sources)}
+    return present
+
+
+def _first_value(rows: list[dict], columns: Mapping[str, str], key: str) -> Any:
+    for row in rows:
+        value = _get(row, columns, key)
+        if value is not None:
+            return value
+    return None
+
+
+def detect_preference_schema(present: set[str], rows: list[dict], columns: Mapping[str, str]) -> str:
+    """The preference schema of data with canonical columns ``present`` (see the module docstring).
+
+    ``rows`` are sample raw rows and ``columns`` maps canonical names to their source
+    columns; they tell text transcripts (``hh_rlhf``) from conversations.
+    """
+    if {"response_0", "response_1"} <= present and present & {"better_response_id", "safer_response_id"}:
+        return "pku_saferlhf"
+    if {"chosen", "rejected"} <= present:
+        if {"prompt", "score_chosen", "score_rejected"} <= present:
+            return "ultrafeedback"
+        if "prompt" in present:
+            return "generic"
+        value = _first_value(rows, columns, "chosen")
+        if isinstance(value, (str, bytes)):
+            return "hh_rlhf"
+        if isinstance(value, (list, tuple)):
+            return "conversational"
+    raise ValueError(f"cannot detect the preference schema from columns {sorted(present)}; pass schema= one of "
+                     f"{', '.join(PREFERENCE_SCHEMAS)} and/or a column mapping (e.g. prompt='question')")
+
+
+def detect_sft_schema(present: set[str]) -> str:
+    """The SFT schema of data with canonical columns ``present``."""
+    if "messages" in present:
+        return "messages"
+    if {"prompt", "completion"} <= present:
+        return "prompt_completion"
+    raise ValueError(f"cannot detect the SFT schema from columns {sorted(present)}; pass schema= one of "
+                     f"{', '.join(SFT_SCHEMAS)} and/or a column mapping (e.g. messages='conversations')")
+
+
+_REQUIRED = {
+    "generic": ("prompt", "chosen", "rejected"),
+    "conversational": ("chosen", "rejected"),
+    "hh_rlhf": ("chosen", "rejected"),
+    "pku_saferlhf": ("prompt", "response_0", "response_1"),
+    "ultrafeedback": ("chosen", "rejected"),
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+}
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+def _finish(ds: datasets.Dataset, source: str, strict: bool) -> tuple[datasets.Dataset, LoadReport]:
+    """Count the skip reasons, raise in strict mode, drop skipped rows and the bookkeeping columns."""
+    reasons = np.asarray(ds[_REASON], dtype=object) if len(ds) else np.zeros(0, dtype=object)
+    bad = np.flatnonzero(reasons != "")
+    if strict and len(bad):
+        first = ds[int(bad[0])]
+        raise strict_error(source, first["source_row"], first[_DETAIL])
+    report = make_report(source, reasons.tolist())
+    if len(bad):
+        ds = ds.select(np.flatnonzero(reasons == ""))
+    ds = ds.remove_columns([_REASON, _DETAIL])
+    log.log(logging.WARNING if report.skipped else logging.INFO, "%s", report.summary())
+    return ds, report
+
+
+def _load(kind: str, source, *, schema, split, strict, name, data_files, revision, cache_dir, num_proc,
+          options, columns, display: str | None = None) -> tuple[datasets.Dataset, LoadReport]:
+    ds, opened = open_source(source, split=split, name=name, data_files=data_files, revision=revision,
+                             cache_dir=cache_dir, num_proc=num_proc)
+    display = display or opened
+    raw = ds.column_names == [_RAW]
+    rows = _sample_rows(ds, raw)
+    available = set().union(*(r.keys() for r in rows)) if raw else set(ds.column_names)
+    allowed = PREFERENCE_COLUMNS if kind == "preference" else SFT_COLUMNS
+    schemas = PREFERENCE_SCHEMAS if kind == "preference" else SFT_SCHEMAS
+    present = _canonical_columns(available, columns, allowed, display)
+    resolved = {key: columns.get(key, key) for key in sorted(present)}
+    if schema == "auto":
+        schema = (detect_preference_schema(present, rows, resolved) if kind == "preference"
+                  else detect_sft_schema(present))
+    elif schema not in schemas:
+        raise ValueError(f"unknown {kind} schema {schema!r}; expected 'auto' or one of {', '.join(schemas)}")
+    missing = [key for key in _REQUIRED[schema] if key not in present]
+    if schema == "pku_saferlhf" and PKU_PREFERENCES[options["pku_preference"]] not in present:
+        missing.append(PKU_PREFERENCES[options["pku_preference"]])
+    if missing and rows:
+        raise ValueError(f"{display}: schema {schema!r} needs column(s) {missing}; columns: {sorted(available)}")
+    log.info("%s: %s schema %r, %d rows", display, kind, schema, len(ds))
+    adapter = _Adapter(kind, schema, resolved, dict(options), raw)
+    features = PREFERENCE_FEATURES if kind == "preference" else SFT_FEATURES
+    features = datasets.Features({**features, _REASON: datasets.Value("string"), _DETAIL: datasets.Value("string")})
+    fingerprint = fingerprint_of(ds._fingerprint, code_hash(__file__, validate_module.__file__), kind, schema,
+                                 resolved, options, raw)
+    ds = ds.map(adapter, with_indices=True, remove_columns=ds.column_names, features=features,
+                num_proc=num_proc if num_proc and num_proc > 1 and len(ds) >= 2 * num_proc else None,
+                new_fingerprint=fingerprint, desc=f"{kind} rows ({schema})")
+    return _finish(ds, display, strict)
+
+
+def load_preferences(source, *, schema: str = "auto", split: str = "train", strict: bool = False,
+                     name: str | None = None, data_files=None, revision: str | None = None,
+                     cache_dir: str | None = None, num_proc: int | None = None, pku_preference: str = "better",
+                     **columns: str) -> tuple[datasets.Dataset, LoadReport]:
+    """Load preference pairs from ``source`` as canonical rows.
+
+    Args:
+        source: see the module docstring (Dataset, local file or directory, builder
+            name with ``data_files``, or Hub name).
+        schema: ``"auto"`` or one of :data:`PREFERENCE_SCHEMAS`.
+        split: the split to load (may carry a slice: ``"train[:1000]"``).
+        strict: raise ``ValueError("<source> row <i>: <detail>")`` at the first
+            malformed row instead of skipping it.
+        name, revision: Hub dataset config name and revision.
+        data_files: data files for a builder name (``source="json"``).
+        cache_dir: ``datasets`` cache directory (default: the ``datasets`` default).
+        num_proc: processes for loading and the adapter ``map`` (default: one).
+        pku_preference: PKU-SafeRLHF label, ``"better"`` (``better_response_id``) or
+            ``"safer"`` (``safer_response_id``).
+        **columns: column mapping, canonical input name -> source column (keys:
+            :data:`PREFERENCE_COLUMNS`).
+
+    Returns:
+        ``(dataset, report)``: a ``datasets.Dataset`` with columns ``prompt``,
+        ``chosen``, ``rejected`` (lists of ``{"role", "content"}``; chosen and
+        rejected hold only completion turns, starting with an assistant message)
+        and ``source_row`` (0-based index of the row in the loaded split), in
+        source order; and a :class:`~lnpo.data.validate.LoadReport` of the rows
+        kept and skipped by reason.
+    """
+    if pku_preference not in PKU_PREFERENCES:
+        raise ValueError(f"pku_preference must be one of {', '.join(PKU_PREFERENCES)}, got {pku_preference!r}")
+    return _load("preference", source, schema=schema, split=split, strict=strict, name=name,
+                 data_files=data_files, revision=revision, cache_dir=cache_dir, num_proc=num_proc,
+                 options={"pku_preference": pku_preference}, columns=columns)
+
+
+def load_sft(source, *, schema: str = "auto", split: str = "train", strict: bool = False,
+             name: str | None = None, data_files=None, revision: str | None = None,
+             cache_dir: str | None = None, num_proc: int | None = None,
+             **columns: str) -> tuple[datasets.Dataset, LoadReport]:
+    """Load SFT examples from ``source`` as canonical rows ``{"prompt", "completion", "source_row"}``.
+
+    Same arguments as :func:`load_preferences`; ``schema`` is ``"auto"`` or one of
+    :data:`SFT_SCHEMAS`, mapping keys are :data:`SFT_COLUMNS`. For ``messages``
+    the completion is the final (assistant) message and the prompt everything
+    before it.
+    """
+    return _load("sft", source, schema=schema, split=split, strict=strict, name=name,
+                 data_files=data_files, revision=revision, cache_dir=cache_dir, num_proc=num_proc,
+                 options={}, columns=columns)
+
+
+def validate_preferences(dataset: datasets.Dataset, *, strict: bool = False, source: str = "<Dataset>",
+                         num_proc: int | None = None) -> tuple[datasets.Dataset, LoadReport]:
+    """Validate a ``Dataset`` already in the canonical preference format (the ``generic`` schema).
+
+    Returns ``(dataset, report)`` as :func:`load_preferences`; ``source`` names the
+    data in the report and in strict-mode errors.
+    """
+    return _load("preference", dataset, schema="generic", split="train", strict=strict, name=None,
+                 data_files=None, revision=None, cache_dir=None, num_proc=num_proc,
+                 options={"pku_preference": "better"}, columns={}, display=source)
+
+
+def validate_sft(dataset: datasets.Dataset, *, strict: bool = False, source: str = "<Dataset>",
+                 num_proc: int | None = None) -> tuple[datasets.Dataset, LoadReport]:
+    """Validate a ``Dataset`` already in the canonical SFT format (the ``prompt_completion`` schema)."""
+    return _load("sft", dataset, schema="prompt_completion", split="train", strict=strict, name=None,
+                 data_files=None, revision=None, cache_dir=None, num_proc=num_proc, options={}, columns={},
+                 display=source)

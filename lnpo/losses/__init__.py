@@ -1,0 +1,141 @@
+"""Preference-optimization objectives (DPO, LN-DPO, SimPO, IPO, ...) in JAX.
+
+Usage::
+
+    from lnpo import losses
+
+    logps = losses.PairLogps(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                             chosen_tokens, rejected_tokens)          # each [B]
+    loss, metrics = losses.get("ln_dpo")(logps, beta=2.0)             # loss: f32 [B]
+    total = loss.mean()
+
+    both = losses.combine({"dpo": (1.0, {"beta": 0.1}), "nll": (0.2, {})})
+    loss, metrics = both(logps)
+
+Public API
+----------
+* :class:`PairLogps` -- the input pytree (NamedTuple): ``policy_chosen``,
+  ``policy_rejected``, ``ref_chosen``, ``ref_rejected`` (summed completion
+  log-probs, ``[B]``; the ``ref_*`` fields may be None for reference-free
+  objectives) and ``chosen_tokens``, ``rejected_tokens`` (completion lengths).
+* :func:`get(name) <get>` -> ``fn(logps, **hparams) -> (per_pair_loss, metrics)``,
+  also reachable as a module attribute (``lnpo.losses.ln_dpo is get("ln_dpo")``);
+  :func:`names` (sorted); :func:`requires_reference`; :func:`hparams_of`
+  (``{hparam: default or REQUIRED}``); :func:`hparam_ranges`;
+  :func:`validate(name, hparams) <validate>` (the config-time check, returns the
+  hparams with defaults filled in); :func:`combine`.
+
+Objectives and hyperparameters (``beta`` is always required, see below)
+------------------------------------------------------------------------
+=============== ===================================== ============================
+name            hyperparameters (default)             TRL equivalent
+=============== ===================================== ============================
+dpo             beta, label_smoothing (0)             sigmoid (+ cDPO)
+ln_dpo          beta                                  --
+ipo             beta                                  ipo (length-averaged)
+robust          beta, label_smoothing (0)             robust
+hinge           beta                                  hinge
+rdpo            beta, alpha                           --
+rpo             beta, alpha                           rpo_alpha
+exo_pair        beta, label_smoothing (1e-3, > 0)     exo_pair
+nca_pair        beta                                  nca_pair
+bco_pair        beta, delta (None: batch mean reward) bco_pair (running mean)
+sppo_hard       beta                                  sppo_hard
+aot             beta, label_smoothing (0)             aot
+aot_unpaired    beta, label_smoothing (0)             aot_pair
+apo_zero        beta                                  apo_zero
+apo_down        beta                                  apo_down
+discopop        beta, tau (0.05)                      discopop
+fdpo_reverse_kl beta                                  f_divergence_type reverse_kl
+fdpo_forward_kl beta                                  alpha_divergence, alpha = 1
+fdpo_js         beta                                  js_divergence
+fdpo_alpha      beta, alpha in (0, 1)                 alpha_divergence
+simpo           beta, gamma (reference-free)          CPOTrainer loss_type simpo
+cpo             beta, nll_weight (1) (reference-free) CPOTrainer loss_type sigmoid
+orpo            lam (reference-free)                  ORPOTrainer (its beta)
+nll             none (reference-free)                 --
+=============== ===================================== ============================
+
+Each objective's docstring (``help(losses.get(name))``) gives its formula and
+paper. Defaults exist only where the literature fixes one; ``beta`` never has
+one because its scale depends on the objective (per-sequence log-ratios in DPO
+want ~0.1, per-token ones in LN-DPO/SimPO ~1-10), so configs must state it.
+Other required hyperparameters: ``gamma`` (simpo), ``alpha`` (rdpo, rpo,
+fdpo_alpha), ``lam`` (orpo).
+
+Validation
+----------
+Unknown objective names, unknown / missing / out-of-range hyperparameters and a
+missing reference for a reference-based objective raise ``ValueError`` naming
+the valid choices, in Python, before anything is traced. Hyperparameters reach
+the jitted core as float32 scalars (traced), so changing beta does not
+recompile; a hyperparameter that is itself traced (the caller's own jit) is
+passed through with its range unchecked.
+
+Metrics (float32 ``[B]``, per pair; the trainer averages them)
+---------------------------------------------------------------
+``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
+``rewards/accuracies`` (the implicit rewards as the objective defines them:
+beta * log-ratio for DPO-like objectives, per token where the objective
+normalizes by length, e.g. ``ln_dpo`` beta * a / |y|, ``simpo`` beta * mean
+log pi), ``logps/chosen``, ``logps/rejected`` (summed policy log-probs),
+``logps/chosen_per_token``, ``logps/rejected_per_token``; some objectives add
+more (``nll_loss``, ORPO's ``log_odds_*``). Metrics are under stop_gradient.
+
+Numerics
+--------
+* Everything is computed in float32 whatever the input dtype (bf16 accepted).
+* -log sigma(z) is ``softplus(-z)``: losses and gradients are finite at
+  log-ratios of +-1e4. Exponential terms (forward-KL / alpha f-DPO, DiscoPOP
+  with tau > 1) saturate at exp(50) instead of overflowing.
+* A zero-length completion is treated as length 1 in every normalization: its
+  normalized log-ratio equals its (zero) sum, so nothing divides by zero.
+  ``rdpo`` uses the raw counts.
+* ``aot`` / ``aot_unpaired`` couple the batch (they sort it): entry i of their
+  loss is sorted position i; the mean over entries is the batch loss.
+
+This module imports only jax and numpy (no transformers, datasets or torch).
+"""
+
+from lnpo.losses import objectives as _objectives  # noqa: F401  (registers the objectives)
+from lnpo.losses._numerics import EXP_CAP, LOG_PROB_CEILING
+from lnpo.losses._registry import (
+    REQUIRED,
+    Combined,
+    PairLogps,
+    combine,
+    get,
+    hparam_ranges,
+    hparams_of,
+    names,
+    requires_reference,
+    validate,
+)
+
+
+
+def __getattr__(name: str):
+    """``lnpo.losses.dpo`` etc.: each objective is also a module attribute (``get(name)``)."""
+    if name in names():
+        return get(name)
+    raise AttributeError(f"module 'lnpo.losses' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(names()))
+
+
+__all__ = [
+    "EXP_CAP",
+    "LOG_PROB_CEILING",
+    "REQUIRED",
+    "Combined",
+    "PairLogps",
+    "combine",
+    "get",
+    "hparam_ranges",
+    "hparams_of",
+    "names",
+    "requires_reference",
+    "validate",
+]

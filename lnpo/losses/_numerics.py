@@ -1,0 +1,92 @@
+"""Numerical building blocks shared by the objectives (float32, overflow-safe).
+
+Everything here runs inside ``jax.jit``. Inputs of any float dtype (bf16
+included) are cast to float32 first; every loss and metric is float32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+# A per-token mean log-prob is clamped to at most this value before it enters
+# log(1 - exp(.)) (ORPO's odds): at exactly 0 (a zero-length completion, or a
+# completion the model is certain of) the odds are infinite.
+LOG_PROB_CEILING = -1e-6
+
+# Exponentials of log-ratios (the common scale of the forward-KL /
+# alpha-divergence f-DPO terms, DiscoPOP's exponential branch for tau > 1)
+# saturate at exp(EXP_CAP) ~ 5.2e21 instead of overflowing, so losses stay
+# finite; cf. TRL's ``cap_exp``, which caps at log(float max), where one further
+# multiplication can still overflow.
+EXP_CAP = 50.0
+
+_LN2 = 0.6931471805599453
+
+softplus = jax.nn.softplus  # log(1 + e^x), never overflows
+log_sigmoid = jax.nn.log_sigmoid  # -softplus(-x)
+sigmoid = jax.nn.sigmoid
+
+
+class Inputs(NamedTuple):
+    """float32 view of :class:`lnpo.losses.PairLogps` inside the jitted core.
+
+    ``n_*`` are the raw completion token counts; ``l_*`` the counts clamped to
+    >= 1, used for every length normalization (a zero-length completion is
+    treated as length 1: its normalized log-prob equals its (zero) sum).
+    """
+
+    pc: jax.Array  # policy log pi(y_w), summed
+    pr: jax.Array  # policy log pi(y_l)
+    rc: Optional[jax.Array]  # reference log pi_ref(y_w), or None
+    rr: Optional[jax.Array]
+    nc: jax.Array  # |y_w| as float32 (raw)
+    nr: jax.Array
+    lc: jax.Array  # max(|y_w|, 1)
+    lr: jax.Array
+
+    @property
+    def a_w(self) -> jax.Array:
+        """Chosen log-ratio log pi(y_w)/pi_ref(y_w)."""
+        return self.pc - self.rc
+
+    @property
+    def a_l(self) -> jax.Array:
+        """Rejected log-ratio log pi(y_l)/pi_ref(y_l)."""
+        return self.pr - self.rr
+
+
+def prepare(logps) -> Inputs:
+    """Cast a ``PairLogps`` to float32 :class:`Inputs` (call inside jit)."""
+
+    def f32(v):
+        return None if v is None else jnp.asarray(v).astype(jnp.float32)
+
+    nc = f32(logps.chosen_tokens)
+    nr = f32(logps.rejected_tokens)
+    return Inputs(
+        pc=f32(logps.policy_chosen),
+        pr=f32(logps.policy_rejected),
+        rc=f32(logps.ref_chosen),
+        rr=f32(logps.ref_rejected),
+        nc=nc,
+        nr=nr,
+        lc=jnp.maximum(nc, 1.0),
+        lr=jnp.maximum(nr, 1.0),
+    )
+
+
+def log1mexp(x: jax.Array) -> jax.Array:
+    """log(1 - exp(x)) for x < 0, accurate on the whole range (Maechler 2012).
+
+    Callers keep x <= LOG_PROB_CEILING so both branches of the ``where`` are
+    finite (no NaN leaks into the gradient of the unused branch).
+    """
+    return jnp.where(x > -_LN2, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+
+
+def capped_exp(x: jax.Array) -> jax.Array:
+    """exp(min(x, EXP_CAP)): finite for any finite x."""
+    return jnp.exp(jnp.minimum(x, EXP_CAP))

@@ -1,0 +1,134 @@
+"""Grouped-query self-attention with the mask built from per-token ids.
+
+The mask between query q and key k of one row (docs/architecture.md):
+``order[k] <= order[q]`` (row / cache-slot order), ``segment[k] == segment[q] != 0``,
+``branch[k] == 0 or branch[k] == branch[q]``, and on sliding-window layers
+``position[q] - position[k] < window``. It is computed inside attention from
+``[B, T]`` ids, never passed in as ``[B, T, T]``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lnpo.models.config import ModelConfig
+from lnpo.models.layers import Proj, RMSNorm
+from lnpo.models.rope import apply_rope
+from lnpo.parallel import constrain
+
+
+class TokenInfo(NamedTuple):
+    """Per-token mask inputs of one side (queries or keys) of attention.
+
+    positions, segments: int32 ``[B, N]``; branches: int32 ``[B, N]`` or None
+    (no branch rule); order: int32 ``[N]`` row order / cache slot of each token.
+    """
+
+    positions: jax.Array
+    segments: jax.Array
+    branches: jax.Array | None
+    order: jax.Array
+
+
+def attention_mask(q: TokenInfo, k: TokenInfo, window: jax.Array | int) -> jax.Array:
+    """bool ``[B, T, S]``: may query t attend to key s. ``window`` <= 0 means global."""
+    allowed = k.order[None, None, :] <= q.order[None, :, None]
+    allowed &= (k.segments[:, None, :] == q.segments[:, :, None]) & (k.segments[:, None, :] != 0)
+    if q.branches is not None and k.branches is not None:
+        kb = k.branches[:, None, :]
+        allowed &= (kb == 0) | (kb == q.branches[:, :, None])
+    dpos = q.positions[:, :, None] - k.positions[:, None, :]
+    allowed &= (window <= 0) | (dpos < window)
+    return allowed
+
+
+def dot_product_attention(
+    q_BxTxHxD: jax.Array,
+    k_BxSxKxD: jax.Array,
+    v_BxSxKxD: jax.Array,
+    mask_BxTxS: jax.Array,
+    *,
+    scale: float,
+    softcap: float | None = None,
+) -> jax.Array:
+    """Softmax attention with GQA (H query heads share K kv heads). Scores and
+    softmax in float32; returns ``[B, T, H, D]`` in v's dtype. Queries with no
+    visible key (padding) get zeros."""
+    B, T, H, D = q_BxTxHxD.shape
+    K = k_BxSxKxD.shape[2]
+    q = q_BxTxHxD.reshape(B, T, K, H // K, D)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_BxSxKxD, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    mask = mask_BxTxS[:, None, None, :, :]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_BxSxKxD.dtype), v_BxSxKxD)
+    return out.reshape(B, T, H, D)
+
+
+class Attention(nnx.Module):
+    """q/k/v/o projections (+ optional biases, q/k RMSNorm), RoPE and masked GQA.
+
+    Params (per layer; stacked with a leading "layers" axis when ``layers`` > 0):
+    q ``[embed, heads, head_dim]``, k/v ``[embed, kv_heads, head_dim]``,
+    o ``[heads, head_dim, embed]``.
+    """
+
+    def __init__(self, config: ModelConfig, *, layers: int = 0):
+        c = config
+        D, H, K, Dh = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        kw = dict(layers=layers)
+        self.q_proj = Proj((D,), (H, Dh), ("embed",), ("heads", "head_dim"), c, bias=c.qkv_bias, **kw)
+        self.k_proj = Proj((D,), (K, Dh), ("embed",), ("kv_heads", "head_dim"), c, bias=c.qkv_bias, **kw)
+        self.v_proj = Proj((D,), (K, Dh), ("embed",), ("kv_heads", "head_dim"), c, bias=c.qkv_bias, **kw)
+        self.o_proj = Proj((H, Dh), (D,), ("heads", "head_dim"), ("embed",), c, bias=c.o_bias, **kw)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(Dh, c, axis="head_dim", layers=layers)
+            self.k_norm = RMSNorm(Dh, c, axis="head_dim", layers=layers)
+        else:
+            self.q_norm = self.k_norm = None
+        self.scale = c.attn_scale
+        self.softcap = c.attn_logit_softcap
+
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        q_info: TokenInfo,
+        k_info: TokenInfo,
+        window: jax.Array | int,
+        kv_cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Self-attention of x's tokens.
+
+        Without a cache the keys are x's own tokens (k_info describes them). With
+        ``kv_cache = (k_BxSxKxD, v_BxSxKxD, index)`` the new keys/values are written
+        at slots ``[index, index + T)`` and queries attend over the whole cache
+        (k_info describes the cache slots). Returns (out ``[B, T, D]``,
+        updated (k, v) cache or None).
+        """
+        q = self.q_proj(x_BxTxD)
+        k = self.k_proj(x_BxTxD)
+        v = self.v_proj(x_BxTxD)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = constrain(q, ("batch", "length", "act_heads", None))
+        new_cache = None
+        if kv_cache is not None:
+            k_cache, v_cache, index = kv_cache
+            k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
+            new_cache = (k, v)
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        mask = attention_mask(q_info, k_info, window)
+        out = dot_product_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap)
+        out = constrain(out, ("batch", "length", "act_heads", None))
+        return self.o_proj(out), new_cache

@@ -1,0 +1,121 @@
+"""The training loop: the only place with side effects (I/O, signals, logging).
+
+``fit`` runs the jitted pure step over the data iterator, logs, evaluates,
+checkpoints (state + iterator position), stops cleanly on SIGTERM and on a
+non-finite loss, and resumes from the latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+from lnpo.train.checkpoint import Checkpointer, abstract_like
+from lnpo.train.logger import RunLogger
+from lnpo.train.preemption import PreemptionFlag
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class FitResult:
+    step: int
+    preempted: bool
+    last_metrics: dict
+    state: Any
+
+
+@dataclasses.dataclass
+class LoopSpec:
+    """What :func:`fit` needs besides the state: the jitted step and its data."""
+
+    step_fn: Callable[[Any, dict], tuple[Any, dict]]  # (state, global batch) -> (state, metrics)
+    batches: Iterator[tuple[dict, float]]  # yields (global batch of jax Arrays, its real token count)
+    iterator_state: Callable[[], dict]  # position of the iterator after the last yielded batch
+    restore_iterator: Callable[[dict], None]
+    evaluate: Callable[[Any], dict] | None  # state -> held-out metrics
+    total_steps: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    flops_per_token: float  # model FLOPs per real token of a step (forward + backward + reference)
+    peak_flops: float  # peak FLOP/s of all devices together
+    learning_rate: Callable[[int], float]
+    items_per_step: int  # pairs or examples per step
+
+
+def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResult:
+    checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=spec.keep_checkpoints)
+    start = checkpointer.latest_step()
+    if start is not None:
+        state, data_state = checkpointer.restore(start, abstract_like(state))
+        spec.restore_iterator(data_state)
+    step = int(start or 0)
+    logger = RunLogger(workdir, total_steps=spec.total_steps, start_step=step, desc=desc)
+    flag = PreemptionFlag().install()
+    last: dict = {}
+    window_time, window_steps, window_tokens = 0.0, 0, 0.0
+    preempted = False
+    compiled = False
+    try:
+        while step < spec.total_steps:
+            if flag.should_stop():
+                preempted = True
+                break
+            t0 = time.perf_counter()
+            batch, tokens = next(spec.batches)
+            state, metrics = spec.step_fn(state, batch)
+            metrics = jax.device_get(metrics)
+            if compiled:  # the first step of a (re)start includes compilation: not timed
+                window_time += time.perf_counter() - t0
+                window_steps += 1
+                window_tokens += tokens
+            compiled = True
+            if not metrics.get("finite", 1.0):
+                raise NonFiniteLoss(
+                    f"non-finite loss or gradient at step {step + 1} (loss={float(metrics['loss'])}, "
+                    f"grad_norm={float(metrics['grad_norm'])}); the update was not applied and the last good "
+                    f"checkpoint in {checkpointer.directory} is kept"
+                )
+            step += 1
+            logger.advance()
+            row = None
+            if (step % spec.log_every == 0 or step == spec.total_steps) and window_steps:
+                seconds = window_time / window_steps
+                row = {k: float(v) for k, v in metrics.items() if k != "finite"}
+                row.update({
+                    "learning_rate": float(spec.learning_rate(step - 1)),
+                    "step_time_s": seconds,
+                    "tokens_per_s": window_tokens / window_time,
+                    "items_per_s": spec.items_per_step / seconds,
+                    "mfu": spec.flops_per_token * window_tokens / window_time / spec.peak_flops,
+                })
+                window_time, window_steps, window_tokens = 0.0, 0, 0.0
+            eval_row = None
+            if spec.evaluate is not None and (step % spec.eval_every == 0 or step == spec.total_steps):
+                eval_row = spec.evaluate(state)
+                row = {**(row or {}), **eval_row}
+            if row is not None:
+                logger.log(step, row)
+                last = row
+            if step % spec.checkpoint_every == 0 or step == spec.total_steps:
+                checkpointer.save(step, state, spec.iterator_state(), metrics=eval_row)
+        if preempted and checkpointer.latest_step() != step:
+            checkpointer.save(step, state, spec.iterator_state())
+    finally:
+        flag.uninstall()
+        checkpointer.close()
+        logger.close()
+    return FitResult(step=step, preempted=preempted, last_metrics=last, state=state)
+
+
+def real_tokens(batch: dict) -> float:
+    """Non-padding tokens of a host-local numpy batch, times the number of processes."""
+    return float(np.count_nonzero(np.asarray(batch["segment_ids"]))) * jax.process_count()

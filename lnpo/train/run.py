@@ -1,0 +1,150 @@
+"""One run from a config: embedded SFT model if needed, then the configured stage, export, evaluation.
+
+``run(config, workdir)`` is what ``python -m lnpo.main`` calls. It validates the
+config before building anything, resolves the starting model (a Hugging Face
+directory, or the embedded tiny model's cached SFT checkpoint), prepares the
+data, trains with :func:`lnpo.train.trainer.train_stage`, exports the result in
+Hugging Face format and, when the config asks, evaluates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+import ml_collections
+
+from lnpo.config import ConfigError, validate
+
+DONE = "DONE"
+
+
+def runs_root(workdir: str) -> str:
+    return os.path.dirname(os.path.abspath(workdir))
+
+
+def embedded_task_dir(config, workdir: str) -> str:
+    return os.path.join(runs_root(workdir), "embedded_task", f"seed{config.seed}")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def sft_config_for(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The SFT-stage config that makes the embedded starting model for ``config``."""
+    sft = ml_collections.ConfigDict(config.to_dict())
+    sft.name = "sft"
+    sft.stage = "sft"
+    sft.loss = ml_collections.ConfigDict({"name": "nll"})
+    sft.train.steps = config.sft.steps
+    sft.train.global_batch = config.sft.global_batch
+    sft.train.micro_batches = 1
+    sft.optim.lr = config.sft.lr
+    sft.optim.warmup_steps = config.sft.warmup_steps
+    sft.optim.schedule = "cosine"
+    sft.eval.enabled = False
+    return sft
+
+
+def embedded_sft_workdir(config, workdir: str) -> str:
+    """``runs/sft-embedded-<hash>``: one cached SFT model per (tiny model, SFT recipe, data, seed)."""
+    key = _digest({
+        "tiny": config.model.tiny.to_dict(),
+        "sft": config.sft.to_dict(),
+        "data": {k: config.data[k] for k in ("max_prompt_len", "max_len", "truncation")},
+        "seed": config.seed,
+        "mesh": list(config.mesh.shape),
+    })
+    return os.path.join(runs_root(workdir), f"sft-embedded-{key}")
+
+
+def ensure_embedded_sft(config, workdir: str) -> str:
+    """Train (once) and return the embedded SFT model's export directory."""
+    sft_workdir = embedded_sft_workdir(config, workdir)
+    export = os.path.join(sft_workdir, "export")
+    if os.path.exists(os.path.join(sft_workdir, DONE)):
+        return export
+    from lnpo.train.trainer import train_stage
+
+    if jax.process_index() == 0:
+        print(f"lnpo: training the embedded SFT model into {sft_workdir}", flush=True)
+    train_stage(sft_config_for(config), sft_workdir, init_path=None)
+    if jax.process_index() == 0:
+        with open(os.path.join(sft_workdir, DONE), "w") as f:
+            f.write("ok\n")
+    return export
+
+
+def maybe_initialize_distributed() -> None:
+    """``jax.distributed.initialize()`` when launched as one of several processes
+    (TPU pods, SLURM, or ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``)."""
+    if jax.distributed.is_initialized():
+        return
+    env = os.environ
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        jax.distributed.initialize(
+            env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env["JAX_PROCESS_ID"]),
+        )
+    elif "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
+        jax.distributed.initialize()
+    elif "TPU_WORKER_HOSTNAMES" in env and "," in env["TPU_WORKER_HOSTNAMES"]:
+        jax.distributed.initialize()
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Run ``config`` in ``workdir``; returns a summary dict (also written to ``workdir/summary.json``)."""
+    maybe_initialize_distributed()
+    validate(config, num_devices=jax.device_count())
+    if config.stage != "sft" and not config.model.path and config.data.source != "embedded":
+        raise ConfigError("config.model.path: required when data.source is not 'embedded' "
+                          "(the embedded tiny SFT model is trained on the embedded task)")
+    from lnpo.train.trainer import train_stage
+
+    os.makedirs(workdir, exist_ok=True)
+    if config.model.path:
+        init_path = config.model.path
+    elif config.stage == "sft":
+        init_path = None
+    else:
+        init_path = ensure_embedded_sft(config, workdir)
+    result = train_stage(config, workdir, init_path=init_path)
+    summary = {"workdir": os.path.abspath(workdir), "stage": config.stage, "steps": result["step"],
+               "preempted": result["preempted"], "export": result.get("export"), "final": result["last_metrics"]}
+    if config.stage == "po" and not result["preempted"] and config.eval.enabled:
+        summary["eval"] = evaluate_after_training(config, workdir, init_path)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(format_summary(summary), flush=True)
+    return summary
+
+
+def evaluate_after_training(config, workdir: str, sft_path: str) -> dict | None:
+    """Evaluate the exported policy when the evaluation package is installed."""
+    try:
+        from lnpo.evaluate import evaluate_workdir
+    except ImportError:
+        return None
+    return evaluate_workdir(workdir)
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"lnpo: {summary['stage']} run in {summary['workdir']}: {summary['steps']} steps"
+             + (" (preempted; rerun the same command to resume)" if summary["preempted"] else "")]
+    final = summary.get("final") or {}
+    keys = [k for k in ("loss", "rewards/accuracies", "rewards/margins", "eval/loss", "eval/rewards/accuracies")
+            if k in final]
+    if keys:
+        lines.append("  " + ", ".join(f"{k}={final[k]:.4f}" for k in keys))
+    if summary.get("export"):
+        lines.append(f"  exported Hugging Face model: {summary['export']}")
+    ev = summary.get("eval") or {}
+    for key in ("score_mean", "win_rate_vs_chosen", "win_rate_vs_sft", "kl_seq_mean", "length_tokens_mean"):
+        if key in ev:
+            lines.append(f"  eval {key} = {ev[key]:.4f}")
+    return "\n".join(lines)

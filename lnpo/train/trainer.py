@@ -1,0 +1,373 @@
+"""Build everything a stage needs (mesh, model, data, reference, optimizer, jitted step) and fit.
+
+``train_stage(config, workdir, init_path=...)`` trains the stage named by
+``config.stage`` ("sft", "po" or "rm") and exports the result to
+``workdir/export`` in Hugging Face format. The jitted step is the pure
+:func:`lnpo.train.steps.train_step`; this module only wires it up.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lnpo import losses as losses_lib
+from lnpo import parallel
+from lnpo.config import ConfigError, loss_hparams
+from lnpo.train import reference_cache, steps
+from lnpo.train.flops import device_peak_flops, forward_flops_per_token
+from lnpo.train.loop import LoopSpec, fit, real_tokens
+from lnpo.train.optim import make_optimizer
+
+# Host-local batch arrays are [A, rows or pairs, ...]: axis 1 is split over the data-parallel axes.
+BATCH_SPEC = P(None, ("data", "fsdp"))
+
+
+# ----------------------------------------------------------------------------- data
+def _columns(config) -> dict:
+    return {k: v for k, v in config.data.columns.items()}
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
+    return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
+
+
+def prepare_data(config, workdir: str, tokenizer, *, embedded_paths: dict | None):
+    """``(train, eval or None)`` tokenized datasets for ``config.stage``; prints the load reports."""
+    from lnpo import data
+
+    stage, d = config.stage, config.data
+    tok_kwargs = dict(max_len=d.max_len, max_prompt_len=d.max_prompt_len, truncation=d.truncation,
+                      num_proc=d.num_proc if d.num_proc > 1 else None)
+    if stage == "sft":
+        source = embedded_paths["sft"] if d.source == "embedded" else d.source
+        raw, report = data.load_sft(source, schema=d.schema, split=d.split, **_columns(config))
+        tokenized, tok_report = data.tokenize_sft(raw, tokenizer, source=str(source), **tok_kwargs)
+        _print_reports(report, tok_report)
+        return tokenized, None
+    source = embedded_paths["train_prefs"] if d.source == "embedded" else d.source
+    raw, report = data.load_preferences(source, schema=d.schema, split=d.split, **_columns(config))
+    tokenized, tok_report = data.tokenize_preferences(raw, tokenizer, source=str(source), **tok_kwargs)
+    _print_reports(report, tok_report)
+    eval_tokenized = None
+    eval_source = d.eval_source or (embedded_paths["eval_prefs"] if d.source == "embedded" else "")
+    if eval_source and config.train.eval_batches > 0:
+        raw_eval, eval_report = data.load_preferences(eval_source, schema=d.schema, split=d.eval_split,
+                                                      **_columns(config))
+        eval_tokenized, eval_tok_report = data.tokenize_preferences(raw_eval, tokenizer, source=str(eval_source),
+                                                                    **tok_kwargs)
+        _print_reports(eval_report, eval_tok_report)
+    return tokenized, eval_tokenized
+
+
+def _print_reports(*reports) -> None:
+    if jax.process_index() == 0:
+        for r in reports:
+            print(f"lnpo: data: {r.summary()}", flush=True)
+
+
+def to_global(local: dict, mesh) -> dict:
+    """Assemble host-local ``[A, n_local, ...]`` arrays into global arrays split along axis 1."""
+    sharding = NamedSharding(mesh, BATCH_SPEC)
+    out = {}
+    for key, value in local.items():
+        value = np.asarray(value)
+        global_shape = (value.shape[0], value.shape[1] * jax.process_count()) + value.shape[2:]
+        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+def _dtype_overrides(config) -> dict:
+    return dict(remat=config.model.remat)
+
+
+def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0):
+    """The policy (or reward model) as an NNX module with parameters placed on ``mesh``."""
+    from lnpo.models import Decoder, ModelConfig, from_pretrained, param_shardings
+
+    if init_path is None:
+        t = config.model.tiny
+        cfg = ModelConfig.tiny(
+            vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+            num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
+            max_position_embeddings=max(config.data.max_len * 2, 256),
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, param_dtype=config.model.param_dtype,
+            compute_dtype=config.model.compute_dtype, num_labels=num_labels, **_dtype_overrides(config))
+        abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(config.seed)))
+        shardings = param_shardings(abstract, mesh)
+        graphdef, _ = nnx.split(abstract)
+
+        @functools.partial(jax.jit, out_shardings=shardings)
+        def init():
+            return nnx.state(Decoder(cfg, rngs=nnx.Rngs(config.seed)), nnx.Param)
+
+        return nnx.merge(graphdef, init())
+    extra = {"num_labels": num_labels} if num_labels else {}
+    try:
+        return from_pretrained(init_path, dtype=config.model.param_dtype, compute_dtype=config.model.compute_dtype,
+                               mesh=mesh, **_dtype_overrides(config), **extra)
+    except ValueError as e:
+        if not num_labels or "score" not in str(e):
+            raise
+    # A reward model started from a causal LM: keep its decoder, start a fresh score head.
+    lm = from_pretrained(init_path, dtype=config.model.param_dtype, compute_dtype=config.model.compute_dtype,
+                         mesh=mesh, **_dtype_overrides(config))
+    cfg = lm.config.replace(num_labels=num_labels, tie_embeddings=False)
+    rm = Decoder(cfg, rngs=nnx.Rngs(config.seed))
+    lm_state = nnx.state(lm, nnx.Param).flat_state()
+    rm_state = nnx.state(rm, nnx.Param)
+    flat = rm_state.flat_state()
+    for path, var in flat:
+        if path in dict(lm_state):
+            var.value = dict(lm_state)[path].value
+    nnx.update(rm, nnx.State.from_flat_path(flat))
+    return rm
+
+
+# ----------------------------------------------------------------------------- reference
+def make_reference_logps_fn(graphdef, mesh, *, num_pairs: int, chunk_size: int):
+    """Jitted ``(params, batch) -> [A, 2*num_pairs]`` summed completion log-probs."""
+
+    def fn(params, batch):
+        with parallel.use_rules(mesh):
+            model = nnx.merge(graphdef, params)
+            return jax.lax.map(lambda mb: steps.sequence_logps(model, mb, 2 * num_pairs, chunk_size)[0], batch)
+
+    return jax.jit(fn)
+
+
+def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pairs: int):
+    """Reference log-probs of every pair of ``dataset`` in dataset order: ``(chosen [N], rejected [N])``."""
+    from lnpo.data import EvalIterator
+
+    dp = _data_parallel(mesh)
+    iterator = EvalIterator(dataset, global_batch=batch_pairs, layout="padded", seq_len=config.data.max_len,
+                            process_index=jax.process_index(), process_count=jax.process_count(),
+                            row_multiple=max(dp // jax.process_count(), 1))
+    fn = make_reference_logps_fn(graphdef, mesh, num_pairs=batch_pairs, chunk_size=config.train.logprob_chunk)
+    n = len(dataset)
+    chosen, rejected = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    for b, local in enumerate(iterator):
+        local = {k: v for k, v in local.items() if k != "pair_valid"}
+        sums = np.asarray(jax.device_get(_replicated(fn(ref_params, to_global(local, mesh)), mesh)))[0]
+        start = b * batch_pairs
+        count = min(batch_pairs, n - start)
+        chosen[start:start + count] = sums[0::2][:count]
+        rejected[start:start + count] = sums[1::2][:count]
+    return chosen, rejected
+
+
+def _replicated(x, mesh):
+    return jax.jit(lambda a: a, out_shardings=NamedSharding(mesh, P()))(x)
+
+
+def _data_parallel(mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+# ----------------------------------------------------------------------------- the stage
+def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
+    """Train ``config.stage`` in ``workdir`` starting from ``init_path`` (None: a fresh tiny model)."""
+    from lnpo.data import EvalIterator, PairIterator, SFTIterator
+
+    stage = config.stage
+    mesh = parallel.make_mesh(config.mesh.shape)
+    embedded_paths = None
+    if config.data.source == "embedded" or init_path is None:
+        from lnpo.data.embedded import materialize
+        from lnpo.train.run import embedded_task_dir
+
+        embedded_paths = materialize(embedded_task_dir(config, workdir), seed=config.seed)
+    tokenizer_dir = config.data.tokenizer or init_path or embedded_paths["tokenizer"]
+    tokenizer = load_tokenizer(tokenizer_dir)
+    train_ds, eval_ds = prepare_data(config, workdir, tokenizer, embedded_paths=embedded_paths)
+    if len(train_ds) < config.train.global_batch:
+        raise ConfigError(f"config.train.global_batch: {config.train.global_batch} is larger than the "
+                          f"{len(train_ds)} usable training examples")
+
+    model = build_model(config, init_path, tokenizer, mesh, num_labels=1 if stage == "rm" else 0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    model_cfg = model.config
+    del model
+
+    # objective and reference
+    objective, hparams, uses_reference = None, {}, False
+    if stage == "po":
+        objective = losses_lib.get(config.loss.name)
+        hparams = losses_lib.validate(config.loss.name, loss_hparams(config))
+        uses_reference = losses_lib.requires_reference(config.loss.name)
+    A = config.train.micro_batches
+    M = config.train.global_batch // A  # pairs (examples) per micro-batch
+    dp = _data_parallel(mesh)
+    row_multiple = max(dp // jax.process_count(), 1)
+    chunk = config.train.logprob_chunk
+
+    ref_params = ref_graphdef = None
+    ref_train = ref_eval = None
+    if uses_reference and config.reference.mode == "in_step":
+        ref_dtype = jnp.dtype(config.reference.dtype)
+        ref_graphdef = graphdef
+        ref_params = jax.tree.map(lambda x: x.astype(ref_dtype), params)  # a copy: the policy's is donated
+    elif uses_reference:
+        ref_train, ref_eval = _reference_from_cache(config, workdir, init_path, params, graphdef, mesh,
+                                                    train_ds, eval_ds, batch_pairs=M)
+
+    tx, schedule = make_optimizer(config.optim, steps=config.train.steps)
+    replicated = NamedSharding(mesh, P())
+    opt_state = jax.jit(tx.init)(params)
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+    # Every leaf on the mesh (scalars replicated) so the step compiles once.
+    state_shardings = jax.tree.map(
+        lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
+    state = jax.device_put(state, state_shardings)
+
+    sums_fn = steps.micro_sums_fn(stage, objective=objective, hparams=hparams, num_pairs=M, chunk_size=chunk)
+
+    def step_fn(state, batch, ref_params):
+        with parallel.use_rules(mesh):
+            return steps.train_step(state, batch, ref_params, graphdef=graphdef, ref_graphdef=ref_graphdef,
+                                    tx=tx, stage=stage, sums_fn=sums_fn)
+
+    ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    train_step = lambda s, b: jitted(s, b, ref_params)  # noqa: E731
+
+    iterator_cls = SFTIterator if stage == "sft" else PairIterator
+    iterator = iterator_cls(train_ds, global_batch=config.train.global_batch, micro_batches=A,
+                            layout=config.data.layout, seq_len=config.data.max_len, seed=config.seed,
+                            process_index=jax.process_index(), process_count=jax.process_count(),
+                            row_multiple=row_multiple)
+
+    def batches():
+        while True:
+            indices = iterator.next_indices()
+            local = iterator.build(indices)
+            tokens = real_tokens(local)
+            if ref_train is not None:
+                local.update(_cached_reference_slice(ref_train, indices, A))
+            yield to_global(local, mesh), tokens
+
+    evaluate = None
+    if eval_ds is not None and stage != "sft":
+        evaluate = _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh,
+                                   stage=stage, sums_fn=sums_fn, pairs=M, row_multiple=row_multiple)
+
+    seq_len = config.data.max_len
+    flops_per_token = forward_flops_per_token(model_cfg, seq_len) * (3 + (1 if ref_params is not None else 0))
+    spec = LoopSpec(
+        step_fn=train_step, batches=batches(), iterator_state=iterator.state, restore_iterator=iterator.restore,
+        evaluate=evaluate, total_steps=config.train.steps, log_every=config.train.log_every,
+        eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
+        keep_checkpoints=config.train.keep_checkpoints, flops_per_token=flops_per_token,
+        peak_flops=device_peak_flops() * jax.device_count(), learning_rate=lambda s: float(schedule(s)),
+        items_per_step=config.train.global_batch)
+    result = fit(state, spec, workdir=workdir, desc=f"{stage} {config.name}")
+
+    out = {"step": result.step, "preempted": result.preempted, "last_metrics": result.last_metrics}
+    if not result.preempted and config.train.export:
+        out["export"] = export(config, workdir, nnx.merge(graphdef, result.state.params), tokenizer,
+                               init_path=init_path, embedded_paths=embedded_paths)
+    return out
+
+
+def _cached_reference_slice(ref: tuple[np.ndarray, np.ndarray], indices: np.ndarray, A: int) -> dict:
+    """This host's ``ref_chosen``/``ref_rejected`` ``[A, L]`` for global batch ``indices`` (-1 = dummy)."""
+    h, H = jax.process_index(), jax.process_count()
+    own = indices.reshape(A, H, -1)[:, h, :]
+    safe = np.where(own >= 0, own, 0)
+    chosen = np.where(own >= 0, ref[0][safe], 0.0).astype(np.float32)
+    rejected = np.where(own >= 0, ref[1][safe], 0.0).astype(np.float32)
+    return {"ref_chosen": chosen, "ref_rejected": rejected}
+
+
+def _reference_from_cache(config, workdir, init_path, params, graphdef, mesh, train_ds, eval_ds, *, batch_pairs):
+    from lnpo.train.run import runs_root
+
+    cache_dir = config.reference.cache_dir or os.path.join(runs_root(workdir), "reference_cache")
+    weights = reference_cache.weights_fingerprint(init_path)
+    numerics = {"dtype": config.model.compute_dtype, "seq_len": config.data.max_len,
+                "chunk": config.train.logprob_chunk, "version": 1}
+    results = []
+    for dataset in (train_ds, eval_ds):
+        if dataset is None:
+            results.append(None)
+            continue
+        key = reference_cache.cache_key(weights=weights, data=dataset._fingerprint, numerics=numerics)
+        chosen, rejected, computed = reference_cache.load_or_compute(
+            cache_dir, key, len(dataset),
+            lambda d=dataset: compute_reference(params, graphdef, d, config, mesh, batch_pairs=batch_pairs),
+            is_writer=jax.process_index() == 0)
+        if jax.process_index() == 0:
+            verb = "computed" if computed else "reused"
+            print(f"lnpo: reference log-probs {verb}: {reference_cache.cache_path(cache_dir, key)}", flush=True)
+        results.append((chosen, rejected))
+    return results[0], results[1]
+
+
+def _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh, *, stage, sums_fn,
+                    pairs, row_multiple):
+    from lnpo.data import EvalIterator
+
+    iterator = EvalIterator(eval_ds, global_batch=pairs, layout=config.data.layout, seq_len=config.data.max_len,
+                            process_index=jax.process_index(), process_count=jax.process_count(),
+                            row_multiple=row_multiple, max_batches=config.train.eval_batches)
+
+    def eval_fn(params, batch, ref_params):
+        with parallel.use_rules(mesh):
+            return steps.eval_step(params, batch, ref_params, graphdef=graphdef, ref_graphdef=ref_graphdef,
+                                   stage=stage, sums_fn=sums_fn)
+
+    jitted = jax.jit(eval_fn, out_shardings=NamedSharding(mesh, P()))
+
+    def evaluate(state) -> dict:
+        totals: dict[str, float] = {}
+        for b, local in enumerate(iterator):
+            if ref_eval is not None:
+                indices = np.arange(b * pairs, (b + 1) * pairs)
+                indices[indices >= len(eval_ds)] = -1
+                local.update(_cached_reference_slice(ref_eval, indices, 1))
+            sums = jax.device_get(jitted(state.params, to_global(local, mesh), ref_params))
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        count = max(totals.pop("count", 0.0), 1.0)
+        return {f"eval/{k}": v / count for k, v in totals.items()}
+
+    return evaluate
+
+
+# ----------------------------------------------------------------------------- export
+def export(config, workdir: str, model, tokenizer, *, init_path, embedded_paths) -> str:
+    """Write the trained model (HF format) and ``run.json`` (what evaluation and sweeps read)."""
+    from lnpo.models import save_pretrained
+
+    path = os.path.join(workdir, "export")
+    save_pretrained(model, path, tokenizer=tokenizer)
+    if jax.process_index() == 0:
+        info = {
+            "name": config.name, "stage": config.stage, "method": config.loss.name,
+            "loss": loss_hparams(config), "lr": config.optim.lr, "seed": config.seed,
+            "steps": config.train.steps, "export": os.path.abspath(path),
+            "sft_path": os.path.abspath(init_path) if init_path else None,
+            "eval_prompts": embedded_paths["ood_prompts"] if embedded_paths and config.data.source == "embedded"
+            else config.data.get("ood_prompts", ""),
+            "scorer": "embedded" if config.data.source == "embedded" else config.eval.get("scorer", ""),
+            "status": "trained",
+        }
+        with open(os.path.join(workdir, "run.json"), "w") as f:
+            json.dump(info, f, indent=2)
+    return path

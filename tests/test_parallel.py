@@ -1,0 +1,51 @@
+"""lnpo.parallel: logical axis rules and mesh shapes."""
+
+import jax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from lnpo import parallel
+
+
+def test_parameter_axes_map_to_fsdp_and_tensor():
+    assert parallel.logical_to_spec(("embed", "mlp")) == P("fsdp", "tensor")
+    assert parallel.logical_to_spec(("vocab", "embed")) == P("tensor", "fsdp")
+    assert parallel.logical_to_spec(("layers", "embed", "kv_heads", "head_dim")) == P(None, "fsdp", "tensor", None)
+
+
+def test_a_mesh_axis_is_used_once_per_spec():
+    # batch claims data and fsdp; a later "embed" must not reuse fsdp.
+    assert parallel.logical_to_spec(("batch", "length", "embed")) == P(("data", "fsdp"), None, None)
+    assert parallel.logical_to_spec(("heads", "mlp")) == P("tensor", None)
+
+
+def test_unknown_and_none_axes_replicate():
+    assert parallel.logical_to_spec(("nonexistent", None)) == P(None, None)
+    assert parallel.logical_to_spec(None) == P()
+
+
+@pytest.mark.parametrize(
+    "shape, devices, expected",
+    [((-1, 1, 1), 8, (8, 1, 1)), ((2, -1, 2), 8, (2, 2, 2)), ((1, 1, 1), 1, (1, 1, 1)), ((1, 8, 1), 8, (1, 8, 1))],
+)
+def test_resolve_mesh_shape(shape, devices, expected):
+    assert parallel.resolve_mesh_shape(shape, devices) == expected
+
+
+@pytest.mark.parametrize(
+    "shape, devices, message",
+    [((2, 2, 2), 4, "needs 8 devices but 4"), ((3, -1, 1), 8, "does not divide"), ((-1, -1, 1), 8, "at most one"),
+     ((2, 2), 4, "3 entries"), ((0, 1, 1), 1, "positive")],
+)
+def test_bad_mesh_shapes_name_the_problem(shape, devices, message):
+    with pytest.raises(ValueError, match=message):
+        parallel.resolve_mesh_shape(shape, devices)
+
+
+def test_constrain_is_identity_outside_rules_and_shards_inside():
+    x = jax.numpy.ones((4, 3, 2))
+    assert parallel.constrain(x, ("batch", "length", "act_embed")) is x
+    mesh = parallel.make_mesh((-1, 1, 1))
+    with parallel.use_rules(mesh):
+        y = jax.jit(lambda a: parallel.constrain(a, ("batch", "length", "act_embed")))(x)
+    assert y.sharding.spec == P(("data", "fsdp"), None, None) or y.sharding.is_fully_replicated
