@@ -48,6 +48,9 @@ def get_base() -> ml_collections.ConfigDict:
     c.data.max_len = 96  # prompt + one response, in tokens
     c.data.truncation = "keep_end"  # "keep_end" | "drop"
     c.data.layout = "padded"  # "padded" | "packed" | "shared_prompt"
+    # Row length of a batch; 0 = max_len (padded, packed) or 2 * max_len (shared_prompt,
+    # which holds the prompt and both responses in one row).
+    c.data.seq_len = 0
     c.data.num_proc = 1
     c.data.tokenizer = ""  # default: the model directory's tokenizer
 

@@ -40,13 +40,14 @@ def main(argv=None):
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
         from lnpo.config import ConfigError
+        from lnpo.train.loop import NonFiniteLoss
         from lnpo.train.run import run
 
         config = flags.FLAGS.config
         workdir = flags.FLAGS.workdir or os.path.join("runs", config.name)
         try:
             run(config, workdir)
-        except (ConfigError, FileNotFoundError) as e:
+        except (ConfigError, FileNotFoundError, NonFiniteLoss) as e:
             print(f"lnpo: error: {e}", file=sys.stderr)
             sys.exit(2)
 

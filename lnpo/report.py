@@ -223,6 +223,7 @@ def write_figures(runs: Sequence[dict], fig_dir: str) -> dict[str, str]:
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     os.makedirs(fig_dir, exist_ok=True)
     methods = _methods(runs)
@@ -278,6 +279,9 @@ def write_figures(runs: Sequence[dict], fig_dir: str) -> dict[str, str]:
             ub = np.unique(b)
             ax.plot(ub, [s[b == x].mean() for x in ub], marker="o", color="k", label="mean over other hparams")
             ax.set_xscale("log")
+            ax.set_xticks(ub)
+            ax.set_xticklabels([f"{v:g}" for v in ub])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if sft_ref.size:
             ax.axhline(float(sft_ref.mean()), color="gray", linestyle="--", label="SFT model")
         ax.set_title(_label(m))
@@ -363,7 +367,7 @@ def _table_rows(runs, methods_table):
     mm = [[(_label(r[k]) if k == "method" else _fmt(r.get(k))) for k, _ in _METRIC_COLS] for r in methods_table]
     rr = []
     for r in sorted(runs, key=lambda r: (_methods(runs).index(r["method"]), r["name"])):
-        rr.append([r["name"], _label(r["method"]), _hp_str(r["hparams"]), _fmt(r["lr"], 6) if r["lr"] is not None
+        rr.append([r["name"], _label(r["method"]), _hp_str(r["hparams"]), f"{r['lr']:g}" if _num(r["lr"]) is not None
                    else "-"] + [_fmt(r["summary"].get(k)) for k, _ in _RUN_COLS])
     return mt, mm, rr
 

@@ -93,15 +93,15 @@ Tokenizer
 
 :func:`build_tokenizer` trains a byte-level BPE with ``tokenizers`` whose
 pre-tokenizer splits digits into single characters (so arithmetic generalizes over
-numbers) and whose vocabulary ends up holding every task word whole (about 450
-entries). Special tokens: ``<|pad|>`` (id 0), ``<|bos|>``, ``<|eos|>``, ``<|user|>``,
+numbers) and whose vocabulary ends up holding every task word whole (about 600
+entries, 256 of them the byte alphabet). Special tokens: ``<|pad|>`` (id 0), ``<|bos|>``, ``<|eos|>``, ``<|user|>``,
 ``<|assistant|>``, ``<|system|>``. The chat template (:data:`CHAT_TEMPLATE`) renders
 ``<|bos|><|user|>{user}<|assistant|>{assistant}<|eos|>``; with
 ``add_generation_prompt`` it ends in ``<|assistant|>``, so a prompt rendered with the
 generation prompt is a prefix of the prompt + completion rendering. The template
 adds the BOS; plain ``tokenizer(text)`` adds no special tokens. Every text of the
-task fits :data:`MAX_LENGTH` (64) tokens once rendered (prompt + verbose response is
-at most about 45).
+task fits :data:`MAX_LENGTH` (64) tokens once rendered: prompt + longest response is
+at most 48 tokens (46 in the default data, 27 on average).
 """
 
 from __future__ import annotations
@@ -490,14 +490,14 @@ def parse_response(response: str) -> tuple[str | None, int]:
 
     Returns ``(answer, extra_words)``: the text after the first ``"The answer is"``
     up to the end of its sentence (whitespace collapsed; ``None`` if the response has
-    no answer sentence), and the number of whitespace-separated words of the response
+    no answer sentence or an empty one), and the number of whitespace-separated words of the response
     outside that sentence (all of its words when there is no answer sentence).
     """
     match = _ANSWER_RE.search(response)
     total = len(response.split())
-    if match is None:
+    answer = " ".join(match.group(1).split()) if match else ""
+    if not answer:  # no answer sentence, or "The answer is." with nothing in it
         return None, total
-    answer = " ".join(match.group(1).split())
     return answer, total - len(match.group(0).split())
 
 
@@ -632,6 +632,16 @@ def _jsonl_bytes(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
 
 
+def _split_bytes(seed: int, sizes: Mapping[str, int]) -> dict[str, bytes]:
+    """The JSONL bytes of every split (each split has its own RNG stream)."""
+    return {
+        "sft": _jsonl_bytes(_sft_rows(seed, sizes["sft"])),
+        "train_prefs": _jsonl_bytes(_pref_rows(seed, "train_prefs", sizes["train_prefs"], heldout=False)),
+        "eval_prefs": _jsonl_bytes(_pref_rows(seed, "eval_prefs", sizes["eval_prefs"], heldout=True)),
+        "ood_prompts": _jsonl_bytes(_ood_rows(seed, sizes["ood_prompts"])),
+    }
+
+
 # ----------------------------------------------------------------------------- tokenizer
 
 
@@ -668,8 +678,22 @@ def build_tokenizer(texts: Iterable[str]):
     is id 0) and :data:`CHAT_TEMPLATE`. Returns a
     ``transformers.PreTrainedTokenizerFast``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_train_bpe(texts),
+        bos_token=SPECIAL_TOKENS["bos"],
+        eos_token=SPECIAL_TOKENS["eos"],
+        pad_token=SPECIAL_TOKENS["pad"],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=MAX_LENGTH,
+        padding_side="right",
+    )
+
+
+def _train_bpe(texts: Iterable[str]):
+    """The ``tokenizers.Tokenizer`` behind :func:`build_tokenizer` (no transformers import)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -687,15 +711,7 @@ def build_tokenizer(texts: Iterable[str]):
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=SPECIAL_TOKENS["bos"],
-        eos_token=SPECIAL_TOKENS["eos"],
-        pad_token=SPECIAL_TOKENS["pad"],
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=MAX_LENGTH,
-        padding_side="right",
-    )
+    return tok
 
 
 def _save_tokenizer(tokenizer, directory: str) -> None:
@@ -788,17 +804,13 @@ def materialize(directory: str | os.PathLike, *, seed: int = 0, sizes: Mapping[s
         return paths
 
     os.makedirs(directory, exist_ok=True)
-    sft = _sft_rows(seed, sizes["sft"])
-    train = _pref_rows(seed, "train_prefs", sizes["train_prefs"], heldout=False)
-    evals = _pref_rows(seed, "eval_prefs", sizes["eval_prefs"], heldout=True)
-    ood = _ood_rows(seed, sizes["ood_prompts"])
-    contents = {"sft": sft, "train_prefs": train, "eval_prefs": evals, "ood_prompts": ood}
+    contents = _split_bytes(seed, sizes)
 
     tmp = tempfile.mkdtemp(prefix=".materialize-", dir=directory)
     try:
-        for key, rows in contents.items():
+        for key, data in contents.items():
             with open(os.path.join(tmp, FILES[key]), "wb") as f:
-                f.write(_jsonl_bytes(rows))
+                f.write(data)
         tok_tmp = os.path.join(tmp, FILES["tokenizer"])
         _save_tokenizer(build_tokenizer(corpus_texts()), tok_tmp)
 

@@ -134,7 +134,7 @@ def sample_logits(logits_BxV: jax.Array, keys_B: jax.Array, *, temperature=1.0, 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _generate_batch(graphdef, state, ids_BxP, valid_BxP, positions_BxP, prompt_index_B, sample_index_B, seed,
-                    temperature, top_k, top_p, eos_E, pad_id, *, max_new_tokens: int):
+                    temperature, top_k, top_p, eos_mask_V, pad_id, *, max_new_tokens: int):
     """One batch: (tokens int32 [B, N] (pad_id after EOS / unused), lengths int32 [B], finished bool [B])."""
     model = nnx.merge(graphdef, state)
     B, P = ids_BxP.shape
@@ -158,7 +158,7 @@ def _generate_batch(graphdef, state, ids_BxP, valid_BxP, positions_BxP, prompt_i
         tok = jnp.where(done, pad_id, tok)
         out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1)
         lengths = lengths + (~done).astype(jnp.int32)
-        done = done | jnp.any(tok[:, None] == eos_E[None, :], axis=1)
+        done = done | eos_mask_V[tok]
         step_logits, cache = model.decode(tok[:, None], pos[:, None], cache)
         return i + 1, cache, step_logits[:, 0], out, done, lengths, pos + 1
 
@@ -230,7 +230,13 @@ def generate_ids(
     order = sorted(range(len(rows)), key=lambda r: len(prompts[rows[r][0]]))
     B = min(int(batch_size), len(rows))
     graphdef, state = nnx.split(model)
-    eos = np.asarray(sorted({int(e) for e in eos_ids}) or [-1], np.int32)
+    V = int(model.config.vocab_size)
+    eos = np.zeros((V,), bool)  # a fixed-shape mask: any set of EOS ids runs the same compiled program
+    for e in eos_ids:
+        if 0 <= int(e) < V:
+            eos[int(e)] = True
+        else:
+            log.warning("EOS id %d is outside the model's vocabulary (%d): ignored", int(e), V)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     longest = max(len(p) for p in prompts) + settings.max_new_tokens
     if max_pos and longest > max_pos:

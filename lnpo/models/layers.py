@@ -115,8 +115,13 @@ class Proj(nnx.Module):
         dtype = dtype_of(self.compute_dtype)
         kernel = self.kernel[...].astype(dtype)
         n = self.n_in
-        contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
-        y = jax.lax.dot_general(x.astype(dtype), kernel, (contract, ((), ())))
+        lead, feat = x.shape[: x.ndim - n], x.shape[x.ndim - n :]
+        # One 2-D-batched matmul over all leading (batch, length) positions: XLA:CPU
+        # runs the backward of a 3-D dot_general about 2x slower than this.
+        x2 = x.astype(dtype).reshape((-1, *feat))
+        contract = (tuple(range(1, 1 + n)), tuple(range(n)))
+        y = jax.lax.dot_general(x2, kernel, (contract, ((), ())))
+        y = y.reshape((*lead, *kernel.shape[n:]))
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y

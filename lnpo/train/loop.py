@@ -87,16 +87,17 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
             step += 1
             logger.advance()
             row = None
-            if (step % spec.log_every == 0 or step == spec.total_steps) and window_steps:
-                seconds = window_time / window_steps
+            if step % spec.log_every == 0 or step == spec.total_steps:
                 row = {k: float(v) for k, v in metrics.items() if k != "finite"}
-                row.update({
-                    "learning_rate": float(spec.learning_rate(step - 1)),
-                    "step_time_s": seconds,
-                    "tokens_per_s": window_tokens / window_time,
-                    "items_per_s": spec.items_per_step / seconds,
-                    "mfu": spec.flops_per_token * window_tokens / window_time / spec.peak_flops,
-                })
+                row["learning_rate"] = float(spec.learning_rate(step - 1))
+                if window_steps:
+                    seconds = window_time / window_steps
+                    row.update({
+                        "step_time_s": seconds,
+                        "tokens_per_s": window_tokens / window_time,
+                        "items_per_s": spec.items_per_step / seconds,
+                        "mfu": spec.flops_per_token * window_tokens / window_time / spec.peak_flops,
+                    })
                 window_time, window_steps, window_tokens = 0.0, 0, 0.0
             eval_row = None
             if spec.evaluate is not None and (step % spec.eval_every == 0 or step == spec.total_steps):

@@ -175,6 +175,13 @@ def _replicated(x, mesh):
     return jax.jit(lambda a: a, out_shardings=NamedSharding(mesh, P()))(x)
 
 
+def row_length(config) -> int:
+    """Row length T of the configured layout (``data.seq_len``, or its default)."""
+    if config.data.seq_len:
+        return config.data.seq_len
+    return 2 * config.data.max_len if config.data.layout == "shared_prompt" else config.data.max_len
+
+
 def _data_parallel(mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
@@ -221,7 +228,10 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     if uses_reference and config.reference.mode == "in_step":
         ref_dtype = jnp.dtype(config.reference.dtype)
         ref_graphdef = graphdef
-        ref_params = jax.tree.map(lambda x: x.astype(ref_dtype), params)  # a copy: the policy's is donated
+        # A separate copy (the policy's parameters are donated to the step), held in reference.dtype.
+        copy = jax.jit(lambda p: jax.tree.map(lambda x: (x + 0).astype(ref_dtype), p),
+                       out_shardings=jax.tree.map(lambda x: x.sharding, params))
+        ref_params = copy(params)
     elif uses_reference:
         ref_train, ref_eval = _reference_from_cache(config, workdir, init_path, params, graphdef, mesh,
                                                     train_ds, eval_ds, batch_pairs=M)
@@ -249,7 +259,7 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
 
     iterator_cls = SFTIterator if stage == "sft" else PairIterator
     iterator = iterator_cls(train_ds, global_batch=config.train.global_batch, micro_batches=A,
-                            layout=config.data.layout, seq_len=config.data.max_len, seed=config.seed,
+                            layout=config.data.layout, seq_len=row_length(config), seed=config.seed,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             row_multiple=row_multiple)
 
@@ -267,8 +277,7 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
         evaluate = _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh,
                                    stage=stage, sums_fn=sums_fn, pairs=M, row_multiple=row_multiple)
 
-    seq_len = config.data.max_len
-    flops_per_token = forward_flops_per_token(model_cfg, seq_len) * (3 + (1 if ref_params is not None else 0))
+    flops_per_token = forward_flops_per_token(model_cfg, config.data.max_len) * (3 + (1 if ref_params is not None else 0))
     spec = LoopSpec(
         step_fn=train_step, batches=batches(), iterator_state=iterator.state, restore_iterator=iterator.restore,
         evaluate=evaluate, total_steps=config.train.steps, log_every=config.train.log_every,
@@ -323,7 +332,7 @@ def _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eva
                     pairs, row_multiple):
     from lnpo.data import EvalIterator
 
-    iterator = EvalIterator(eval_ds, global_batch=pairs, layout=config.data.layout, seq_len=config.data.max_len,
+    iterator = EvalIterator(eval_ds, global_batch=pairs, layout=config.data.layout, seq_len=row_length(config),
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             row_multiple=row_multiple, max_batches=config.train.eval_batches)
 

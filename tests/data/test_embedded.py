@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -70,14 +71,25 @@ def test_same_seed_same_bytes_different_seed_different_data(tmp_path):
 
 
 def test_same_bytes_in_a_fresh_process_with_other_hash_seed(tmp_path):
-    here = E.materialize(tmp_path / "here", seed=5, sizes=SMALL)
+    """Guards against any dependence on hash randomization or process state (no transformers import)."""
+    paths = E.materialize(tmp_path, seed=5, sizes=SMALL)
     code = (
-        "import sys; from lnpo.data import embedded as E; "
-        f"E.materialize(sys.argv[1], seed=5, sizes={SMALL!r})"
+        "import hashlib, json; from lnpo.data import embedded as E; "
+        f"sizes = {{**E.DEFAULT_SIZES, **{SMALL!r}}}; "
+        "out = {k: hashlib.sha256(v).hexdigest() for k, v in E._split_bytes(5, sizes).items()}; "
+        "out['bpe'] = hashlib.sha256(E._train_bpe(E.corpus_texts()).to_str().encode()).hexdigest(); "
+        "print(json.dumps(out))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "there")], check=True, env=env, cwd=REPO_ROOT)
-    assert _tree_bytes(tmp_path / "there") == _tree_bytes(os.path.dirname(here["manifest"]))
+    result = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    there = json.loads(result.stdout)
+    manifest = json.load(open(paths["manifest"]))["files"]
+    for key in ("sft", "train_prefs", "eval_prefs", "ood_prompts"):
+        assert there[key] == manifest[E.FILES[key]], key
+    with open(os.path.join(paths["tokenizer"], "tokenizer.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    assert there["bpe"] == hashlib.sha256(E._train_bpe(E.corpus_texts()).to_str().encode()).hexdigest()
+    assert saved["model"] == json.loads(E._train_bpe(E.corpus_texts()).to_str())["model"]
 
 
 def test_materialize_skips_up_to_date_directory_and_repairs_changed_files(tmp_path):
@@ -180,6 +192,8 @@ def test_score_formula_and_prompt_forms():
     assert E.score(prompt, "The answer is 6. I hope this helps!") == pytest.approx(0.2 * (1 - 0.1))
     assert E.score(prompt, " ".join(["Thanks for asking."] * 20) + " The answer is 5.") == pytest.approx(0.5)
     assert E.score(prompt, "5") == 0.0
+    assert E.score(prompt, "The answer is.") == 0.0
+    assert E.parse_response("I think. The answer is  5 . Bye") == ("5", 3)
     g = E.grade(prompt, "Sure, I can help. The answer is 5. Thanks for asking.")
     assert (g.answer, g.correct, g.extra_words) == ("5", True, 7)
     # A rendered chat prompt scores like its user text.
@@ -326,12 +340,22 @@ def test_tokenizer_loads_round_trips_and_has_chat_template(task, tokenizer):
     assert tok.decode(full_ids[len(prompt_ids) : -1]) == "The answer is 5."
 
 
+def _render(conversation):
+    """The chat template, by hand (checked against apply_chat_template below)."""
+    text = "<|bos|>"
+    for m in conversation:
+        text += f"<|{m['role']}|>{m['content']}" + ("<|eos|>" if m["role"] == "assistant" else "")
+    return text
+
+
 def test_every_text_fits_the_max_length(task, tokenizer):
     conversations = [r["messages"] for r in task["sft"]]
     for key in ("train_prefs", "eval_prefs", "ood_prompts"):
         for r in task[key]:
             conversations += [r["prompt"] + r["chosen"], r["prompt"] + r["rejected"]]
-    texts = tokenizer.apply_chat_template(conversations, tokenize=False)
+    sample = conversations[::50]
+    assert tokenizer.apply_chat_template(sample, tokenize=False) == [_render(c) for c in sample]
+    texts = [_render(c) for c in conversations]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     assert max(lengths) <= 48 <= E.MAX_LENGTH
     assert tokenizer.model_max_length == E.MAX_LENGTH

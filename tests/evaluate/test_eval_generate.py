@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from lnpo.evaluate.generate import generate, generate_ids, sample_logits
 
@@ -17,25 +16,23 @@ STEPS = 6
 T_MAX = 16
 
 
-def greedy_reference(model, prompts, steps):
+def greedy_reference(forward, model, prompts, steps):
     """Argmax decoding with a full forward pass (no cache) over prompt + generated tokens at every step."""
-    graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))
     out = []
     for p in prompts:
         seq = list(p)
         for _ in range(steps):
             ids = np.zeros((1, T_MAX), np.int32)  # right padding after the sequence: causal, so it changes nothing
             ids[0, : len(seq)] = seq
-            logits = np.asarray(forward(state, jnp.asarray(ids)))[0, len(seq) - 1]
+            logits = forward(model, ids)[0, len(seq) - 1]
             seq.append(int(np.argmax(logits)))
         out.append(seq[len(p):])
     return out
 
 
 @pytest.fixture(scope="module")
-def greedy(tiny_model):
-    return greedy_reference(tiny_model, PROMPTS, STEPS)
+def greedy(tiny_model, forward):
+    return greedy_reference(forward, tiny_model, PROMPTS, STEPS)
 
 
 def _ids(results):
@@ -119,27 +116,31 @@ def test_sample_logits_top_p_and_top_k():
     np.testing.assert_allclose(f, np.sqrt(probs) / np.sqrt(probs).sum(), atol=0.03)
 
 
-def test_generate_chat_prompts_and_stop_strings(task, tiny_config):
+CHAT_PROMPTS = [[{"role": "user", "content": "What is 3 + 4?"}], "Write apple two times.",
+                [{"role": "user", "content": "What comes after 41?"}], "Pick the larger of 3 and 9."]
+
+
+def test_generate_chat_prompts_and_stop_strings(task, saved_models):
     from lnpo.data.tokenize import Encoder, TokenizeConfig
-    from lnpo.models import Decoder
+    from lnpo.models import from_pretrained
 
     tok = task["tokenizer_obj"]
-    model = Decoder(tiny_config(vocab_size=len(tok)), rngs=nnx.Rngs(2))
-    prompts = [[{"role": "user", "content": "What is 3 + 4?"}], "Write apple two times."]
-    res = generate(model, tok, prompts, max_new_tokens=8, temperature=0.0, batch_size=2)
+    model = from_pretrained(saved_models["policy"])
+    res = generate(model, tok, CHAT_PROMPTS, max_new_tokens=8, temperature=0.0, batch_size=4)
     enc = Encoder(tok, TokenizeConfig(max_len=64))
-    assert res[0]["prompt_ids"] == enc.prompt_ids(prompts[0])
-    assert res[1]["prompt_ids"] == enc.prompt_ids([{"role": "user", "content": prompts[1]}])
+    assert res[0]["prompt_ids"] == enc.prompt_ids(CHAT_PROMPTS[0])
+    assert res[1]["prompt_ids"] == enc.prompt_ids([{"role": "user", "content": CHAT_PROMPTS[1]}])
     assert res[0]["prompt_ids"][-1] == tok.convert_tokens_to_ids("<|assistant|>")
     for r in res:
         body = r["response_ids"][:-1] if r["stop_reason"] == "eos" else r["response_ids"]
         assert r["response_text"] == tok.decode(body, skip_special_tokens=True)
+        assert r["stop_reason"] in ("eos", "length")
 
     # stop at a string that the greedy response contains (from its third token on)
     r0 = res[0]
     stop = tok.decode(r0["response_ids"][2:4], skip_special_tokens=True)
     assert stop and stop in r0["response_text"]
-    cut = generate(model, tok, prompts, max_new_tokens=8, temperature=0.0, batch_size=2, stop_strings=[stop])[0]
+    cut = generate(model, tok, CHAT_PROMPTS, max_new_tokens=8, temperature=0.0, batch_size=4, stop_strings=[stop])[0]
     assert cut["stop_reason"] == "stop_string"
     assert cut["response_text"] == r0["response_text"][: r0["response_text"].find(stop)]
     assert stop not in cut["response_text"]

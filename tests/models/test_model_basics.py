@@ -63,38 +63,61 @@ def test_random_init_statistics():
     assert not np.allclose(q, np.asarray(other.layers.attn.q_proj.kernel[...]))
 
 
-def test_remat_policies_give_identical_gradients():
+def _checkpoint_eqns(jaxpr):
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("checkpoint", "remat", "remat2"):
+            yield eqn
+        for p in eqn.params.values():
+            inner = getattr(p, "jaxpr", p)
+            if hasattr(inner, "eqns"):
+                yield from _checkpoint_eqns(inner)
+
+
+def test_remat_policies():
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 48, size=(2, 8)), jnp.int32)
+    graphdef, state = nnx.split(M.Decoder(SMALL, rngs=nnx.Rngs(0)))
 
-    def grads(remat):
-        model = M.Decoder(SMALL.replace(remat=remat), rngs=nnx.Rngs(0))
-        graphdef, state = nnx.split(model)
+    def loss_fn(remat):
+        gd = nnx.graphdef(nnx.eval_shape(lambda: M.Decoder(SMALL.replace(remat=remat), rngs=nnx.Rngs(0))))
 
-        @jax.jit
-        def loss_and_grad(state):
-            def loss(state):
-                logits = nnx.merge(graphdef, state)(ids)
-                return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 3])
+        def loss(state):
+            logits = nnx.merge(gd, state)(ids)
+            return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 3])
 
-            return jax.value_and_grad(loss)(state)
+        return loss
 
-        return loss_and_grad(state)
-
-    ref_loss, ref_g = grads("none")
-    for remat in ("full", "dots"):
-        loss, g = grads(remat)
-        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g, ref_g)
+    # each policy wraps the scanned layer in a checkpoint with that policy
+    policies = {}
+    for remat in ("none", "full", "dots", "dots_saveable"):
+        eqns = list(_checkpoint_eqns(jax.make_jaxpr(jax.grad(loss_fn(remat)))(state).jaxpr))
+        policies[remat] = [e.params["policy"] for e in eqns]
+    assert policies["none"] == []
+    assert policies["full"] == [None]
+    assert policies["dots"] == [jax.checkpoint_policies.dots_with_no_batch_dims_saveable]
+    assert policies["dots_saveable"] == [jax.checkpoint_policies.dots_saveable]
+    # and gradients are unchanged
+    ref = jax.jit(jax.value_and_grad(loss_fn("none")))(state)
+    got = jax.jit(jax.value_and_grad(loss_fn("dots")))(state)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), got, ref)
 
 
 def test_bfloat16_compute():
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 48, size=(2, 8)), jnp.int32)
-    f32 = M.Decoder(SMALL, rngs=nnx.Rngs(0))
-    bf16 = M.Decoder(SMALL.replace(compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
-    assert bf16.hidden_states(ids).dtype == jnp.bfloat16
-    ref, got = np.asarray(f32(ids)), np.asarray(bf16(ids))
-    assert got.dtype == np.float32
-    assert np.abs(got - ref).max() < 5e-2 * np.abs(ref).max()
+    graphdef, state = nnx.split(M.Decoder(SMALL, rngs=nnx.Rngs(0)))
+    bf16_def = nnx.graphdef(nnx.eval_shape(lambda: M.Decoder(SMALL.replace(compute_dtype="bfloat16"), rngs=nnx.Rngs(0))))
+
+    def run(gd):
+        def f(state):
+            m = nnx.merge(gd, state)
+            h = m.hidden_states(ids)
+            return h, m.unembed(h)
+
+        h, logits = jax.jit(f)(state)
+        return h.dtype, logits
+
+    (h32, ref), (h16, got) = run(graphdef), run(bf16_def)
+    assert h32 == jnp.float32 and h16 == jnp.bfloat16 and got.dtype == jnp.float32
+    assert np.abs(np.asarray(got) - np.asarray(ref)).max() < 5e-2 * np.abs(np.asarray(ref)).max()
 
 
 def test_hf_config_mapping_roundtrip():
