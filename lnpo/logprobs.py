@@ -70,7 +70,7 @@ def sequence_logps(
     return sums, counts
 
 
-def batch_token_logps(model, batch: Mapping[str, jax.Array], *, chunk_size: int = 256) -> jax.Array:
+def batch_token_logps(model, batch: Mapping[str, jax.Array], chunk_size: int = 256) -> jax.Array:
     """float32 ``[R, T]`` target log-probs of one micro-batch in the layout of
     docs/architecture.md (keys input_ids, positions, segment_ids, branch_ids, targets)."""
     hidden = model.hidden_states(
@@ -83,7 +83,7 @@ def batch_token_logps(model, batch: Mapping[str, jax.Array], *, chunk_size: int 
 
 
 def batch_sequence_logps(
-    model, batch: Mapping[str, jax.Array], num_sequences: int, *, chunk_size: int = 256
+    model, batch: Mapping[str, jax.Array], num_sequences: int, chunk_size: int = 256
 ) -> tuple[jax.Array, jax.Array]:
     """(sums f32 ``[N]``, counts i32 ``[N]``) per completion sequence of one micro-batch
     (``batch["seq_index"]`` assigns each target to a sequence, -1 = none)."""

@@ -378,10 +378,10 @@ def is_heldout(prompt: str) -> bool:
 
 
 _PLACEHOLDER_PATTERNS = {
-    "a": r"(?P<a>\d+)",
-    "b": r"(?P<b>\d+)",
-    "n": r"(?P<n>\d+)",
-    "d": r"(?P<d>\d+)",
+    "a": r"(?P<a>[0-9]+)",
+    "b": r"(?P<b>[0-9]+)",
+    "n": r"(?P<n>[0-9]+)",
+    "d": r"(?P<d>[0-9]+)",
     "w": r"(?P<w>[A-Za-z]+)",
     "k": r"(?P<k>two|three|four)",
 }

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
             kw = {k: (DEFAULT_SETTINGS[k] if v is None else v) for k, v in settings.items() if k != "dtype"}
             summary = evaluate_run(args.model, args.sft, args.prompts, args.out, scorer=args.scorer or None,
                                    dtype=args.dtype or "float32", **kw)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: missing files, and datasets' ConnectionError
         print(f"lnpo.evaluate: error: {e}", file=sys.stderr)
         return 2
     keys = ("score_mean", "score_median", "win_rate_vs_chosen", "win_rate_vs_sft", "kl_seq_mean",

@@ -80,11 +80,20 @@ def _completion_text(messages: Any) -> str:
     return "\n".join(str(m["content"]) for m in messages)
 
 
+_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".arrow", ".csv")
+
+
 def load_eval_prompts(source, *, max_prompts: int | None = None, cache_dir: str | None = None) -> list[dict]:
     """``[{"prompt": messages, "chosen": text}]`` from a preference dataset (anything
     :func:`lnpo.data.load_preferences` reads), the first ``max_prompts`` rows kept."""
     from lnpo.data import load_preferences
 
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        looks_local = path.startswith(("/", ".", "~")) or path.endswith(_DATA_SUFFIXES)
+        if looks_local and not os.path.exists(os.path.expanduser(path)):
+            raise FileNotFoundError(f"{path}: no such prompts file or directory")
+        source = os.path.expanduser(path) if looks_local else path
     ds, report = load_preferences(source, cache_dir=cache_dir)
     if max_prompts is not None:
         ds = ds.select(range(min(int(max_prompts), len(ds))))
@@ -149,6 +158,17 @@ def _write_json(path: str, obj: Mapping) -> None:
     os.replace(tmp, path)
 
 
+def _check_scorer_spec(scorer) -> None:
+    """Fail early on a malformed scorer spec or a missing reward-model directory (it is loaded later)."""
+    if scorer is None or isinstance(scorer, Scorer) or scorer == "" or scorer == "embedded":
+        return
+    kind, _, path = str(scorer).partition(":")
+    if kind not in ("jax", "torch") or not path:
+        raise ValueError(f"unknown scorer spec {scorer!r}: expected 'embedded', 'jax:/path/to/rm' or 'torch:/path/to/rm'")
+    if not os.path.isdir(os.path.expanduser(path)):
+        raise FileNotFoundError(f"scorer {scorer!r}: {path} is not a directory")
+
+
 def _source_name(source) -> str:
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -182,7 +202,7 @@ def evaluate_run(
     max_prompt_len: int | None = None,
     dtype: str = "float32",
     mesh=None,
-    logprob_chunk: int = 128,
+    logprob_chunk: int | None = None,
     cache_dir: str | None = None,
     plain_template=None,
 ) -> dict:
@@ -197,10 +217,19 @@ def evaluate_run(
     scorer: a :class:`~lnpo.evaluate.scorers.Scorer`, a spec for
     :func:`~lnpo.evaluate.scorers.make_scorer`, or None (no score metrics).
     Sampling arguments as :func:`lnpo.evaluate.generate`; ``batch_size`` rows per
-    generation / log-prob batch. Returns the summary dict (module docstring).
+    generation / log-prob batch. dtype: parameter and compute dtype of the loaded
+    models; mesh: place their parameters on this mesh (``from_pretrained``);
+    logprob_chunk: positions per log-softmax block (default: automatic);
+    cache_dir: the ``datasets`` cache; plain_template: for tokenizers without a
+    chat template. Returns the summary dict (module docstring).
     """
+    from lnpo.models.hf import read_config
+
     t0 = time.time()
-    scorer_obj = make_scorer(scorer) if not isinstance(scorer, Scorer) else scorer
+    for d in (policy_dir, sft_dir):  # fail fast on a wrong path, before any loading
+        if d:
+            read_config(d)
+    _check_scorer_spec(scorer)
     rows = load_eval_prompts(prompts_source, max_prompts=max_prompts, cache_dir=cache_dir)
     prompts = [r["prompt"] for r in rows]
     tokenizer = _load_tokenizer(policy_dir, sft_dir)
@@ -224,8 +253,11 @@ def evaluate_run(
 
     lp = metrics.sequence_logps_and_kl(policy, sft, [s["prompt_ids"] for s in samples],
                                        [s["response_ids"] for s in samples], batch_size=int(batch_size),
-                                       chunk_size=int(logprob_chunk))
+                                       chunk_size=logprob_chunk)
     n_tok = lp["num_tokens"]
+    has_sft = sft is not None
+    del policy, sft  # free the models before a reward model is loaded
+    scorer_obj = make_scorer(scorer) if not isinstance(scorer, Scorer) else scorer
 
     texts = [s["response_text"] for s in samples]
     sample_prompts = [prompts[s["prompt_index"]] for s in samples]
@@ -256,7 +288,7 @@ def evaluate_run(
     summary["win_rate_vs_sft"] = (metrics.win_rate(scores, sft_scores)
                                   if scores is not None and sft_scores is not None else None)
     log_ratio = per_token = kl_exact = kl_exact_tok = None
-    if sft is not None:
+    if has_sft:
         log_ratio = lp["logp_policy"] - lp["logp_sft"]
         per_token = log_ratio / n_tok
         kl_exact = lp["kl_exact"]
@@ -264,7 +296,7 @@ def evaluate_run(
     for name, values in (("kl_seq", log_ratio), ("kl_per_token", per_token), ("kl_exact", kl_exact),
                          ("kl_exact_per_token", kl_exact_tok)):
         summary.update(metrics.describe(values if values is not None else [], name))
-    if sft is not None:  # the estimators, spelled out (equal to the means above)
+    if has_sft:  # the estimators, spelled out (equal to the means above)
         summary["kl_seq_mean"] = metrics.kl_sequence_estimate(lp["logp_policy"], lp["logp_sft"])
         summary["kl_per_token_mean"] = metrics.kl_per_token_estimate(lp["logp_policy"], lp["logp_sft"], n_tok)
     summary.update(metrics.length_stats(len_tok, len_words))
@@ -275,7 +307,7 @@ def evaluate_run(
     else:
         summary.update({f"sft_{k}": v for k, v in metrics.length_stats([], []).items()})
     summary["logp_policy_mean"] = float(np.mean(lp["logp_policy"]))
-    summary["logp_sft_mean"] = float(np.mean(lp["logp_sft"])) if sft is not None else None
+    summary["logp_sft_mean"] = float(np.mean(lp["logp_sft"])) if has_sft else None
     summary["eos_fraction"] = float(np.mean([s["stop_reason"] == "eos" for s in samples]))
     summary["stop_reasons"] = dict(Counter(s["stop_reason"] for s in samples))
     summary["generation_seconds"] = gen_seconds
@@ -297,7 +329,7 @@ def evaluate_run(
         }
         if scores is not None:
             rec["win_vs_chosen"] = float(metrics.win_rates(scores[i:i + 1], chosen_scores[i:i + 1])[0])
-        if sft is not None:
+        if has_sft:
             rec.update(logp_sft=float(lp["logp_sft"][i]), kl_seq=float(log_ratio[i]), kl_per_token=float(per_token[i]),
                        kl_exact=float(kl_exact[i]))
             t = sft_samples[i]

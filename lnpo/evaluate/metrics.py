@@ -197,7 +197,7 @@ def sequence_logps_and_kl(
     response_ids: Sequence[Sequence[int]],
     *,
     batch_size: int = 16,
-    chunk_size: int = 128,
+    chunk_size: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Sequence log-probs of each response given its prompt under ``policy`` (and ``sft``), and the exact KL.
 
@@ -205,7 +205,10 @@ def sequence_logps_and_kl(
     ``num_tokens`` (n_i) and, when ``sft`` is given, ``logp_sft`` and ``kl_exact``
     (:func:`token_logps_and_kl` summed over the response positions). Rows are laid
     out with :func:`lnpo.data.layout_sft` (``"padded"``: one right-padded
-    prompt + response per row) in batches of ``batch_size`` rows of similar length.
+    prompt + response per row, padded to :func:`lnpo.evaluate.generate.bucket_length`)
+    in batches of ``batch_size`` rows of similar length. ``chunk_size``: positions
+    per log-softmax block (default: as many as keep one ``[batch, chunk, vocab]``
+    float32 block under 2**26 elements, at most 128).
     """
     from flax import nnx
 
@@ -225,6 +228,8 @@ def sequence_logps_and_kl(
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
     order = sorted(range(n), key=lambda i: lengths[i])
     B = min(int(batch_size), n)
+    if chunk_size is None:
+        chunk_size = int(min(128, max(1, (1 << 26) // (B * int(policy.config.vocab_size)))))
     for start in range(0, n, B):
         idx = order[start:start + B]
         T = bucket_length(max(lengths[i] for i in idx))

@@ -56,18 +56,17 @@ def dot_product_attention(
     softcap: float | None = None,
 ) -> jax.Array:
     """Softmax attention with GQA (H query heads share K kv heads). Scores and
-    softmax in float32; returns ``[B, T, H, D]`` in v's dtype. Queries with no
-    visible key (padding) get zeros."""
+    softmax in float32; returns ``[B, T, H, D]`` in v's dtype. A query with no
+    visible key (padding) gets the plain average of v: finite, and ignored by
+    every consumer (its targets are masked)."""
     B, T, H, D = q_BxTxHxD.shape
     K = k_BxSxKxD.shape[2]
     q = q_BxTxHxD.reshape(B, T, K, H // K, D)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k_BxSxKxD, preferred_element_type=jnp.float32) * scale
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
-    mask = mask_BxTxS[:, None, None, :, :]
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
-    probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_BxSxKxD.dtype), v_BxSxKxD)
     return out.reshape(B, T, H, D)
 

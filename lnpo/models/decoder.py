@@ -122,6 +122,8 @@ class Decoder(nnx.Module):
     Parameters: ``embed.embedding [vocab, embed]``; ``layers.*`` stacked
     ``[layers, ...]``; ``final_norm``; ``lm_head.kernel [vocab, embed]`` when
     untied; ``score_head.kernel [embed, labels]`` when ``num_labels > 0``.
+    Random init from ``rngs.params()``: kernels and embeddings
+    N(0, initializer_range), norms 1 (0 for ``(1 + w)`` norms), biases 0.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):

@@ -45,7 +45,7 @@ def task(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(task):
+def task_tokenizer(task):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(task["paths"]["tokenizer"])
@@ -300,6 +300,15 @@ def test_ood_prompts_do_not_occur_in_training_and_eval_is_held_out(task):
     assert not training_templates & {t for ts in E.OOD_TEMPLATES.values() for t in ts}
 
 
+def test_ood_prompts_use_only_tokens_seen_in_training_prompts(task, task_tokenizer):
+    """OOD phrasings are unseen recombinations, not new words (a tiny model could not read those)."""
+    seen = set()
+    for ids in task_tokenizer([_user(r) for r in task["sft"] + task["train_prefs"]])["input_ids"]:
+        seen.update(ids)
+    for ids, row in zip(task_tokenizer([_user(r) for r in task["ood_prompts"]])["input_ids"], task["ood_prompts"]):
+        assert set(ids) <= seen, (_user(row), task_tokenizer.convert_ids_to_tokens(sorted(set(ids) - seen)))
+
+
 def test_template_phrasings_are_unambiguous():
     regexes = [(k, E._template_regex(t)) for table in (E.TEMPLATES, E.OOD_TEMPLATES) for k, ts in table.items() for t in ts]
     for kind, q, _ in list(_examples(False, 4)) + list(_examples(True, 4)):
@@ -309,10 +318,10 @@ def test_template_phrasings_are_unambiguous():
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def test_tokenizer_loads_round_trips_and_has_chat_template(task, tokenizer):
+def test_tokenizer_loads_round_trips_and_has_chat_template(task, task_tokenizer):
     from transformers import AutoTokenizer
 
-    tok = tokenizer
+    tok = task_tokenizer
     assert isinstance(tok, type(AutoTokenizer.from_pretrained(task["paths"]["tokenizer"])))
     assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<|pad|>", "<|bos|>", "<|eos|>")
     assert tok.pad_token_id == 0
@@ -348,7 +357,8 @@ def _render(conversation):
     return text
 
 
-def test_every_text_fits_the_max_length(task, tokenizer):
+def test_every_text_fits_the_max_length(task, task_tokenizer):
+    tokenizer = task_tokenizer
     conversations = [r["messages"] for r in task["sft"]]
     for key in ("train_prefs", "eval_prefs", "ood_prompts"):
         for r in task[key]:
@@ -368,3 +378,39 @@ def test_build_tokenizer_is_deterministic():
     b = E.build_tokenizer(E.corpus_texts())
     assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
     assert a.chat_template == E.CHAT_TEMPLATE
+
+
+# ----------------------------------------------------------------------------- the project's loaders
+
+
+def test_loads_and_tokenizes_through_the_project_data_layer(tmp_path):
+    """The embedded files go through lnpo.data's ordinary loaders and tokenizer contract without a skip."""
+    from transformers import AutoTokenizer
+
+    from lnpo import data
+
+    sizes = {"sft": 30, "train_prefs": 30, "eval_prefs": 10, "ood_prompts": 10}
+    paths = E.materialize(tmp_path / "task", seed=0, sizes=sizes)
+    tok = AutoTokenizer.from_pretrained(paths["tokenizer"])
+    cache = str(tmp_path / "cache")
+
+    sft, report = data.load_sft(paths["sft"], strict=True, cache_dir=cache)
+    assert (report.kept, report.skipped) == (sizes["sft"], {})
+    tokens, report = data.tokenize_sft(sft, tok, max_len=E.MAX_LENGTH, truncation="drop", strict=True)
+    assert (report.kept, report.skipped, report.adjusted) == (sizes["sft"], {}, {})
+    source = _read_jsonl(paths["sft"])
+    for row, src in zip(tokens, source):
+        assert row["prompt_ids"][:2] == tok.convert_tokens_to_ids(["<|bos|>", "<|user|>"])
+        assert row["prompt_ids"][-1] == tok.convert_tokens_to_ids("<|assistant|>")
+        assert row["completion_ids"][-1] == tok.eos_token_id
+        assert tok.decode(row["completion_ids"][:-1]) == src["messages"][1]["content"]
+
+    for key in ("train_prefs", "eval_prefs", "ood_prompts"):
+        pairs, report = data.load_preferences(paths[key], strict=True, cache_dir=cache)
+        assert (report.kept, report.skipped) == (sizes[key], {}), key
+        tokens, report = data.tokenize_preferences(pairs, tok, max_len=E.MAX_LENGTH, truncation="drop", strict=True)
+        assert (report.kept, report.skipped, report.adjusted) == (sizes[key], {}, {}), key
+        for row, src in zip(tokens, _read_jsonl(paths[key])):
+            assert tok.decode(row["chosen_ids"][:-1]) == src["chosen"][0]["content"]
+            assert tok.decode(row["rejected_ids"][:-1]) == src["rejected"][0]["content"]
+            assert row["chosen_ids"][-1] == row["rejected_ids"][-1] == tok.eos_token_id

@@ -1,0 +1,13 @@
+"""Suite-wide settings: a persistent XLA compilation cache shared by tests and their subprocesses.
+
+Many tests compile the same small train steps; caching the executables on disk
+keeps the suite fast on 2 cores. The cache lives under the system temp dir.
+"""
+
+import os
+import tempfile
+
+CACHE_DIR = os.path.join(tempfile.gettempdir(), "lnpo-test-xla-cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE_DIR)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
