@@ -31,5 +31,7 @@ setup(
         # torch is pinned exactly: it is the reference implementation in the parity
         # tests, and a looser pin pulls a multi-GB CUDA build.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
+        # Score with any transformers PyTorch reward model (e.g. OpenAssistant's DeBERTa).
+        "torch-scorer": ["torch==2.13.0"],
     },
 )

@@ -43,9 +43,10 @@ def get_base() -> ml_collections.ConfigDict:
     c.data.split = "train"
     c.data.eval_source = ""  # held-out preference data; "" = the embedded task's
     c.data.eval_split = "train"
+    c.data.ood_prompts = ""  # evaluation prompts (a preference file whose chosen is the reference); "" = embedded
     c.data.columns = ml_collections.ConfigDict()  # column mapping, e.g. prompt="question"
-    c.data.max_prompt_len = 48
-    c.data.max_len = 96  # prompt + one response, in tokens
+    c.data.max_prompt_len = 32
+    c.data.max_len = 64  # prompt + one response, in tokens
     c.data.truncation = "keep_end"  # "keep_end" | "drop"
     c.data.layout = "padded"  # "padded" | "packed" | "shared_prompt"
     # Row length of a batch; 0 = max_len (padded, packed) or 2 * max_len (shared_prompt,
@@ -60,7 +61,8 @@ def get_base() -> ml_collections.ConfigDict:
     c.loss.name = "ln_dpo"
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-5
+    # Sized for the embedded tiny model; multi-billion-parameter models want ~5e-7.
+    c.optim.lr = 1e-4
     c.optim.schedule = "cosine"  # "cosine" | "linear" | "constant"
     c.optim.warmup_steps = 10
     c.optim.weight_decay = 0.0
@@ -91,6 +93,17 @@ def get_base() -> ml_collections.ConfigDict:
     c.sft.global_batch = 64
     c.sft.warmup_steps = 20
 
+    # Evaluation of the exported policy after *PO training (lnpo.evaluate): samples
+    # on the out-of-distribution prompts, scored, compared with the SFT model.
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True
+    c.eval.scorer = ""  # "" = the embedded task's scorer; "jax:/rm-dir" or "torch:/rm-dir"
+    c.eval.max_new_tokens = 48
+    c.eval.temperature = 1.0
+    c.eval.top_p = 1.0
+    c.eval.top_k = 0
+    c.eval.num_samples = 1
+    c.eval.max_prompts = 0  # 0 = every prompt
+    c.eval.batch_size = 64
+    c.eval.seed = 0
     return c

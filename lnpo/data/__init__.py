@@ -28,9 +28,10 @@ from lnpo.data.sources import (
 from lnpo.data.tokenize import PlainTemplate, TokenizeConfig, tokenize_preferences, tokenize_sft
 from lnpo.data.validate import REASONS, LoadReport
 
-# The embedded synthetic task (lnpo.data.embedded) is exported here by the lead.
+from lnpo.data import embedded  # the embedded synthetic task: materialize(), score()
 
 __all__ = [
+    "embedded",
     "EvalIterator",
     "LAYOUTS",
     "LoadReport",

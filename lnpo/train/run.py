@@ -45,6 +45,7 @@ def sft_config_for(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     sft.optim.lr = config.sft.lr
     sft.optim.warmup_steps = config.sft.warmup_steps
     sft.optim.schedule = "cosine"
+    sft.data.layout = "packed"  # short SFT examples: packing wastes no compute on padding
     sft.eval.enabled = False
     return sft
 
@@ -103,6 +104,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.stage != "sft" and not config.model.path and config.data.source != "embedded":
         raise ConfigError("config.model.path: required when data.source is not 'embedded' "
                           "(the embedded tiny SFT model is trained on the embedded task)")
+    if (config.stage == "po" and config.eval.enabled and config.data.source != "embedded"
+            and not config.data.ood_prompts):
+        raise ConfigError("config.data.ood_prompts: evaluation needs prompts when data.source is not 'embedded' "
+                          "(or set eval.enabled=False)")
     from lnpo.train.trainer import train_stage
 
     os.makedirs(workdir, exist_ok=True)
@@ -124,12 +129,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def evaluate_after_training(config, workdir: str, sft_path: str) -> dict | None:
-    """Evaluate the exported policy when the evaluation package is installed."""
-    try:
-        from lnpo.evaluate import evaluate_workdir
-    except ImportError:
-        return None
+def evaluate_after_training(config, workdir: str, sft_path: str) -> dict:
+    """Evaluate the exported policy against ``sft_path`` on the OOD prompts (settings in run.json)."""
+    from lnpo.evaluate import evaluate_workdir
+
     return evaluate_workdir(workdir)
 
 

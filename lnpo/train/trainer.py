@@ -372,9 +372,11 @@ def export(config, workdir: str, model, tokenizer, *, init_path, embedded_paths)
             "loss": loss_hparams(config), "lr": config.optim.lr, "seed": config.seed,
             "steps": config.train.steps, "export": os.path.abspath(path),
             "sft_path": os.path.abspath(init_path) if init_path else None,
-            "eval_prompts": embedded_paths["ood_prompts"] if embedded_paths and config.data.source == "embedded"
-            else config.data.get("ood_prompts", ""),
-            "scorer": "embedded" if config.data.source == "embedded" else config.eval.get("scorer", ""),
+            "eval_prompts": config.data.ood_prompts or (embedded_paths or {}).get("ood_prompts", ""),
+            "scorer": config.eval.scorer or ("embedded" if config.data.source == "embedded" else ""),
+            "eval": {k: config.eval[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k", "num_samples",
+                                                  "batch_size", "seed")}
+            | {"max_prompts": config.eval.max_prompts or None, "max_prompt_len": config.data.max_prompt_len},
             "status": "trained",
         }
         with open(os.path.join(workdir, "run.json"), "w") as f:

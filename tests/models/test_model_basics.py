@@ -135,6 +135,12 @@ def test_hf_config_mapping_roundtrip():
         assert list(back.layer_types if hasattr(back, "layer_types") else []) in ([], list(config.layer_types))
     assert M.ModelConfig.from_hf(hf_config("gemma2").to_dict()).layer_windows == (4, 0, 4)
     assert M.ModelConfig.from_hf(hf_config("qwen2_bias").to_dict()).layer_windows == (0, 4, 4)
+    # a Phi-3-128k style config.json: legacy "su" type, original length at top level
+    raw = dict(model_type="phi3", vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+               num_attention_heads=2, max_position_embeddings=64, original_max_position_embeddings=16,
+               rope_scaling={"type": "su", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4})
+    rs = M.ModelConfig.from_hf(raw).rope_scaling
+    assert rs.rope_type == "longrope" and rs.original_max_position_embeddings == 16 and rs.long_factor == (2.0,) * 4
 
 
 def test_sharded_load_on_a_mesh(tmp_path):

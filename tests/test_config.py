@@ -1,0 +1,83 @@
+"""Configs: every shipped file validates; each bad config fails before compilation with one line."""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lnpo import losses
+from lnpo.config import ConfigError, loss_hparams, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+METHOD_FILES = sorted(os.path.basename(f)[:-3] for f in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                      if os.path.basename(f) not in ("__init__.py", "base.py"))
+
+
+def load(name: str):
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+@pytest.mark.parametrize("name", METHOD_FILES)
+def test_every_config_file_validates_and_names_a_known_objective(name):
+    config = load(name)
+    assert validate(config, num_devices=1) == (1, 1, 1)
+    if config.stage == "po":
+        assert config.loss.name in losses.names()
+        losses.validate(config.loss.name, loss_hparams(config))
+
+
+def test_the_study_methods_have_config_files():
+    for name in ("sft", "dpo", "lndpo", "simpo", "ipo", "rm"):
+        assert name in METHOD_FILES
+
+
+@pytest.mark.parametrize(
+    "changes, devices, message",
+    [
+        ({"loss.name": "dpoo"}, 1, r"^config\.loss\.name: unknown objective 'dpoo'; valid: .*ln_dpo"),
+        ({"loss.beta": -1.0}, 1, r"^config\.loss: .*beta must be > 0"),
+        ({"loss.beta": 0.0}, 1, r"^config\.loss: .*beta must be > 0"),
+        ({"mesh.shape": (2, 2, 2)}, 1, r"^config\.mesh\.shape: .*needs 8 devices but 1"),
+        ({"mesh.shape": (3, -1, 1)}, 8, r"^config\.mesh\.shape: .*does not divide the 8"),
+        ({"train.global_batch": 30, "train.micro_batches": 4}, 1,
+         r"^config\.train\.global_batch: 30 is not divisible by train\.micro_batches \(4\)"),
+        ({"train.global_batch": 12}, 8, r"^config\.train\.global_batch: .*not divisible by the data-parallel size 8"),
+        ({"model.path": "/nonexistent/ckpt"}, 1, r"^config\.model\.path: '/nonexistent/ckpt' is not a directory"),
+        ({"data.layout": "zigzag"}, 1, r"^config\.data\.layout: 'zigzag' is not one of padded, packed, shared_prompt"),
+        ({"optim.lr": -1e-5}, 1, r"^config\.optim\.lr: must be a number > 0"),
+    ],
+)
+def test_bad_configs_fail_with_one_line_naming_the_field(changes, devices, message):
+    config = load("lndpo")
+    for key, value in changes.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(config, num_devices=devices)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_model_directory_config_json(tmp_path):
+    config = load("lndpo")
+    config.model.path = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"has no config\.json"):
+        validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize("override, field", [("--config.loss.beta=-1", "config.loss"),
+                                             ("--config.loss.name=nope", "config.loss.name"),
+                                             ("--config.mesh.shape=(2,2,2)", "config.mesh.shape"),
+                                             ("--config.model.path=/no/such/dir", "config.model.path")])
+def test_cli_prints_one_error_line_and_no_traceback(tmp_path, override, field):
+    proc = subprocess.run([sys.executable, "-m", "lnpo.main", "--config=configs/lndpo.py", override,
+                           f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"lnpo: error: {field}:"), proc.stderr
+    assert "Traceback" not in proc.stderr
