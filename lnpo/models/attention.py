@@ -40,7 +40,7 @@ def attention_mask(q: TokenInfo, k: TokenInfo, window: jax.Array | int) -> jax.A
     allowed &= (k.segments[:, None, :] == q.segments[:, :, None]) & (k.segments[:, None, :] != 0)
     if q.branches is not None and k.branches is not None:
         kb = k.branches[:, None, :]
-        allowed &= (kb == 0) | (kb == q.branches[:, :, None]) | True
+        allowed &= (kb == 0) | (kb == q.branches[:, :, None])
     dpos = q.positions[:, :, None] - k.positions[:, None, :]
     allowed &= (window <= 0) | (dpos < window)
     return allowed

@@ -36,11 +36,7 @@ class TrainState:
 
 def sequence_logps(model, mb: dict, num_sequences: int, chunk_size: int):
     """Summed target log-probs and target counts per completion sequence: ``([N] f32, [N] i32)``."""
-    hidden = model.hidden_states(
-        mb["input_ids"], positions=mb["positions"], segment_ids=mb["segment_ids"], branch_ids=mb["branch_ids"]
-    )
-    token = logprobs.token_logps(hidden, mb["targets"], model.unembed, chunk_size=chunk_size)
-    return logprobs.sequence_logps(token, mb["seq_index"], num_sequences)
+    return logprobs.batch_sequence_logps(model, mb, num_sequences, chunk_size=chunk_size)
 
 
 def sequence_end_scores(model, mb: dict, num_sequences: int):
