@@ -53,6 +53,7 @@ def get_base() -> ml_collections.ConfigDict:
     # which holds the prompt and both responses in one row).
     c.data.seq_len = 0
     c.data.num_proc = 1
+    c.data.strict = False  # True: a malformed row is an error naming the row, not a counted skip
     c.data.tokenizer = ""  # default: the model directory's tokenizer
 
     # The objective, picked by name from lnpo.losses; its other fields are the
@@ -62,7 +63,7 @@ def get_base() -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict()
     # Sized for the embedded tiny model; multi-billion-parameter models want ~5e-7.
-    c.optim.lr = 1e-4
+    c.optim.lr = 3e-5
     c.optim.schedule = "cosine"  # "cosine" | "linear" | "constant"
     c.optim.warmup_steps = 10
     c.optim.weight_decay = 0.0

@@ -7,5 +7,5 @@ def get_config():
     c = get_base()
     c.name = "lndpo"
     c.loss.name = "ln_dpo"
-    c.loss.beta = 0.1
+    c.loss.beta = 1.0  # per-token log-ratios: ~10x the DPO scale
     return c

@@ -39,7 +39,6 @@ def main(argv=None):
         from absl import logging
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-        from lnpo.config import ConfigError
         from lnpo.train.loop import NonFiniteLoss
         from lnpo.train.run import run
 
@@ -47,8 +46,14 @@ def main(argv=None):
         workdir = flags.FLAGS.workdir or os.path.join("runs", config.name)
         try:
             run(config, workdir)
-        except (ConfigError, FileNotFoundError, NonFiniteLoss) as e:
-            print(f"lnpo: error: {e}", file=sys.stderr)
+        except (FileNotFoundError, NonFiniteLoss, ValueError, KeyError) as e:
+            # Bad configs (ConfigError is a ValueError), data rows, checkpoints: one line naming
+            # the field, row or file.
+            if os.environ.get("LNPO_DEBUG"):
+                raise
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"lnpo: error: {message}", file=sys.stderr)
+            print("lnpo: (set LNPO_DEBUG=1 for the traceback)", file=sys.stderr)
             sys.exit(2)
 
     argv = sys.argv if argv is None else argv

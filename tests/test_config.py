@@ -78,6 +78,6 @@ def test_cli_prints_one_error_line_and_no_traceback(tmp_path, override, field):
     proc = subprocess.run([sys.executable, "-m", "lnpo.main", "--config=configs/lndpo.py", override,
                            f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith(f"lnpo: error: {field}:"), proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("lnpo: error:")]
+    assert len(lines) == 1 and lines[0].startswith(f"lnpo: error: {field}:"), proc.stderr
     assert "Traceback" not in proc.stderr

@@ -50,22 +50,23 @@ def prepare_data(config, workdir: str, tokenizer, *, embedded_paths: dict | None
 
     stage, d = config.stage, config.data
     tok_kwargs = dict(max_len=d.max_len, max_prompt_len=d.max_prompt_len, truncation=d.truncation,
-                      num_proc=d.num_proc if d.num_proc > 1 else None)
+                      num_proc=d.num_proc if d.num_proc > 1 else None, strict=d.strict)
     if stage == "sft":
         source = embedded_paths["sft"] if d.source == "embedded" else d.source
-        raw, report = data.load_sft(source, schema=d.schema, split=d.split, **_columns(config))
+        raw, report = data.load_sft(source, schema=d.schema, split=d.split, strict=d.strict, **_columns(config))
         tokenized, tok_report = data.tokenize_sft(raw, tokenizer, source=str(source), **tok_kwargs)
         _print_reports(report, tok_report)
         return tokenized, None
     source = embedded_paths["train_prefs"] if d.source == "embedded" else d.source
-    raw, report = data.load_preferences(source, schema=d.schema, split=d.split, **_columns(config))
+    raw, report = data.load_preferences(source, schema=d.schema, split=d.split, strict=d.strict,
+                                        **_columns(config))
     tokenized, tok_report = data.tokenize_preferences(raw, tokenizer, source=str(source), **tok_kwargs)
     _print_reports(report, tok_report)
     eval_tokenized = None
     eval_source = d.eval_source or (embedded_paths["eval_prefs"] if d.source == "embedded" else "")
     if eval_source and config.train.eval_batches > 0:
         raw_eval, eval_report = data.load_preferences(eval_source, schema=d.schema, split=d.eval_split,
-                                                      **_columns(config))
+                                                      strict=d.strict, **_columns(config))
         eval_tokenized, eval_tok_report = data.tokenize_preferences(raw_eval, tokenizer, source=str(eval_source),
                                                                     **tok_kwargs)
         _print_reports(eval_report, eval_tok_report)
@@ -75,7 +76,7 @@ def prepare_data(config, workdir: str, tokenizer, *, embedded_paths: dict | None
 def _print_reports(*reports) -> None:
     if jax.process_index() == 0:
         for r in reports:
-            print(f"lnpo: data: {r.summary()}", flush=True)
+            print(f"lnpo: data {r.summary()}", flush=True)
 
 
 def to_global(local: dict, mesh) -> dict:

@@ -125,3 +125,18 @@ def test_reward_model_stage_exports_a_sequence_classifier(tmp_path, tiny_sft_dir
 
     hf = AutoModelForSequenceClassification.from_pretrained(summary["export"])
     assert hf.config.architectures == ["LlamaForSequenceClassification"] and hf.config.num_labels == 1
+
+
+def test_malformed_rows_are_counted_or_strictly_rejected(tmp_path, tiny_sft_dir, task_files, capsys):
+    rows = [json.loads(line) for line in open(task_files["train_prefs"])]
+    rows[3]["rejected"] = rows[3]["chosen"]  # identical responses
+    del rows[5]["chosen"]  # missing field
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = small_config(tiny_sft_dir, task_files, **{"data.source": str(path), "train.steps": 1})
+    run(config, str(tmp_path / "lenient"))
+    out = capsys.readouterr().out
+    assert "kept 62 of 64 rows; skipped 2 (identical_responses=1, missing_field=1)" in out
+    config.data.strict = True
+    with pytest.raises(ValueError, match=r"prefs\.jsonl row 3: .*identical"):
+        run(config, str(tmp_path / "strict"))

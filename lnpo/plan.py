@@ -1,0 +1,555 @@
+"""Memory and step-time planner: will this config fit on this slice, and how fast will it run?
+
+    python -m lnpo.plan --config=configs/lndpo.py --chips=64 --chip-type=v5p \\
+        --config.model.path=/ckpt/llama-8b-sft --config.mesh.shape='(1,-1,1)'
+
+prints, per chip: parameters, AdamW state, the frozen reference, gradients,
+activations (under ``model.remat``), FSDP weight gathers and the batch, the
+total against the chip's HBM, and the step time from the FLOP count at a stated
+MFU. When the config does not fit it names the knobs that help (more fsdp, remat
+full, reference cache, bf16 reference, more micro-batches) and what each one
+gives. Nothing is compiled and no weights are read: the model comes from
+``config.model.path``'s ``config.json`` (or the embedded tiny model).
+
+Python API: :func:`plan(config, chips=..., hbm_gib=...) <plan>` returns the same
+numbers as a dict (bytes per chip under ``"bytes"``).
+
+What the numbers are:
+
+- parameters, optimizer, reference, gradients: exact per-chip sizes of the
+  arrays the trainer holds, from the model's real parameter shapes and logical
+  axes (``lnpo.parallel`` rules) on the configured mesh: each dimension split
+  over its mesh axes. The parameters are the float32 master weights
+  (``model.param_dtype``); AdamW's two moments have the parameters' dtype
+  (optax), plus its step counters; the in-step reference is a copy of the
+  parameters in ``reference.dtype`` sharded like the policy; the cached
+  reference holds no parameters during training (a few bytes per pair).
+- activations: an estimate of the peak of one micro-batch's forward and
+  backward pass: the layer residuals the remat policy saves for every layer
+  (counted from the decoder's saved residuals, see ``_layer_bytes_per_token``),
+  plus one layer's full set (the layer being recomputed and differentiated),
+  plus the chunked log-softmax's logits. Checked in tests/test_plan.py against
+  XLA's memory analysis of the compiled step (within 0.5x-2x).
+- FSDP weight gathers: with ``fsdp > 1`` each layer's weights are all-gathered
+  just in time (two layers in flight and one layer's unsharded gradient): an
+  estimate.
+- step time: ``tokens * forward_flops_per_token * (3 + 1 for an in-step
+  reference)`` (lnpo.train.flops) over ``chips * peak * mfu``. Tokens are the
+  padded rows the step computes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Any
+
+GIB = 1024**3
+
+# Dense bf16 peak FLOP/s and HBM per chip (vendor data sheets).
+CHIPS: dict[str, tuple[float, float]] = {
+    "v4": (275e12, 32.0),
+    "v5e": (197e12, 16.0),
+    "v5p": (459e12, 95.0),
+    "v6e": (918e12, 32.0),
+    "h100": (989e12, 80.0),
+    "h200": (989e12, 141.0),
+    "a100": (312e12, 80.0),
+}
+USABLE_FRACTION = 0.9  # of HBM: XLA's runtime, fragmentation and the unplanned rest
+EMBEDDED_VOCAB = 4096  # upper bound of the embedded task's tokenizer (lnpo.data.embedded)
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+# ----------------------------------------------------------------------------- inputs
+def model_config(config):
+    """The ``ModelConfig`` the trainer would build for ``config`` (no weights read)."""
+    from lnpo.models import ModelConfig
+
+    m = config.model
+    dtypes = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat=m.remat)
+    if m.path:
+        path = os.path.join(m.path, "config.json")
+        with open(path) as f:
+            cfg = ModelConfig.from_hf(json.load(f), **dtypes)
+    else:
+        t = m.tiny
+        cfg = ModelConfig.tiny(
+            vocab_size=EMBEDDED_VOCAB, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+            num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
+            max_position_embeddings=max(config.data.max_len * 2, 256), **dtypes)
+    if config.stage == "rm" and cfg.num_labels == 0:
+        cfg = cfg.replace(num_labels=1, tie_embeddings=False)
+    return cfg
+
+
+def row_length(config) -> int:
+    """Row length T (mirrors lnpo.train.trainer.row_length)."""
+    if config.data.seq_len:
+        return config.data.seq_len
+    return 2 * config.data.max_len if config.data.layout == "shared_prompt" else config.data.max_len
+
+
+def rows_per_micro_batch(config, items: int) -> int:
+    """Rows of one micro-batch of ``items`` pairs (examples): exact for "padded", an upper bound otherwise."""
+    if config.stage == "sft" or config.data.layout == "shared_prompt":
+        return items
+    return 2 * items
+
+
+def _uses_reference(config) -> bool:
+    if config.stage != "po":
+        return False
+    from lnpo import losses
+
+    return losses.requires_reference(config.loss.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamInfo:
+    path: tuple  # jax key path of the leaf in nnx.state(model, nnx.Param)
+    shape: tuple[int, ...]
+    axes: tuple  # logical axis names
+    itemsize: int
+
+
+def param_infos(cfg) -> tuple[list[ParamInfo], Any]:
+    """Shapes, logical axes and itemsizes of the model's parameters, and the abstract
+    parameter state (``jax.ShapeDtypeStruct`` leaves: nothing is allocated)."""
+    import jax
+    from flax import nnx
+
+    from lnpo.models import Decoder, logical_axes
+
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+    state = nnx.state(abstract, nnx.Param)
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    axes = jax.tree_util.tree_leaves(logical_axes(abstract), is_leaf=lambda x: isinstance(x, tuple))
+    assert len(axes) == len(leaves)
+    infos = [ParamInfo(tuple(p), tuple(l.shape), tuple(a), l.dtype.itemsize) for (p, l), a in zip(leaves, axes)]
+    return infos, state
+
+
+# ----------------------------------------------------------------------------- sharding
+def shard_shape(shape, axes, mesh: dict[str, int], rules=None) -> tuple[tuple[int, ...], list[str]]:
+    """Per-device shape of an array with logical ``axes`` on ``mesh`` ({axis: size}), and
+    the problems (a dimension a mesh axis does not divide: JAX refuses such shardings)."""
+    from lnpo.parallel import DEFAULT_RULES, logical_to_spec
+
+    spec = logical_to_spec(axes, DEFAULT_RULES if rules is None else rules)
+    out, problems = [], []
+    for i, dim in enumerate(shape):
+        entry = spec[i] if i < len(spec) else None
+        names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+        parts = math.prod(mesh[n] for n in names)
+        if dim % parts:
+            problems.append(f"{axes[i]!r} dimension {dim} is not divisible by mesh {'x'.join(names)} = {parts}")
+        out.append(-(-dim // parts))
+    return tuple(out), problems
+
+
+def _per_chip_param_elements(infos, mesh) -> tuple[list[int], list[str]]:
+    counts, problems = [], []
+    for info in infos:
+        shp, probs = shard_shape(info.shape, info.axes, mesh)
+        counts.append(math.prod(shp))
+        name = "/".join(str(getattr(k, "key", k)) for k in info.path if str(getattr(k, "key", k)) != "value")
+        problems += [f"parameter {name}: {p}" for p in probs]
+    return counts, sorted(set(problems))
+
+
+def optimizer_bytes(config, abstract_params, infos, counts) -> int:
+    """Per-chip bytes of the trainer's optimizer state (lnpo.train.optim.make_optimizer): every
+    parameter-shaped leaf sharded like its parameter, scalars (step counters) replicated."""
+    import jax
+
+    from lnpo.train.optim import make_optimizer
+
+    tx, _ = make_optimizer(config.optim, steps=max(int(config.train.steps), 1))
+    by_path = {info.path: (info, n) for info, n in zip(infos, counts)}
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.eval_shape(tx.init, abstract_params))[0]:
+        path = tuple(path)
+        match = next((by_path[path[i:]] for i in range(len(path)) if path[i:] in by_path), None)
+        if match is not None and tuple(leaf.shape) == match[0].shape:
+            total += match[1] * leaf.dtype.itemsize
+        else:
+            total += math.prod(leaf.shape) * leaf.dtype.itemsize  # replicated (step counters)
+    return total
+
+
+# ----------------------------------------------------------------------------- activations
+def _layer_bytes_per_token(cfg, tensor: int, seq_len: int) -> dict[str, float]:
+    """Bytes per token of one layer's saved activations on one chip, by remat policy.
+
+    Counted from the decoder's saved residuals (``jax.ad_checkpoint.print_saved_residuals``
+    of a loss over ``Decoder.hidden_states`` + ``lnpo.logprobs.token_logps``), per token
+    of one layer, ``s`` the compute dtype's bytes:
+
+    - ``"none"``: 5 hidden-sized tensors in compute dtype and 4 in float32 (the
+      RMSNorms), 6 MLP-sized, 2 of q's width and 2 of k's and v's, and the
+      attention probabilities: float32 scores, the softmax in compute dtype and
+      the boolean mask (``5 + s`` bytes per head and key), and the float32 norm
+      and softmax statistics;
+    - ``"full"``: the layer input only;
+    - ``"dots"`` / ``"minimal"``: the outputs of the weight matmuls (q, k, v, o,
+      gate, up, down);
+    - ``"dots_saveable"``: also the attention matmuls (float32 scores and the
+      attention output).
+
+    Heads, MLP and vocabulary are split over ``tensor``; the hidden size is not.
+    """
+    s = _ITEMSIZE[cfg.compute_dtype]
+    D, Dh = cfg.hidden_size, cfg.head_dim
+    H, K, F = cfg.num_heads / tensor, cfg.num_kv_heads / tensor, cfg.intermediate_size / tensor
+    S = seq_len
+    norms = 4 + (2 if cfg.post_norms else 0)
+    none = s * (5 * D + 6 * F + 2 * H * Dh + 2 * K * Dh) + 4 * D * norms + (5 + s) * H * S + 4 * (norms + 2 * H)
+    dots = s * (2 * D + 2 * F + (H + 2 * K) * Dh)
+    return {
+        "none": none,
+        "full": s * D,
+        "dots": dots,
+        "minimal": dots,
+        "dots_with_no_batch_dims_saveable": dots,
+        "dots_saveable": dots + s * H * Dh + 4 * H * S,
+    }
+
+
+def activation_bytes(cfg, *, remat: str, rows: int, seq_len: int, tensor: int, chunk: int,
+                     layer_weight_elements: float = 0) -> dict[str, float]:
+    """Peak activation bytes of one micro-batch of ``rows`` rows (per chip), by part.
+
+    ``saved``: what the remat policy keeps for every layer; ``working``: one
+    layer's full set (the layer being recomputed and differentiated);
+    ``logits``: the chunked log-softmax's float32 logits (recomputed in the
+    backward pass) and their gradient; ``hidden``: the final hidden states and
+    their gradient; ``casts``: with remat "none" and a compute dtype narrower
+    than the parameters, autodiff also keeps every layer's weights cast to the
+    compute dtype (``layer_weight_elements`` per chip per layer).
+    """
+    per_layer = _layer_bytes_per_token(cfg, tensor, seq_len)
+    tokens = rows * seq_len
+    saved = cfg.num_layers * per_layer[remat] * tokens
+    working = per_layer["none"] * tokens
+    C = max(1, min(chunk, seq_len))
+    logits = 3 * 4 * rows * C * cfg.vocab_size / tensor
+    hidden = 2 * 4 * tokens * cfg.hidden_size
+    casts = 0.0
+    if remat == "none" and cfg.compute_dtype != cfg.param_dtype:
+        casts = cfg.num_layers * layer_weight_elements * _ITEMSIZE[cfg.compute_dtype]
+    parts = {"saved": saved, "working": working, "logits": logits, "hidden": hidden, "casts": casts}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The knobs the planner varies when suggesting changes."""
+
+    mesh: tuple[int, int, int]
+    micro_batches: int
+    remat: str
+    reference: str  # "none" | "cache" | "in_step"
+    reference_dtype: str
+
+
+def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str, Any]:
+    """Per-chip bytes by part and the problems (divisibility) for settings ``st``."""
+    mesh = dict(zip(("data", "fsdp", "tensor"), st.mesh))
+    counts, problems = _per_chip_param_elements(infos, mesh)
+    params = sum(n * i.itemsize for n, i in zip(counts, infos))
+    param_elems = sum(counts)
+    opt = optimizer_bytes(config, abstract, infos, counts)
+    ref = param_elems * _ITEMSIZE[st.reference_dtype] if st.reference == "in_step" else 0
+    grads = params * (2 if st.micro_batches > 1 else 1)  # accumulator (+ this micro-batch's)
+
+    dp = mesh["data"] * mesh["fsdp"]
+    G, A = int(config.train.global_batch), st.micro_batches
+    if G % A:
+        problems.append(f"train.global_batch {G} is not divisible by train.micro_batches {A}")
+    per_micro = G // A
+    if per_micro % dp:
+        problems.append(f"train.global_batch / micro_batches = {per_micro} is not divisible by the "
+                        f"data-parallel size {dp} (mesh data x fsdp)")
+    rows = rows_per_micro_batch(config, per_micro)
+    rows_chip = max(1, -(-rows // dp))
+    T = row_length(config)
+    layer_chip = sum(n for n, i in zip(counts, infos) if i.axes[:1] == ("layers",)) / cfg.num_layers
+    acts = activation_bytes(cfg, remat=st.remat, rows=rows_chip, seq_len=T, tensor=mesh["tensor"],
+                            chunk=int(config.train.logprob_chunk), layer_weight_elements=layer_chip)
+
+    # FSDP gathers: two layers' weights in compute dtype in flight and one layer's unsharded gradient.
+    s = _ITEMSIZE[cfg.compute_dtype]
+    layer_elems = sum(math.prod(i.shape[1:]) for i in infos if i.axes[:1] == ("layers",))
+    embed_elems = max((math.prod(i.shape) for i in infos if i.axes[:1] != ("layers",)), default=0)
+    unit = max(layer_elems, embed_elems) / mesh["tensor"]
+    if mesh["fsdp"] > 1:
+        gathers = unit * (2 * s + infos[0].itemsize)
+    elif cfg.compute_dtype != cfg.param_dtype:
+        gathers = unit * s  # one layer cast to compute dtype
+    else:
+        gathers = 0
+    batch = 6 * 4 * A * rows_chip * T + (8 * A * per_micro // dp if st.reference == "cache" else 0)
+
+    parts = {"params": params, "optimizer": opt, "reference": ref, "gradients": grads,
+             "activations": acts["total"], "weight_gathers": gathers, "batch": batch}
+    parts = {k: int(round(v)) for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    return {"bytes": parts, "activation_parts": {k: int(v) for k, v in acts.items()}, "problems": problems,
+            "rows_per_chip": rows_chip, "rows_per_micro_batch": rows, "pairs_per_micro_batch": per_micro}
+
+
+def _resolve_chip(chip_type, hbm_gib, peak_tflops):
+    if chip_type is not None and chip_type not in CHIPS:
+        raise ValueError(f"--chip-type {chip_type!r} is unknown; known: {', '.join(CHIPS)} "
+                         "(or pass --peak-tflops and --hbm-gib)")
+    peak, hbm = CHIPS.get(chip_type, (None, None))
+    if peak_tflops:
+        peak = peak_tflops * 1e12
+    if hbm_gib:
+        hbm = float(hbm_gib)
+    if peak is None or hbm is None:
+        raise ValueError("pass --chip-type, or both --peak-tflops and --hbm-gib")
+    return peak, hbm
+
+
+def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip_type: str | None = "v5p",
+         mfu: float = 0.4, peak_tflops: float | None = None, model_cfg=None) -> dict[str, Any]:
+    """Per-chip memory and step time of ``config`` on ``chips`` chips.
+
+    chips: resolves a ``-1`` in ``config.mesh.shape`` (default: the mesh's product, 1 for the -1).
+    hbm_gib / peak_tflops: override the ``chip_type`` table (:data:`CHIPS`).
+    model_cfg: a ``ModelConfig`` to use instead of the one the config names.
+
+    Returns a dict: ``bytes`` (per chip: params, optimizer, reference, gradients,
+    activations, weight_gathers, batch, total), ``usable_bytes``, ``fits``,
+    ``problems`` (the configuration cannot run as is), ``suggestions`` (knobs
+    and the total each gives), ``flops_per_step``, ``step_time_s`` and the inputs.
+    """
+    from lnpo import parallel
+    from lnpo.train.flops import forward_flops_per_token, matmul_params
+
+    cfg = model_config(config) if model_cfg is None else model_cfg
+    shape = tuple(int(x) for x in config.mesh.shape)
+    notes = []
+    if chips is None:
+        chips = math.prod(x for x in shape if x != -1)
+        if -1 in shape:
+            notes.append(f"mesh {shape} has a -1 and no chip count was given: planned for {chips} chip(s) "
+                         "(pass --chips)")
+    mesh = tuple(parallel.resolve_mesh_shape(shape, chips))
+    peak, hbm = _resolve_chip(chip_type, hbm_gib, peak_tflops)
+    infos, abstract = param_infos(cfg)
+
+    uses_ref = _uses_reference(config)
+    ref_mode = config.reference.mode if uses_ref else "none"
+    st = Settings(mesh=mesh, micro_batches=int(config.train.micro_batches), remat=cfg.remat, reference=ref_mode,
+                  reference_dtype=config.reference.dtype)
+    mem = _memory(config, cfg, infos, st, chips, abstract)
+    usable = int(hbm * GIB * USABLE_FRACTION)
+    fits = mem["bytes"]["total"] <= usable
+
+    T = row_length(config)
+    G, A = int(config.train.global_batch), st.micro_batches
+    tokens = A * mem["rows_per_micro_batch"] * T
+    passes = 3 + (1 if ref_mode == "in_step" else 0)
+    flops = tokens * forward_flops_per_token(cfg, T) * passes
+    step_time = flops / (chips * peak * mfu)
+
+    if config.data.layout != "padded":
+        notes.append(f"layout {config.data.layout!r}: rows per micro-batch vary with the data; "
+                     f"planned for the most ({mem['rows_per_micro_batch']})")
+    if not config.model.path:
+        notes.append(f"embedded tiny model: vocabulary planned at its upper bound {EMBEDDED_VOCAB}")
+    if ref_mode == "cache":
+        notes.append("reference cache: one forward pass over the training set before step 1 "
+                     "(about a third of an epoch's training compute), reused by every run with the same data")
+
+    out = {
+        "name": config.name, "stage": config.stage, "loss": config.loss.name if config.stage == "po" else None,
+        "model": {"source": config.model.path or "embedded tiny", "model_type": cfg.model_type,
+                  "params": sum(math.prod(i.shape) for i in infos), "matmul_params": matmul_params(cfg),
+                  "layers": cfg.num_layers, "hidden": cfg.hidden_size, "heads": cfg.num_heads,
+                  "kv_heads": cfg.num_kv_heads, "vocab": cfg.vocab_size, "param_dtype": cfg.param_dtype,
+                  "compute_dtype": cfg.compute_dtype, "remat": cfg.remat},
+        "chips": chips, "mesh": mesh, "chip": {"type": chip_type, "hbm_gib": hbm, "peak_flops": peak},
+        "reference": {"mode": ref_mode, "dtype": config.reference.dtype if ref_mode == "in_step" else None},
+        "batch": {"pairs_per_step": G, "micro_batches": A, "pairs_per_micro_batch": mem["pairs_per_micro_batch"],
+                  "rows_per_micro_batch": mem["rows_per_micro_batch"], "seq_len": T,
+                  "rows_per_chip": mem["rows_per_chip"], "tokens_per_step": tokens},
+        "bytes": mem["bytes"], "activation_parts": mem["activation_parts"],
+        "usable_bytes": usable, "fits": fits and not mem["problems"], "problems": mem["problems"],
+        "flops_per_step": flops, "mfu": mfu, "step_time_s": step_time,
+        "tokens_per_s": tokens / step_time if step_time else float("inf"),
+        "notes": notes,
+    }
+    out["suggestions"] = [] if fits else _suggestions(config, cfg, infos, st, chips, usable, abstract)
+    return out
+
+
+def _knobs(config, cfg, st: Settings, chips: int) -> list[tuple[str, str, Settings]]:
+    """(name, how to set it, settings) for each knob that can lower memory from ``st``."""
+    d, f, t = st.mesh
+    out = []
+    if st.reference == "in_step":
+        out.append(("reference cache", "--config.reference.mode=cache", dataclasses.replace(st, reference="cache")))
+        if st.reference_dtype != "bfloat16":
+            out.append(("bf16 reference", "--config.reference.dtype=bfloat16",
+                        dataclasses.replace(st, reference_dtype="bfloat16")))
+    if d > 1:
+        out.append(("more fsdp", f"--config.mesh.shape='(1,{d * f},{t})'", dataclasses.replace(st, mesh=(1, d * f, t))))
+    if st.remat != "full":
+        out.append(("remat full", "--config.model.remat=full", dataclasses.replace(st, remat="full")))
+    G, dp = int(config.train.global_batch), d * f
+    more = [a for a in range(st.micro_batches + 1, G + 1) if G % a == 0 and (G // a) % dp == 0]
+    if more:
+        out.append(("more micro-batches", "", dataclasses.replace(st, micro_batches=more[-1])))  # filled in below
+    return out
+
+
+def _suggestions(config, cfg, infos, st: Settings, chips: int, usable: int, abstract) -> list[dict]:
+    """Each knob alone, then the knobs combined in order until the config fits."""
+    out = []
+    for name, how, new in _knobs(config, cfg, st, chips):
+        if name == "more micro-batches":  # the fewest micro-batches that fit, else the most possible
+            G, dp = int(config.train.global_batch), new.mesh[0] * new.mesh[1]
+            for a in range(st.micro_batches + 1, G + 1):
+                if G % a == 0 and (G // a) % dp == 0:
+                    cand = dataclasses.replace(st, micro_batches=a)
+                    if _memory(config, cfg, infos, cand, chips, abstract)["bytes"]["total"] <= usable:
+                        new = cand
+                        break
+            how = f"--config.train.micro_batches={new.micro_batches}"
+        total = _memory(config, cfg, infos, new, chips, abstract)["bytes"]["total"]
+        out.append({"knob": name, "set": how, "total_bytes": total, "fits": total <= usable})
+    # combined, cheapest first: the order of _knobs
+    cur, applied = st, []
+    for _ in range(5):
+        if _memory(config, cfg, infos, cur, chips, abstract)["bytes"]["total"] <= usable:
+            break
+        knobs = _knobs(config, cfg, cur, chips)
+        if not knobs:
+            break
+        name, how, new = knobs[0]
+        if name == "more micro-batches":
+            how = f"--config.train.micro_batches={new.micro_batches}"
+        cur, applied = new, applied + [how]
+    if applied and len(applied) > 1:
+        total = _memory(config, cfg, infos, cur, chips, abstract)["bytes"]["total"]
+        out.append({"knob": "combined", "set": " ".join(applied), "total_bytes": total, "fits": total <= usable})
+    # the state alone (params + optimizer + gradients) at full fsdp: chips needed
+    fixed = _memory(config, cfg, infos, dataclasses.replace(st, mesh=(1, chips, 1)), chips, abstract)["bytes"]
+    state = fixed["params"] + fixed["optimizer"] + fixed["gradients"]
+    if state > usable / 2:
+        need = math.ceil(state * chips / (usable / 2))
+        out.append({"knob": "more chips", "set": f"about {need} chips (params + AdamW + gradients under half of HBM "
+                    "at full fsdp)", "total_bytes": None, "fits": None})
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+def _gib(x) -> str:
+    return f"{x / GIB:8.2f}"
+
+
+def format_plan(p: dict) -> str:
+    m, b, by = p["model"], p["batch"], p["bytes"]
+    chip = p["chip"]
+    ref = p["reference"]
+    lines = [
+        f"lnpo plan: {p['name']} ({p['stage']}{', ' + p['loss'] if p['loss'] else ''})",
+        f"  model: {m['source']} ({m['model_type']}, {m['params'] / 1e9:.3f}B params, {m['layers']} layers, "
+        f"hidden {m['hidden']}, heads {m['heads']}/{m['kv_heads']} kv, vocab {m['vocab']}); "
+        f"params {m['param_dtype']}, compute {m['compute_dtype']}, remat {m['remat']}",
+        f"  mesh (data, fsdp, tensor) = {p['mesh']} on {p['chips']} chips "
+        f"({chip['type'] or 'custom'}: {chip['hbm_gib']:g} GiB HBM, {chip['peak_flops'] / 1e12:g} TFLOP/s peak)",
+        f"  batch: {b['pairs_per_step']} {'examples' if p['stage'] == 'sft' else 'pairs'}/step = "
+        f"{b['micro_batches']} micro-batches x {b['pairs_per_micro_batch']}; {b['rows_per_micro_batch']} rows x "
+        f"{b['seq_len']} tokens per micro-batch, {b['rows_per_chip']} rows per chip",
+        "",
+        "  per-chip memory                        GiB",
+        f"    parameters ({m['param_dtype']} master)     {_gib(by['params'])}",
+        f"    optimizer (AdamW mu + nu)          {_gib(by['optimizer'])}",
+        f"    reference ({ref['mode']}{', ' + ref['dtype'] if ref['dtype'] else ''})".ljust(39) + _gib(by['reference']),
+        f"    gradients                          {_gib(by['gradients'])}",
+        f"    activations (remat {m['remat']})".ljust(39) + _gib(by['activations']),
+        f"    fsdp weight gathers                {_gib(by['weight_gathers'])}",
+        f"    batch arrays                       {_gib(by['batch'])}",
+        f"    total                              {_gib(by['total'])}  of {p['usable_bytes'] / GIB:.1f} usable "
+        f"({USABLE_FRACTION:.0%} of {chip['hbm_gib']:g})",
+    ]
+    if p["problems"]:
+        lines.append("  WILL NOT RUN: " + "; ".join(p["problems"]))
+    elif p["fits"]:
+        lines.append(f"  fits: {p['usable_bytes'] - by['total']:.3g} bytes "
+                     f"({(p['usable_bytes'] - by['total']) / GIB:.1f} GiB) to spare per chip")
+    else:
+        lines.append(f"  DOES NOT FIT: {by['total'] / GIB:.1f} GiB > {p['usable_bytes'] / GIB:.1f} GiB usable per chip")
+    lines += ["", f"  step: {p['flops_per_step']:.3e} FLOPs; at {p['mfu']:.0%} MFU {p['step_time_s']:.3g} s/step, "
+              f"{p['tokens_per_s']:.3g} tokens/s ({p['tokens_per_s'] / p['chips']:.3g} per chip)"]
+    if p["suggestions"]:
+        lines += ["", "  what helps (per-chip total with the change):"]
+        for s in p["suggestions"]:
+            if s["total_bytes"] is None:
+                lines.append(f"    {s['knob']:20s} {s['set']}")
+            else:
+                verdict = "fits" if s["fits"] else "still too big"
+                lines.append(f"    {s['knob']:20s} {s['total_bytes'] / GIB:8.2f} GiB  {verdict:14s} {s['set']}")
+    for n in p["notes"]:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+_DASHED = ("--hbm-gib", "--chip-type", "--peak-tflops")
+
+
+def _normalize_argv(argv: list[str]) -> list[str]:
+    """Accept ``--hbm-gib`` as well as absl's ``--hbm_gib`` (and the other dashed flags)."""
+    out = []
+    for arg in argv:
+        for flag in _DASHED:
+            if arg == flag or arg.startswith(flag + "="):
+                arg = flag.replace("-", "_").replace("__", "--", 1) + arg[len(flag):]
+        out.append(arg)
+    return out
+
+
+def main(argv=None):
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from lnpo.main import _config_root_on_path
+
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file", lock_config=True)
+    flags.DEFINE_integer("chips", None, "number of chips (resolves a -1 in config.mesh.shape)")
+    flags.DEFINE_float("hbm_gib", None, "HBM per chip in GiB (default: from --chip_type)")
+    flags.DEFINE_string("chip_type", "v5p", f"one of {', '.join(CHIPS)}: peak FLOP/s and HBM")
+    flags.DEFINE_float("peak_tflops", None, "peak dense bf16 TFLOP/s per chip (default: from --chip_type)")
+    flags.DEFINE_float("mfu", 0.4, "model-FLOPs utilization assumed for the step time")
+    flags.DEFINE_bool("json", False, "print the plan as JSON")
+    flags.mark_flags_as_required(["config"])
+
+    def _run(_):
+        F = flags.FLAGS
+        try:
+            p = plan(F.config, chips=F.chips, hbm_gib=F.hbm_gib, chip_type=F.chip_type, mfu=F.mfu,
+                     peak_tflops=F.peak_tflops)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"lnpo.plan: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(json.dumps(p, indent=2, default=str) if F.json else format_plan(p))
+        sys.exit(0 if p["fits"] else 1)
+
+    argv = _normalize_argv(sys.argv if argv is None else argv)
+    _config_root_on_path(argv)
+    app.run(_run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()
