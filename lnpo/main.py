@@ -27,6 +27,11 @@ def _config_root_on_path(argv: list[str]) -> None:
                 sys.path.insert(0, root)
 
 
+# Exit status of a run stopped by SIGTERM after saving a checkpoint: rerun the same command
+# to resume (launch/tpu/train.sh does so). 75 is EX_TEMPFAIL.
+EXIT_PREEMPTED = 75
+
+
 def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
@@ -45,7 +50,7 @@ def main(argv=None):
         config = flags.FLAGS.config
         workdir = flags.FLAGS.workdir or os.path.join("runs", config.name)
         try:
-            run(config, workdir)
+            summary = run(config, workdir)
         except (FileNotFoundError, NonFiniteLoss, ValueError, KeyError) as e:
             # Bad configs (ConfigError is a ValueError), data rows, checkpoints: one line naming
             # the field, row or file.
@@ -55,6 +60,8 @@ def main(argv=None):
             print(f"lnpo: error: {message}", file=sys.stderr)
             print("lnpo: (set LNPO_DEBUG=1 for the traceback)", file=sys.stderr)
             sys.exit(2)
+        if summary["preempted"]:
+            sys.exit(EXIT_PREEMPTED)
 
     argv = sys.argv if argv is None else argv
     _config_root_on_path(argv)

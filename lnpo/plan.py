@@ -472,22 +472,24 @@ def format_plan(p: dict) -> str:
         f"{b['micro_batches']} micro-batches x {b['pairs_per_micro_batch']}; {b['rows_per_micro_batch']} rows x "
         f"{b['seq_len']} tokens per micro-batch, {b['rows_per_chip']} rows per chip",
         "",
-        "  per-chip memory                        GiB",
-        f"    parameters ({m['param_dtype']} master)     {_gib(by['params'])}",
-        f"    optimizer (AdamW mu + nu)          {_gib(by['optimizer'])}",
-        f"    reference ({ref['mode']}{', ' + ref['dtype'] if ref['dtype'] else ''})".ljust(39) + _gib(by['reference']),
-        f"    gradients                          {_gib(by['gradients'])}",
-        f"    activations (remat {m['remat']})".ljust(39) + _gib(by['activations']),
-        f"    fsdp weight gathers                {_gib(by['weight_gathers'])}",
-        f"    batch arrays                       {_gib(by['batch'])}",
-        f"    total                              {_gib(by['total'])}  of {p['usable_bytes'] / GIB:.1f} usable "
-        f"({USABLE_FRACTION:.0%} of {chip['hbm_gib']:g})",
+        "  per-chip memory                            GiB",
     ]
+    rows = [
+        (f"parameters ({m['param_dtype']} master)", by["params"]),
+        ("optimizer (AdamW mu + nu)", by["optimizer"]),
+        (f"reference ({ref['mode']}{', ' + ref['dtype'] if ref['dtype'] else ''})", by["reference"]),
+        ("gradients", by["gradients"]),
+        (f"activations (remat {m['remat']})", by["activations"]),
+        ("fsdp weight gathers", by["weight_gathers"]),
+        ("batch arrays", by["batch"]),
+        ("total", by["total"]),
+    ]
+    lines += [f"    {label:36s}{_gib(value)}" for label, value in rows]
+    lines[-1] += (f"  of {p['usable_bytes'] / GIB:.1f} usable ({USABLE_FRACTION:.0%} of {chip['hbm_gib']:g})")
     if p["problems"]:
         lines.append("  WILL NOT RUN: " + "; ".join(p["problems"]))
     elif p["fits"]:
-        lines.append(f"  fits: {p['usable_bytes'] - by['total']:.3g} bytes "
-                     f"({(p['usable_bytes'] - by['total']) / GIB:.1f} GiB) to spare per chip")
+        lines.append(f"  fits: {(p['usable_bytes'] - by['total']) / GIB:.1f} GiB to spare per chip")
     else:
         lines.append(f"  DOES NOT FIT: {by['total'] / GIB:.1f} GiB > {p['usable_bytes'] / GIB:.1f} GiB usable per chip")
     lines += ["", f"  step: {p['flops_per_step']:.3e} FLOPs; at {p['mfu']:.0%} MFU {p['step_time_s']:.3g} s/step, "

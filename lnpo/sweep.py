@@ -82,6 +82,7 @@ __all__ = [
     "print_commands",
     "run_status",
     "run_sweep",
+    "set_run_overrides",
 ]
 
 #: grid axis -> the run-config field it sets (in run-name order; the seed comes last).
@@ -150,10 +151,13 @@ def _finalize(module, sweep):
     return sweep if result is None else result
 
 
-def load_sweep(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+def load_sweep(spec: str, overrides: Mapping[str, Any] | None = None,
+               run_overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
     """Load a sweep config: ``spec`` is ``path[:arg]``; ``overrides`` maps dotted sweep-config
     keys (``"methods.dpo.beta"``, ``"overrides.train.steps"``, ``"sft_path"``) to values,
-    applied before the file's ``finalize``. A key that the file does not define is an error."""
+    applied before the file's ``finalize``; a key that the file does not define is an error.
+    ``run_overrides``: dotted run-config keys (``"train.steps"``, ``"model.path"``) added to
+    ``sweep.overrides`` after ``finalize`` (as ``--set`` does), so they apply to every run."""
     path, arg = _split_spec(spec)
     module = _load_module(path)
     sweep = module.get_config(arg) if arg is not None else module.get_config()
@@ -169,7 +173,18 @@ def load_sweep(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_coll
             node[parts[-1]] = tuple(value) if isinstance(value, list) else value
         except TypeError as e:
             raise SweepError(f"sweep override {key}={value!r}: {e}") from None
-    return _finalize(module, sweep)
+    sweep = _finalize(module, sweep)
+    return set_run_overrides(sweep, run_overrides or {})
+
+
+def set_run_overrides(sweep: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Add dotted run-config ``overrides`` to ``sweep.overrides`` (every run gets them); returns ``sweep``."""
+    if overrides:
+        with sweep.unlocked():
+            if sweep.get("overrides") is None:
+                sweep.overrides = ml_collections.ConfigDict()
+            apply_overrides(sweep.overrides, overrides)
+    return sweep
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -657,11 +672,7 @@ def main(argv=None):
                 if not sep or not key:
                     raise SweepError(f"--set {item!r}: expected KEY=VALUE")
                 extra[key.strip()] = _parse_value(value)
-            if extra:
-                with sweep.unlocked():
-                    if sweep.get("overrides") is None:
-                        sweep.overrides = ml_collections.ConfigDict()
-                    apply_overrides(sweep.overrides, extra)
+            set_run_overrides(sweep, extra)
             workdir = f.workdir or os.path.join("runs", sweep.get("name", "sweep"))
             root = configs_root(path)
             if f.print_commands:

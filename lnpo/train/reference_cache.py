@@ -105,6 +105,18 @@ def save(cache_dir: str, key: str, chosen: np.ndarray, rejected: np.ndarray) -> 
     return path
 
 
+def _agreed_missing(missing_here: bool) -> bool:
+    """Whether to compute, agreed by all processes (process 0 decides): ``compute`` is a
+    collective, so one process skipping it while others run it would hang them."""
+    import jax
+
+    if jax.process_count() == 1:
+        return missing_here
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.array(missing_here)))
+
+
 def load_or_compute(cache_dir: str, key: str, num_pairs: int,
                     compute: Callable[[], tuple[np.ndarray, np.ndarray]], *, is_writer: bool = True):
     """Return ``(chosen, rejected, computed)``; ``compute`` runs only when no cache exists.
@@ -113,7 +125,10 @@ def load_or_compute(cache_dir: str, key: str, num_pairs: int,
     pass over a sharded model) but only ``is_writer`` writes the file.
     """
     cached = load(cache_dir, key, num_pairs)
-    if cached is not None:
+    if not _agreed_missing(cached is None):
+        if cached is None:
+            raise ValueError(f"reference cache {cache_path(cache_dir, key)}: process 0 has it but this process does "
+                             "not; reference.cache_dir must be on storage every host reads")
         return cached[0], cached[1], False
     chosen, rejected = compute()
     if is_writer:

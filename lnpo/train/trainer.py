@@ -15,6 +15,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -239,7 +240,11 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
 
     tx, schedule = make_optimizer(config.optim, steps=config.train.steps)
     replicated = NamedSharding(mesh, P())
-    opt_state = jax.jit(tx.init)(params)
+    # Optimizer moments sharded like their parameters (scalars replicated), built in place.
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    opt_shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params),
+                                          param_shardings, transform_non_params=lambda _: replicated)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
     # Every leaf on the mesh (scalars replicated) so the step compiles once.
     state_shardings = jax.tree.map(
@@ -278,7 +283,7 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
         evaluate = _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh,
                                    stage=stage, sums_fn=sums_fn, pairs=M, row_multiple=row_multiple)
 
-    flops_per_token = forward_flops_per_token(model_cfg, config.data.max_len) * (3 + (1 if ref_params is not None else 0))
+    flops_per_token = forward_flops_per_token(model_cfg, row_length(config)) * (3 + (1 if ref_params is not None else 0))
     spec = LoopSpec(
         step_fn=train_step, batches=batches(), iterator_state=iterator.state, restore_iterator=iterator.restore,
         evaluate=evaluate, total_steps=config.train.steps, log_every=config.train.log_every,

@@ -140,3 +140,27 @@ def test_malformed_rows_are_counted_or_strictly_rejected(tmp_path, tiny_sft_dir,
     config.data.strict = True
     with pytest.raises(ValueError, match=r"prefs\.jsonl row 3: .*identical"):
         run(config, str(tmp_path / "strict"))
+
+
+@pytest.mark.parametrize("changes, rtol", [({"model.remat": "full"}, 1e-5), ({"model.remat": "dots"}, 1e-5),
+                                           ({"model.compute_dtype": "bfloat16"}, 2e-2)])
+def test_remat_and_mixed_precision_train_like_the_default(tmp_path, tiny_sft_dir, task_files, changes, rtol):
+    base = small_config(tiny_sft_dir, task_files, **{"train.steps": 2, "reference.mode": "in_step"})
+    other = small_config(tiny_sft_dir, task_files, **{"train.steps": 2, "reference.mode": "in_step", **changes})
+    run(base, str(tmp_path / "base"))
+    run(other, str(tmp_path / "other"))
+    a, b = losses_of(str(tmp_path / "base")), losses_of(str(tmp_path / "other"))
+    np.testing.assert_allclose([b[k] for k in sorted(a)], [a[k] for k in sorted(a)], rtol=rtol)
+
+
+def test_a_half_written_checkpoint_is_ignored_on_resume(tmp_path, tiny_sft_dir, task_files):
+    workdir = str(tmp_path / "run")
+    config = small_config(tiny_sft_dir, task_files, **{"train.steps": 2, "optim.schedule": "constant"})
+    run(config, workdir)
+    partial = os.path.join(workdir, "checkpoints", "3.orbax-checkpoint-tmp-1234")
+    os.makedirs(os.path.join(partial, "state"))
+    open(os.path.join(partial, "state", "garbage"), "w").write("half written")
+    config.train.steps = 4
+    summary = run(config, workdir)
+    assert summary["steps"] == 4
+    assert sorted(losses_of(workdir)) == [1, 2, 3, 4]

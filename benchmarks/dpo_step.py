@@ -1,0 +1,470 @@
+"""DPO train-step throughput, peak memory and MFU: lnpo (JAX) vs TRL's DPOTrainer (PyTorch).
+
+Each implementation runs in its own subprocess (clean peak RSS): ``--impl lnpo``
+in this interpreter, ``--impl trl`` in ``--trl-python`` (default
+``/work/venv-bench/bin/python`` when it exists: a separate venv holding
+``torch==2.13.0`` and ``trl``, see docs/performance.md). ``--impl both`` runs
+both and adds a ratio line.
+
+    python benchmarks/dpo_step.py --impl both                                   # reference CPU workload
+    python benchmarks/dpo_step.py --impl lnpo --lengths long-tailed --layout packed
+    python benchmarks/dpo_step.py --impl lnpo --hidden 1024 --layers 8 --heads 8 --kv-heads 8 --batch 2
+
+Both sides get the same model shape (Llama: RMSNorm, RoPE, GQA, SwiGLU MLP,
+untied LM head), the same random token pairs (numpy seed) and the same optimizer
+settings (AdamW lr 1e-6, no weight decay, global-norm clip 1.0, linear decay:
+TRL's DPOConfig defaults), DPO sigmoid loss with beta 0.1.
+
+lnpo's step is built as lnpo.train.trainer builds it: ``steps.train_step`` with
+the policy graphdef, ``make_optimizer``'s transformation and DPO's micro-batch
+sums, jitted with explicit shardings on a ``(data, fsdp, tensor)`` mesh and the
+state donated; batches are ``lnpo.data.layouts.layout_pairs`` rows stacked to
+``[1, R, T]`` plus ``pair_valid`` (and ``ref_chosen``/``ref_rejected`` with
+``--reference cache``). R is fixed over the run (the most rows any benchmark
+batch needs), so the step compiles once.
+
+Timing: each step is timed on its own (``block_until_ready`` for lnpo; TRL's
+``on_step_begin``/``on_step_end`` callback); the first ``--warmup`` steps
+(compilation, allocator warm-up) are excluded and the median of the rest is
+reported. Printed: one JSON line per implementation with ``pairs_per_s``,
+``tokens_per_s`` (real prompt+completion tokens of both sequences of each pair,
+i.e. the same count for every layout and implementation), ``peak_rss_mb``
+(``ru_maxrss`` of the child process) and ``mfu``: model FLOPs per second over a
+dense float32 matmul peak measured in the same process
+(``lnpo.train.flops.measured_matmul_peak``; for TRL the same measurement with
+``torch.matmul``). Model FLOPs per pair = (policy forward + backward = 3x forward,
++1x forward for an in-step reference) x forward FLOPs per token at context
+``prompt_len + response_len`` (``lnpo.train.flops.forward_flops_per_token``) x
+the pair's real tokens: layout tricks that skip work (packing, a shared prompt)
+do not inflate it, so MFU compares like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+DEFAULT_TRL_PYTHON = "/work/venv-bench/bin/python"
+
+
+# ----------------------------------------------------------------------------- shared
+def peak_rss_mb() -> float:
+    """Peak resident set of this process in MiB (VmHWM; ru_maxrss as a fallback)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def make_pairs(args, n: int, first_id: int = 3) -> list[dict]:
+    """``n`` random token pairs (numpy only, so both implementations see the same data).
+
+    ``--lengths fixed``: every prompt ``prompt_len`` tokens, every completion
+    ``response_len``. ``long-tailed``: lognormal lengths (HH-RLHF-like: medians
+    about a quarter of the prompt maximum and a third of the response maximum,
+    sigma 1.0 / 0.8), clipped to ``[2, max]``. Token ids are drawn from
+    ``[first_id, vocab)`` (0-2: pad / bos / eos).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    if args.lengths == "fixed":
+        p = np.full(n, args.prompt_len)
+        c = np.full(n, args.response_len)
+        r = np.full(n, args.response_len)
+    else:
+        p = np.clip(np.round(rng.lognormal(np.log(args.prompt_len / 4), 1.0, n)), 2, args.prompt_len)
+        c = np.clip(np.round(rng.lognormal(np.log(args.response_len / 3), 0.8, n)), 2, args.response_len)
+        r = np.clip(np.round(rng.lognormal(np.log(args.response_len / 3), 0.8, n)), 2, args.response_len)
+    tok = lambda k: rng.integers(first_id, args.vocab, size=int(k)).tolist()  # noqa: E731
+    return [{"prompt_ids": tok(p[i]), "chosen_ids": tok(c[i]), "rejected_ids": tok(r[i])} for i in range(n)]
+
+
+def pair_tokens(pairs) -> int:
+    return sum(2 * len(x["prompt_ids"]) + len(x["chosen_ids"]) + len(x["rejected_ids"]) for x in pairs)
+
+
+def intermediate(args) -> int:
+    return args.intermediate or 3 * args.hidden
+
+
+def lnpo_model_config(args, **extra):
+    from lnpo.models import ModelConfig
+
+    return ModelConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=intermediate(args),
+        num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads, tie_embeddings=False,
+        max_position_embeddings=max(4096, 2 * (args.prompt_len + 2 * args.response_len)), rms_norm_eps=1e-6,
+        rope_theta=10000.0, model_type="llama", bos_token_id=1, eos_token_id=2, pad_token_id=0, **extra)
+
+
+def model_flops_per_pair_token(args, in_step_reference: bool) -> float:
+    from lnpo.train.flops import forward_flops_per_token
+
+    cfg = lnpo_model_config(args)
+    return forward_flops_per_token(cfg, args.prompt_len + args.response_len) * (3 + int(in_step_reference))
+
+
+def summarize(args, impl: str, step_times: list[float], pairs_per_step: float, tokens_per_step: float,
+              flops_per_token: float, peak_flops: float, extra: dict) -> dict:
+    timed = step_times[args.warmup:]
+    med = statistics.median(timed)
+    tokens_per_s = tokens_per_step / med
+    return {
+        "impl": impl, "hidden": args.hidden, "layers": args.layers, "heads": args.heads, "kv_heads": args.kv_heads,
+        "intermediate": intermediate(args), "vocab": args.vocab, "batch": args.batch, "prompt_len": args.prompt_len,
+        "response_len": args.response_len, "lengths": args.lengths, "steps_timed": len(timed),
+        "step_s_median": round(med, 4), "step_s_min": round(min(timed), 4), "step_s_max": round(max(timed), 4),
+        "pairs_per_s": round(pairs_per_step / med, 3), "tokens_per_s": round(tokens_per_s, 1),
+        "peak_rss_mb": peak_rss_mb(), "mfu": round(tokens_per_s * flops_per_token / peak_flops, 4),
+        "matmul_peak_gflops": round(peak_flops / 1e9, 1), "threads": os.cpu_count(), **extra,
+    }
+
+
+# ----------------------------------------------------------------------------- lnpo
+def run_lnpo(args) -> dict:
+    import functools
+    import types
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from lnpo import losses as losses_lib
+    from lnpo import parallel
+    from lnpo.data.layouts import layout_pairs, plan_rows, unit_lengths
+    from lnpo.models import Decoder, param_shardings
+    from lnpo.train import steps as steps_lib
+    from lnpo.train.flops import measured_matmul_peak
+    from lnpo.train.optim import make_optimizer
+    from lnpo.train.trainer import BATCH_SPEC
+
+    peak = measured_matmul_peak()
+    total_steps = args.warmup + args.steps
+    pairs = make_pairs(args, args.batch * total_steps)
+    batches = [pairs[i * args.batch:(i + 1) * args.batch] for i in range(total_steps)]
+
+    max_len = args.prompt_len + args.response_len
+    seq_len = args.seq_len or (2 * max_len if args.layout == "shared_prompt" else max_len)
+    num_rows = 0
+    for b in batches:
+        lengths = unit_lengths([len(x["prompt_ids"]) for x in b],
+                               ([len(x["chosen_ids"]) for x in b], [len(x["rejected_ids"]) for x in b]), args.layout)
+        num_rows = max(num_rows, plan_rows(lengths, seq_len, args.layout).num_rows)
+
+    # model + parameters, as trainer.build_model builds a fresh one (jit init with parameter shardings)
+    cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat)
+    mesh = parallel.make_mesh((-1, 1, 1))
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(args.seed)))
+    shardings = param_shardings(abstract, mesh)
+    graphdef, _ = nnx.split(abstract, nnx.Param)
+
+    @functools.partial(jax.jit, out_shardings=shardings)
+    def init():
+        return nnx.state(Decoder(cfg, rngs=nnx.Rngs(args.seed)), nnx.Param)
+
+    params = init()
+    n_params = int(sum(x.size for x in jax.tree.leaves(params)))
+
+    # reference: an in-step frozen copy, or cached log-probs (per-pair arrays in the batch)
+    objective = losses_lib.get("dpo")
+    hparams = losses_lib.validate("dpo", {"beta": 0.1})
+    ref_params = ref_graphdef = None
+    if args.reference == "in_step":
+        ref_graphdef = graphdef
+        copy = jax.jit(lambda p: jax.tree.map(lambda x: (x + 0).astype(jnp.float32), p),
+                       out_shardings=jax.tree.map(lambda x: x.sharding, params))
+        ref_params = copy(params)
+
+    optim = types.SimpleNamespace(lr=1e-6, warmup_steps=0, schedule="linear", clip_norm=1.0, b1=0.9, b2=0.999,
+                                  eps=1e-8, weight_decay=0.0)
+    tx, _ = make_optimizer(optim, steps=max(total_steps, 1))
+    replicated = NamedSharding(mesh, P())
+    opt_state = jax.jit(tx.init)(params)
+    state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+    state_shardings = jax.tree.map(
+        lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
+    state = jax.device_put(state, state_shardings)
+
+    chunk = args.logprob_chunk if args.logprob_chunk > 0 else 0
+    sums_fn = steps_lib.micro_sums_fn("po", objective=objective, hparams=hparams, num_pairs=args.batch,
+                                      chunk_size=chunk or seq_len)
+    if chunk == 0:
+        sums_fn = _naive_sums_fn(objective, hparams, args.batch)
+
+    def step_fn(state, batch, ref_params):
+        with parallel.use_rules(mesh):
+            return steps_lib.train_step(state, batch, ref_params, graphdef=graphdef, ref_graphdef=ref_graphdef,
+                                        tx=tx, stage="po", sums_fn=sums_fn)
+
+    ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+    rng = np.random.default_rng(args.seed + 1)
+    host_batches = []
+    for b in batches:
+        rows = layout_pairs(b, args.layout, seq_len, num_rows=num_rows)
+        local = {k: v[None] for k, v in rows.items()}
+        local["pair_valid"] = np.ones((1, args.batch), np.float32)
+        if args.reference == "cache":  # precomputed once per dataset in the trainer; not part of the step
+            local["ref_chosen"] = rng.normal(-300, 10, (1, args.batch)).astype(np.float32)
+            local["ref_rejected"] = rng.normal(-300, 10, (1, args.batch)).astype(np.float32)
+        host_batches.append(local)
+
+    sharding = NamedSharding(mesh, BATCH_SPEC)
+    t0 = time.perf_counter()
+    compiled = jitted.lower(state, jax.device_put(host_batches[0], sharding), ref_params).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    xla_mb = None
+    if mem is not None:
+        xla_mb = round((mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 2**20, 1)
+
+    times = []
+    for local in host_batches:
+        t = time.perf_counter()
+        batch = jax.device_put(local, sharding)
+        state, metrics = jitted(state, batch, ref_params)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t)
+    assert float(metrics["finite"]) == 1.0, metrics
+
+    timed_batches = batches[args.warmup:]
+    tokens_per_step = pair_tokens([x for b in timed_batches for x in b]) / len(timed_batches)
+    real = sum(int((h["segment_ids"] > 0).sum()) for h in host_batches)
+    slots = sum(h["segment_ids"].size for h in host_batches)
+    extra = {"reference": args.reference, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
+             "remat": args.remat, "dtype": args.dtype, "rows": num_rows, "seq_len": seq_len,
+             "row_fill": round(real / slots, 3), "params": n_params, "compile_s": round(compile_s, 1),
+             "xla_peak_mb": xla_mb, "loss": round(float(metrics["loss"]), 4), "jax": jax.__version__,
+             "device": str(jax.devices()[0].device_kind)}
+    return summarize(args, "lnpo", times, args.batch, tokens_per_step,
+                     model_flops_per_pair_token(args, args.reference == "in_step"), peak, extra)
+
+
+def _naive_sums_fn(objective, hparams, num_pairs):
+    """DPO sums with unchunked log-probs: full ``[R, T, V]`` float32 logits then log_softmax
+    (what ``--logprob-chunk 0`` measures against lnpo's chunked ``token_logps``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lnpo import logprobs
+    from lnpo import losses as losses_lib
+    from lnpo.train import steps as steps_lib
+
+    def seq_logps(model, mb):
+        hidden = model.hidden_states(mb["input_ids"], positions=mb["positions"], segment_ids=mb["segment_ids"],
+                                     branch_ids=mb["branch_ids"])
+        logp = jax.nn.log_softmax(model.unembed(hidden).astype(jnp.float32), axis=-1)
+        tl = jnp.take_along_axis(logp, mb["targets"][..., None], axis=-1)[..., 0]
+        return logprobs.sequence_logps(tl, mb["seq_index"], 2 * num_pairs)
+
+    def fn(model, mb, reference=None):
+        sums, counts = seq_logps(model, mb)
+        if reference is not None:
+            ref = jax.lax.stop_gradient(seq_logps(reference, mb)[0])
+            ref_chosen, ref_rejected = ref[0::2], ref[1::2]
+        else:
+            ref_chosen, ref_rejected = mb["ref_chosen"], mb["ref_rejected"]
+        pair = losses_lib.PairLogps(sums[0::2], sums[1::2], ref_chosen, ref_rejected, counts[0::2], counts[1::2])
+        per_pair, metrics = objective(pair, **hparams)
+        return steps_lib._masked_sums(per_pair, metrics, mb["pair_valid"])
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- TRL
+def torch_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+    """Dense f32 matmul FLOP/s with torch, measured like lnpo.train.flops.measured_matmul_peak."""
+    import torch
+
+    a = torch.ones((n, n), dtype=torch.float32)
+    torch.matmul(a, a)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.matmul(a, a)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best
+
+
+def _offline_tokenizer(vocab: int):
+    """A word-level PreTrainedTokenizerFast: token ``t<i>`` <-> id i; ids 0-2 are pad / bos / eos."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, vocab)}}
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<pad>")
+
+
+def run_trl(args) -> dict:
+    import copy
+    import tempfile
+
+    import torch
+    import transformers
+    import trl
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    if args.dtype != "float32" or args.layout != "padded" or args.reference != "in_step":
+        print("dpo_step: TRL runs float32, padded to the batch's longest pair, in-step reference; "
+              "--dtype/--layout/--reference/--logprob-chunk are lnpo-only and ignored", file=sys.stderr)
+    # TRL's DPOConfig turns gradient checkpointing on by default; --trl-gradient-checkpointing auto follows
+    # --remat (none: off, full/dots: on) so both sides recompute the same, "default" keeps TRL's default.
+    gc = {"on": True, "off": False, "default": None, "auto": args.remat != "none"}[args.trl_gradient_checkpointing]
+    torch.manual_seed(args.seed)
+    peak = torch_matmul_peak()
+    total_steps = args.warmup + args.steps
+    pairs = make_pairs(args, args.batch * total_steps)
+    # TRL appends eos to each completion: give it the completion minus its last token, so the
+    # tokenized lengths equal lnpo's (prompt P, completions C each).
+    text = lambda ids: " ".join(f"t{i}" for i in ids)  # noqa: E731
+    rows = {"prompt": [text(x["prompt_ids"]) for x in pairs],
+            "chosen": [" " + text(x["chosen_ids"][:-1]) for x in pairs],
+            "rejected": [" " + text(x["rejected_ids"][:-1]) for x in pairs]}
+    dataset = Dataset.from_dict(rows)
+    tokenizer = _offline_tokenizer(args.vocab)
+
+    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=intermediate(args),
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.kv_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                         rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0)
+    model = LlamaForCausalLM(config)
+    # TRL builds the reference by reloading the policy's checkpoint; a random model has none, so pass a
+    # frozen copy (the same thing: an in-step reference with the policy's initial weights).
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = DPOConfig(output_dir=out, per_device_train_batch_size=args.batch, max_steps=total_steps,
+                        learning_rate=1e-6, beta=0.1, report_to="none", use_cpu=True, save_strategy="no",
+                        eval_strategy="no", logging_strategy="no", precompute_ref_log_probs=False,
+                        max_length=args.prompt_len + args.response_len + 8, dataloader_num_workers=0,
+                        seed=args.seed, disable_tqdm=True,
+                        **({} if gc is None else {"gradient_checkpointing": gc}))
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=[Timer()])
+        ds = trainer.train_dataset
+        got = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
+        if got != pair_tokens(pairs):
+            raise RuntimeError(f"TRL tokenized {got} tokens, lnpo's data has {pair_tokens(pairs)}")
+        trainer.train()
+    tokens_per_step = pair_tokens(pairs) / total_steps  # TRL shuffles: the per-step mean over all pairs
+    extra = {"reference": "in_step", "layout": "padded", "dtype": "float32",
+             "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+             "params": int(sum(p.numel() for p in model.parameters())), "torch": torch.__version__,
+             "trl": trl.__version__, "transformers": transformers.__version__,
+             "torch_threads": torch.get_num_threads()}
+    return summarize(args, "trl", times, args.batch, tokens_per_step,
+                     model_flops_per_pair_token(args, True), peak, extra)
+
+
+# ----------------------------------------------------------------------------- driver
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--impl", choices=("lnpo", "trl", "both"), default="lnpo")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--intermediate", type=int, default=0, help="MLP width (0: 3 x hidden)")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=8, help="pairs per step")
+    ap.add_argument("--prompt-len", type=int, default=96, help="prompt tokens (the maximum for long-tailed)")
+    ap.add_argument("--response-len", type=int, default=160, help="tokens per completion (maximum for long-tailed)")
+    ap.add_argument("--lengths", choices=("fixed", "long-tailed"), default="fixed")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed first steps (compile, allocator warm-up)")
+    ap.add_argument("--seed", type=int, default=0)
+    # lnpo switches
+    ap.add_argument("--reference", choices=("cache", "in_step"), default="in_step")
+    ap.add_argument("--layout", choices=("padded", "packed", "shared_prompt"), default="padded")
+    ap.add_argument("--seq-len", type=int, default=0,
+                    help="row length T (0: prompt+response, 2x that for shared_prompt, as the trainer)")
+    ap.add_argument("--logprob-chunk", type=int, default=128, help="0 = unchunked naive log_softmax")
+    ap.add_argument("--remat", choices=("none", "full", "dots"), default="none")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="lnpo compute dtype")
+    ap.add_argument("--trl-gradient-checkpointing", choices=("auto", "on", "off", "default"), default="auto",
+                    help="TRL side: auto = on iff --remat is not none; default = TRL's own default (on)")
+    ap.add_argument("--trl-python", default=os.environ.get("LNPO_BENCH_TRL_PYTHON", ""),
+                    help=f"interpreter with torch + trl (default {DEFAULT_TRL_PYTHON} if present)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def _without_impl(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--impl":
+            skip = True
+        elif not a.startswith("--impl="):
+            out.append(a)
+    return out
+
+
+def _run_child(impl: str, argv: list[str], args) -> dict:
+    python = sys.executable
+    if impl == "trl":
+        python = args.trl_python or (DEFAULT_TRL_PYTHON if os.path.exists(DEFAULT_TRL_PYTHON) else sys.executable)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [python, os.path.abspath(__file__), *argv, "--impl", impl, "--child"]
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    if out.returncode:
+        raise SystemExit(f"dpo_step: {impl} child failed (exit {out.returncode}): {' '.join(cmd)}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.child:
+        result = run_lnpo(args) if args.impl == "lnpo" else run_trl(args)
+        result["loadavg"] = os.getloadavg()[0]
+        print(json.dumps(result), flush=True)
+        return
+    impls = ("lnpo", "trl") if args.impl == "both" else (args.impl,)
+    results = {}
+    for impl in impls:
+        results[impl] = _run_child(impl, _without_impl(argv), args)
+        print(json.dumps(results[impl]), flush=True)
+    if len(results) == 2:
+        a, b = results["lnpo"], results["trl"]
+        print(json.dumps({"ratio": "lnpo/trl", "pairs_per_s": round(a["pairs_per_s"] / b["pairs_per_s"], 2),
+                          "peak_rss_mb": round(a["peak_rss_mb"] / b["peak_rss_mb"], 2),
+                          "mfu": round(a["mfu"] / b["mfu"], 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
