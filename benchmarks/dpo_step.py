@@ -229,6 +229,7 @@ def run_lnpo(args) -> dict:
     t0 = time.perf_counter()
     compiled = jitted.lower(state, jax.device_put(host_batches[0], sharding), ref_params).compile()
     compile_s = time.perf_counter() - t0
+    rss_after_compile = peak_rss_mb()
     mem = compiled.memory_analysis()
     xla_mb = None
     if mem is not None:
@@ -250,7 +251,7 @@ def run_lnpo(args) -> dict:
     extra = {"reference": args.reference, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
              "remat": args.remat, "dtype": args.dtype, "rows": num_rows, "seq_len": seq_len,
              "row_fill": round(real / slots, 3), "params": n_params, "compile_s": round(compile_s, 1),
-             "xla_peak_mb": xla_mb, "loss": round(float(metrics["loss"]), 4), "jax": jax.__version__,
+             "xla_peak_mb": xla_mb, "peak_rss_after_compile_mb": rss_after_compile, "loss": round(float(metrics["loss"]), 4), "jax": jax.__version__,
              "device": str(jax.devices()[0].device_kind)}
     return summarize(args, "lnpo", times, args.batch, tokens_per_step,
                      model_flops_per_pair_token(args, args.reference == "in_step"), peak, extra)

@@ -39,7 +39,9 @@ from its last checkpoint; a trained but unevaluated run is only evaluated). A
 run that raises is recorded in its ``run.json`` (``"status": "failed"``,
 ``"error"``: one line; the traceback in ``error.log``) and the sweep goes on;
 failed runs are retried by the next invocation. ``DIR/sweep.json`` lists every
-run's status. At the end the report is built from every run under ``DIR``.
+run's status. At the end the report is built from every run under ``DIR``. Exit
+status: 0, 1 when a run failed, 2 for an invalid sweep config, 75 when preempted
+(SIGTERM: the current run checkpoints, the sweep stops; rerun the same command).
 
 ``--print_commands`` prints one ``python -m lnpo.main --config=configs/<method>.py
 --workdir=DIR/<run> --config.loss.beta=... ...`` line per run instead (for pods:
@@ -189,7 +191,7 @@ def set_run_overrides(sweep: ml_collections.ConfigDict, overrides: Mapping[str, 
 
 # ----------------------------------------------------------------------------- overrides
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested ConfigDict / dict -> ``{"a.b.c": leaf}`` (insertion order). Dotted keys in a dict are kept."""
+    """Nested ConfigDict / dict -> ``{"a.b.c": leaf}`` in the mapping's key order (dotted dict keys are kept)."""
     out: dict[str, Any] = {}
     if tree is None:
         return out
@@ -363,7 +365,8 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str, *, config_root: str |
     if dupes:
         raise SweepError(f"sweep: grid points with the same run name: {', '.join(dupes)}")
     if only:
-        specs = [s for s in specs if any(fnmatch.fnmatch(s.name, pat) or fnmatch.fnmatch(s.method, pat) for pat in only)]
+        specs = [s for s in specs
+                 if any(fnmatch.fnmatch(s.name, pat) or fnmatch.fnmatch(s.method, pat) for pat in only)]
     return specs
 
 
@@ -525,7 +528,12 @@ def execute_run(spec: RunSpec, *, config: ml_collections.ConfigDict | None = Non
         prepare_eval(spec.workdir, config)
         import lnpo.evaluate
 
-        lnpo.evaluate.evaluate_workdir(spec.workdir)
+        result = lnpo.evaluate.evaluate_workdir(spec.workdir)
+        summary_path = os.path.join(spec.workdir, "summary.json")  # run()'s summary, as lnpo.main leaves it
+        summary = _read_json(summary_path)
+        if summary is not None and _is_writer():
+            summary["eval"] = result
+            _write_json(summary_path, summary)
     return "finished"
 
 
@@ -686,6 +694,10 @@ def main(argv=None):
             print(f"lnpo.sweep: error: {e}", file=sys.stderr)
             sys.exit(2)
         result = run_sweep(sweep, workdir, config_root=root, only=f.only)
+        if result["preempted"]:
+            from lnpo.main import EXIT_PREEMPTED
+
+            sys.exit(EXIT_PREEMPTED)  # as lnpo.main: rerun the same command to resume
         sys.exit(1 if result["failed"] else 0)
 
     argv = sys.argv if argv is None else argv

@@ -171,12 +171,28 @@ def test_print_commands_one_lnpo_main_line_per_run(tmp_path):
         parsed = _parse_with_lnpo_main_flags(shlex.split(lines[i])[3:])
         assert parsed["workdir"] == specs[i].workdir
         assert parsed["config"] == json.loads(json.dumps(specs[i].config().to_dict()))
-    # The programmatic form prints the same lines; dry run lists every run as new.
+    # The programmatic form prints the same lines.
     import io
 
     buf = io.StringIO()
     assert sweep_lib.print_commands(sweep, workdir, config_root=REPO, file=buf) == lines
     assert buf.getvalue().strip().splitlines() == lines
+
+
+def test_command_line_dry_run_and_config_errors(tmp_path):
+    def sweep_cli(*args):
+        return subprocess.run([sys.executable, "-m", "lnpo.sweep", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+
+    out = sweep_cli("--config=configs/sweeps/smoke.py", f"--workdir={tmp_path}", "--dry_run", "--only=simpo")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["simpo-beta1-gamma0.5-lr0.001-seed0\tnew",
+                                       "simpo-beta2-gamma0.5-lr0.001-seed0\tnew"]
+    assert not os.listdir(tmp_path)  # a dry run writes nothing
+    out = sweep_cli("--config=configs/sweeps/paper.py", f"--workdir={tmp_path}", "--print_commands")
+    assert out.returncode == 2 and "sft_path" in out.stderr and not out.stdout
+    out = sweep_cli("--config=configs/sweeps/smoke.py", f"--workdir={tmp_path}", "--dry_run", "--set", "train.steps")
+    assert out.returncode == 2 and "KEY=VALUE" in out.stderr
 
 
 # ----------------------------------------------------------------------------- running
@@ -223,7 +239,8 @@ def test_smoke_sweep_runs_records_failures_skips_finished_and_reports(tmp_path, 
     before = _mtimes(root)
     calls = []
     real_run = run_module.run
-    monkeypatch.setattr(run_module, "run", lambda config, workdir: calls.append(config.name) or real_run(config, workdir))
+    monkeypatch.setattr(run_module, "run",
+                        lambda config, workdir: calls.append(config.name) or real_run(config, workdir))
     out2 = sweep_lib.run_sweep(sweep, root, config_root=REPO, log=logs.append)
     assert calls == [bad]
     assert out2["skipped"] == 4 and out2["finished"] == 0 and out2["failed"] == [bad]
@@ -334,3 +351,14 @@ def test_paper_embedded_sweep_shrunk_trains_the_sft_model_once(tmp_path, monkeyp
         assert _json(os.path.join(root, name, "eval", "summary.json"))["scorer"] == "embedded"
     assert len(os.listdir(os.path.join(root, "reference_cache"))) == 2  # one reference, train + held-out pairs
     assert out["report"]["ok"] == 3
+
+
+def test_preempted_run_stops_the_sweep(tmp_path, monkeypatch):
+    from lnpo.train import run as run_module
+
+    calls = []
+    monkeypatch.setattr(run_module, "run", lambda config, workdir: calls.append(config.name) or {"preempted": True})
+    out = sweep_lib.run_sweep(sweep_lib.load_sweep(SMOKE), str(tmp_path), config_root=REPO, log=lambda _: None)
+    assert out["preempted"] and calls == ["dpo-beta0.1-lr0.001-seed0"] and out["report"] is None
+    assert [r["status"] for r in out["runs"]] == ["preempted", "pending", "pending", "pending"]
+    assert sweep_lib.run_status(str(tmp_path / calls[0])) == "started"  # resumed by the next invocation

@@ -74,10 +74,10 @@ def prepare_data(config, workdir: str, tokenizer, *, embedded_paths: dict | None
     return tokenized, eval_tokenized
 
 
-def _print_reports(*reports) -> None:
+def _print_reports(loaded, tokenized) -> None:
     if jax.process_index() == 0:
-        for r in reports:
-            print(f"lnpo: data {r.summary()}", flush=True)
+        print(f"lnpo: loaded {loaded.summary()}", flush=True)
+        print(f"lnpo: tokenized {tokenized.summary()}", flush=True)
 
 
 def to_global(local: dict, mesh) -> dict:
