@@ -31,8 +31,9 @@ reported. Printed: one JSON line per implementation with ``pairs_per_s``,
 i.e. the same count for every layout and implementation), ``peak_rss_mb``
 (``ru_maxrss`` of the child process) and ``mfu``: model FLOPs per second over a
 dense float32 matmul peak measured in the same process
-(``lnpo.train.flops.measured_matmul_peak``; for TRL the same measurement with
-``torch.matmul``). Model FLOPs per pair = (policy forward + backward = 3x forward,
+(``lnpo.train.flops.measured_matmul_peak``, best of 20; for TRL the same
+measurement with ``torch.matmul``), before and after the timed steps, the larger
+of the two (on a shared CPU one measurement can land in a busy moment). Model FLOPs per pair = (policy forward + backward = 3x forward,
 +1x forward for an in-step reference) x forward FLOPs per token at context
 ``prompt_len + response_len`` (``lnpo.train.flops.forward_flops_per_token``) x
 the pair's real tokens: layout tricks that skip work (packing, a shared prompt)
@@ -64,6 +65,15 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def lnpo_matmul_peak(repeats: int = 20) -> float:
+    """lnpo.train.flops.measured_matmul_peak, re-measured (its per-process cache cleared) with more repeats:
+    on a shared, loaded CPU one short best-of-5 can land in a busy moment and understate the peak."""
+    from lnpo.train import flops
+
+    flops._MEASURED.clear()
+    return flops.measured_matmul_peak(repeats=repeats)
 
 
 def make_pairs(args, n: int, first_id: int = 3) -> list[dict]:
@@ -148,11 +158,10 @@ def run_lnpo(args) -> dict:
     from lnpo.data.layouts import layout_pairs, plan_rows, unit_lengths
     from lnpo.models import Decoder, param_shardings
     from lnpo.train import steps as steps_lib
-    from lnpo.train.flops import measured_matmul_peak
     from lnpo.train.optim import make_optimizer
     from lnpo.train.trainer import BATCH_SPEC
 
-    peak = measured_matmul_peak()
+    peak_before = lnpo_matmul_peak()
     total_steps = args.warmup + args.steps
     pairs = make_pairs(args, args.batch * total_steps)
     batches = [pairs[i * args.batch:(i + 1) * args.batch] for i in range(total_steps)]
@@ -243,6 +252,8 @@ def run_lnpo(args) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
     assert float(metrics["finite"]) == 1.0, metrics
+    peak_after = lnpo_matmul_peak()
+    peak = max(peak_before, peak_after)
 
     timed_batches = batches[args.warmup:]
     tokens_per_step = pair_tokens([x for b in timed_batches for x in b]) / len(timed_batches)
@@ -251,7 +262,8 @@ def run_lnpo(args) -> dict:
     extra = {"reference": args.reference, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
              "remat": args.remat, "dtype": args.dtype, "rows": num_rows, "seq_len": seq_len,
              "row_fill": round(real / slots, 3), "params": n_params, "compile_s": round(compile_s, 1),
-             "xla_peak_mb": xla_mb, "peak_rss_after_compile_mb": rss_after_compile, "loss": round(float(metrics["loss"]), 4), "jax": jax.__version__,
+             "xla_peak_mb": xla_mb, "peak_rss_after_compile_mb": rss_after_compile,
+             "matmul_peak_before_after_gflops": [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)], "loss": round(float(metrics["loss"]), 4), "jax": jax.__version__,
              "device": str(jax.devices()[0].device_kind)}
     return summarize(args, "lnpo", times, args.batch, tokens_per_step,
                      model_flops_per_pair_token(args, args.reference == "in_step"), peak, extra)
@@ -289,7 +301,7 @@ def _naive_sums_fn(objective, hparams, num_pairs):
 
 
 # ----------------------------------------------------------------------------- TRL
-def torch_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+def torch_matmul_peak(n: int = 1024, repeats: int = 20) -> float:
     """Dense f32 matmul FLOP/s with torch, measured like lnpo.train.flops.measured_matmul_peak."""
     import torch
 
@@ -333,7 +345,7 @@ def run_trl(args) -> dict:
     # --remat (none: off, full/dots: on) so both sides recompute the same, "default" keeps TRL's default.
     gc = {"on": True, "off": False, "default": None, "auto": args.remat != "none"}[args.trl_gradient_checkpointing]
     torch.manual_seed(args.seed)
-    peak = torch_matmul_peak()
+    peak_before = torch_matmul_peak()
     total_steps = args.warmup + args.steps
     pairs = make_pairs(args, args.batch * total_steps)
     # TRL appends eos to each completion: give it the completion minus its last token, so the
@@ -378,12 +390,15 @@ def run_trl(args) -> dict:
         if got != pair_tokens(pairs):
             raise RuntimeError(f"TRL tokenized {got} tokens, lnpo's data has {pair_tokens(pairs)}")
         trainer.train()
+    peak_after = torch_matmul_peak()
+    peak = max(peak_before, peak_after)
     tokens_per_step = pair_tokens(pairs) / total_steps  # TRL shuffles: the per-step mean over all pairs
     extra = {"reference": "in_step", "layout": "padded", "dtype": "float32",
              "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
              "params": int(sum(p.numel() for p in model.parameters())), "torch": torch.__version__,
              "trl": trl.__version__, "transformers": transformers.__version__,
-             "torch_threads": torch.get_num_threads()}
+             "torch_threads": torch.get_num_threads(),
+             "matmul_peak_before_after_gflops": [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)]}
     return summarize(args, "trl", times, args.batch, tokens_per_step,
                      model_flops_per_pair_token(args, True), peak, extra)
 

@@ -29,8 +29,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dpo_step import (DEFAULT_TRL_PYTHON, intermediate, lnpo_model_config, peak_rss_mb,  # noqa: E402
-                      torch_matmul_peak)
+from dpo_step import (DEFAULT_TRL_PYTHON, intermediate, lnpo_matmul_peak, lnpo_model_config,  # noqa: E402
+                      peak_rss_mb, torch_matmul_peak)
 
 
 def prompts(args):
@@ -61,9 +61,7 @@ def run_lnpo(args):
 
     from lnpo.evaluate.generate import generate_ids
     from lnpo.models import Decoder
-    from lnpo.train.flops import measured_matmul_peak
-
-    peak = measured_matmul_peak()
+    peak = lnpo_matmul_peak()
     model = Decoder(lnpo_model_config(args, compute_dtype=args.dtype), rngs=nnx.Rngs(args.seed))
     ps = prompts(args)
     times = []
@@ -73,6 +71,7 @@ def run_lnpo(args):
                            batch_size=args.batch)
         times.append(time.perf_counter() - t)
     assert all(len(o["response_ids"]) == args.new_tokens for o in out)
+    peak = max(peak, lnpo_matmul_peak())
     return finish(args, "lnpo", times, peak, {"dtype": args.dtype, "jax": jax.__version__})
 
 
@@ -98,6 +97,7 @@ def run_hf(args):
             out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen)
             times.append(time.perf_counter() - t)
     assert out.shape[1] == args.prompt_len + args.new_tokens
+    peak = max(peak, torch_matmul_peak())
     return finish(args, "hf", times, peak, {"dtype": "float32", "torch": torch.__version__,
                                             "transformers": transformers.__version__})
 
