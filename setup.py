@@ -33,5 +33,7 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
         # Score with any transformers PyTorch reward model (e.g. OpenAssistant's DeBERTa).
         "torch-scorer": ["torch==2.13.0"],
+        # benchmarks/dpo_step.py --impl trl: TRL's DPOTrainer on PyTorch, same model and data.
+        "bench": ["torch==2.13.0", "trl>=1.16,<2"],
     },
 )

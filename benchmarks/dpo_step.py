@@ -8,7 +8,8 @@ both and adds a ratio line.
 
     python benchmarks/dpo_step.py --impl both                                   # reference CPU workload
     python benchmarks/dpo_step.py --impl lnpo --lengths long-tailed --layout packed
-    python benchmarks/dpo_step.py --impl lnpo --hidden 1024 --layers 8 --heads 8 --kv-heads 8 --batch 2
+    python benchmarks/dpo_step.py --impl lnpo --hidden 1024 --layers 8 --heads 8 --kv-heads 8 \
+        --batch 4 --prompt-len 64 --response-len 64 --reference cache
 
 Both sides get the same model shape (Llama: RMSNorm, RoPE, GQA, SwiGLU MLP,
 untied LM head), the same random token pairs (numpy seed) and the same optimizer
@@ -29,11 +30,12 @@ Timing: each step is timed on its own (``block_until_ready`` for lnpo; TRL's
 reported. Printed: one JSON line per implementation with ``pairs_per_s``,
 ``tokens_per_s`` (real prompt+completion tokens of both sequences of each pair,
 i.e. the same count for every layout and implementation), ``peak_rss_mb``
-(``ru_maxrss`` of the child process) and ``mfu``: model FLOPs per second over a
+(VmHWM of the child process, ``ru_maxrss`` as a fallback) and ``mfu``: model FLOPs per second over a
 dense float32 matmul peak measured in the same process
 (``lnpo.train.flops.measured_matmul_peak``, best of 20; for TRL the same
 measurement with ``torch.matmul``), before and after the timed steps, the larger
-of the two (on a shared CPU one measurement can land in a busy moment). Model FLOPs per pair = (policy forward + backward = 3x forward,
+of the two (on a shared CPU one measurement can land in a busy moment).
+Model FLOPs per pair = (policy forward + backward = 3x forward,
 +1x forward for an in-step reference) x forward FLOPs per token at context
 ``prompt_len + response_len`` (``lnpo.train.flops.forward_flops_per_token``) x
 the pair's real tokens: layout tricks that skip work (packing, a shared prompt)
@@ -263,7 +265,8 @@ def run_lnpo(args) -> dict:
              "remat": args.remat, "dtype": args.dtype, "rows": num_rows, "seq_len": seq_len,
              "row_fill": round(real / slots, 3), "params": n_params, "compile_s": round(compile_s, 1),
              "xla_peak_mb": xla_mb, "peak_rss_after_compile_mb": rss_after_compile,
-             "matmul_peak_before_after_gflops": [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)], "loss": round(float(metrics["loss"]), 4), "jax": jax.__version__,
+             "matmul_peak_before_after_gflops": [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)],
+             "loss": round(float(metrics["loss"]), 4), "jax": jax.__version__,
              "device": str(jax.devices()[0].device_kind)}
     return summarize(args, "lnpo", times, args.batch, tokens_per_step,
                      model_flops_per_pair_token(args, args.reference == "in_step"), peak, extra)
@@ -383,10 +386,11 @@ def run_trl(args) -> dict:
                         max_length=args.prompt_len + args.response_len + 8, dataloader_num_workers=0,
                         seed=args.seed, disable_tqdm=True,
                         **({} if gc is None else {"gradient_checkpointing": gc}))
-        trainer = DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[Timer()])
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=dataset,
+                             processing_class=tokenizer, callbacks=[Timer()])
         ds = trainer.train_dataset
-        got = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
+        got = sum(2 * len(p) + len(c) + len(r)
+                  for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
         if got != pair_tokens(pairs):
             raise RuntimeError(f"TRL tokenized {got} tokens, lnpo's data has {pair_tokens(pairs)}")
         trainer.train()
