@@ -92,13 +92,23 @@ def to_global(local: dict, mesh) -> dict:
 
 
 # ----------------------------------------------------------------------------- model
-def _dtype_overrides(config) -> dict:
-    return dict(remat=config.model.remat)
+def init_sharded(model_cfg, seed: int, mesh):
+    """A randomly initialized Decoder whose parameters are created directly in their shardings."""
+    from lnpo.models import Decoder, param_shardings
+
+    abstract = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(seed)))
+    graphdef, _ = nnx.split(abstract)
+
+    @functools.partial(jax.jit, out_shardings=param_shardings(abstract, mesh))
+    def init():
+        return nnx.state(Decoder(model_cfg, rngs=nnx.Rngs(seed)), nnx.Param)
+
+    return nnx.merge(graphdef, init())
 
 
 def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0):
     """The policy (or reward model) as an NNX module with parameters placed on ``mesh``."""
-    from lnpo.models import Decoder, ModelConfig, from_pretrained, param_shardings
+    from lnpo.models import ModelConfig, from_pretrained
 
     if init_path is None:
         t = config.model.tiny
@@ -108,34 +118,25 @@ def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: i
             max_position_embeddings=max(config.data.max_len * 2, 256),
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, param_dtype=config.model.param_dtype,
-            compute_dtype=config.model.compute_dtype, num_labels=num_labels, **_dtype_overrides(config))
-        abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(config.seed)))
-        shardings = param_shardings(abstract, mesh)
-        graphdef, _ = nnx.split(abstract)
-
-        @functools.partial(jax.jit, out_shardings=shardings)
-        def init():
-            return nnx.state(Decoder(cfg, rngs=nnx.Rngs(config.seed)), nnx.Param)
-
-        return nnx.merge(graphdef, init())
-    extra = {"num_labels": num_labels} if num_labels else {}
+            compute_dtype=config.model.compute_dtype, num_labels=num_labels, remat=config.model.remat)
+        return init_sharded(cfg, config.seed, mesh)
+    load = functools.partial(from_pretrained, init_path, dtype=config.model.param_dtype,
+                             compute_dtype=config.model.compute_dtype, mesh=mesh, remat=config.model.remat)
+    if not num_labels:
+        return load()
     try:
-        return from_pretrained(init_path, dtype=config.model.param_dtype, compute_dtype=config.model.compute_dtype,
-                               mesh=mesh, **_dtype_overrides(config), **extra)
+        return load(num_labels=num_labels)
     except ValueError as e:
-        if not num_labels or "score" not in str(e):
+        if "score" not in str(e):
             raise
-    # A reward model started from a causal LM: keep its decoder, start a fresh score head.
-    lm = from_pretrained(init_path, dtype=config.model.param_dtype, compute_dtype=config.model.compute_dtype,
-                         mesh=mesh, **_dtype_overrides(config))
-    cfg = lm.config.replace(num_labels=num_labels, tie_embeddings=False)
-    rm = Decoder(cfg, rngs=nnx.Rngs(config.seed))
-    lm_state = nnx.state(lm, nnx.Param).flat_state()
-    rm_state = nnx.state(rm, nnx.Param)
-    flat = rm_state.flat_state()
+    # A reward model started from a causal LM: its decoder weights, a fresh score head.
+    lm = load()
+    lm_params = dict(nnx.state(lm, nnx.Param).flat_state())
+    rm = init_sharded(lm.config.replace(num_labels=num_labels, tie_embeddings=False), config.seed, mesh)
+    flat = nnx.state(rm, nnx.Param).flat_state()
     for path, var in flat:
-        if path in dict(lm_state):
-            var.value = dict(lm_state)[path].value
+        if path in lm_params:
+            var.value = lm_params[path].value
     nnx.update(rm, nnx.State.from_flat_path(flat))
     return rm
 
