@@ -32,7 +32,7 @@ print("RESULT" + json.dumps(out))
 @pytest.mark.slow
 def test_meshes_give_the_same_losses(tmp_path, tiny_sft_dir, task_files):
     code = f"MODEL={tiny_sft_dir!r}\nTASK={task_files!r}\nROOT={str(tmp_path)!r}\n" + SCRIPT
-    proc = run_python(code, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_cpu_collective_timeout_seconds=900"})
+    proc = run_python(code, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_cpu_collective_timeout_seconds=900 --xla_cpu_collective_call_terminate_timeout_seconds=900"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     # The reference: this process has one device, mesh (1, 1, 1).
