@@ -45,7 +45,7 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
 
 
-def prepare_data(config, workdir: str, tokenizer, *, embedded_paths: dict | None):
+def prepare_data(config, tokenizer, *, embedded_paths: dict | None):
     """``(train, eval or None)`` tokenized datasets for ``config.stage``; prints the load reports."""
     from lnpo import data
 
@@ -192,7 +192,7 @@ def _data_parallel(mesh) -> int:
 # ----------------------------------------------------------------------------- the stage
 def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     """Train ``config.stage`` in ``workdir`` starting from ``init_path`` (None: a fresh tiny model)."""
-    from lnpo.data import EvalIterator, PairIterator, SFTIterator
+    from lnpo.data import PairIterator, SFTIterator
 
     stage = config.stage
     mesh = parallel.make_mesh(config.mesh.shape)
@@ -204,7 +204,7 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
         embedded_paths = materialize(embedded_task_dir(config, workdir), seed=config.seed)
     tokenizer_dir = config.data.tokenizer or init_path or embedded_paths["tokenizer"]
     tokenizer = load_tokenizer(tokenizer_dir)
-    train_ds, eval_ds = prepare_data(config, workdir, tokenizer, embedded_paths=embedded_paths)
+    train_ds, eval_ds = prepare_data(config, tokenizer, embedded_paths=embedded_paths)
     if len(train_ds) < config.train.global_batch:
         raise ConfigError(f"config.train.global_batch: {config.train.global_batch} is larger than the "
                           f"{len(train_ds)} usable training examples")
