@@ -88,9 +88,9 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def test_state_bytes_match_sharded_arrays_on_8_simulated_devices(tmp_path):
+def test_state_bytes_match_sharded_arrays_on_8_simulated_devices(tmp_path, simulated_devices):
     model = _model_dir(tmp_path)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_cpu_collective_timeout_seconds=900", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, **simulated_devices(8),
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = f"REPO={REPO!r}\nMODEL={model!r}\n" + SHARDED
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,

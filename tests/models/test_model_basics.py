@@ -143,7 +143,7 @@ def test_hf_config_mapping_roundtrip():
     assert rs.rope_type == "longrope" and rs.original_max_position_embeddings == 16 and rs.long_factor == (2.0,) * 4
 
 
-def test_sharded_load_on_a_mesh(tmp_path):
+def test_sharded_load_on_a_mesh(tmp_path, simulated_devices):
     """FSDP x tensor-parallel placement straight from the file, on 4 fake CPU devices."""
     M.save_pretrained(M.Decoder(SMALL, rngs=nnx.Rngs(0)), str(tmp_path))
     script = textwrap.dedent(
@@ -170,7 +170,7 @@ def test_sharded_load_on_a_mesh(tmp_path):
         print("OK")
         """
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_cpu_collective_timeout_seconds=900", "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, **simulated_devices(4),
            "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
