@@ -87,6 +87,11 @@ def get_base() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 = the rest of the devices
 
+    # Multi-process jobs (lnpo.train.distributed): bounded waits, so a dead worker stops the job.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialization_timeout_s = 300  # every process must connect within this
+    c.distributed.heartbeat_timeout_s = 100  # a process silent this long is declared dead
+
     # The SFT stage that makes the starting model when model.path == "".
     c.sft = ml_collections.ConfigDict()
     c.sft.steps = 300

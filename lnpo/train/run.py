@@ -17,6 +17,7 @@ import jax
 import ml_collections
 
 from lnpo.config import ConfigError, validate
+from lnpo.train import distributed
 
 DONE = "DONE"
 
@@ -79,27 +80,9 @@ def ensure_embedded_sft(config, workdir: str) -> str:
     return export
 
 
-def maybe_initialize_distributed() -> None:
-    """``jax.distributed.initialize()`` when launched as one of several processes
-    (TPU pods, SLURM, or ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``)."""
-    if jax.distributed.is_initialized():
-        return
-    env = os.environ
-    if "JAX_COORDINATOR_ADDRESS" in env:
-        jax.distributed.initialize(
-            env["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(env["JAX_NUM_PROCESSES"]),
-            process_id=int(env["JAX_PROCESS_ID"]),
-        )
-    elif "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
-        jax.distributed.initialize()
-    elif "TPU_WORKER_HOSTNAMES" in env and "," in env["TPU_WORKER_HOSTNAMES"]:
-        jax.distributed.initialize()
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run ``config`` in ``workdir``; returns a summary dict (also written to ``workdir/summary.json``)."""
-    maybe_initialize_distributed()
+    distributed.initialize(config)
     validate(config, num_devices=jax.device_count())
     if config.stage != "sft" and not config.model.path and config.data.source != "embedded":
         raise ConfigError("config.model.path: required when data.source is not 'embedded' "

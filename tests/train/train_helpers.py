@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -52,3 +53,60 @@ def run_python(code: str, *, env_extra: dict | None = None, timeout: int = 600) 
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_processes(codes: list[str], *, env_extra: dict | None = None,
+                    env_per_process: list[dict] | None = None) -> list[subprocess.Popen]:
+    """Start one ``python -c`` per code in the repository root (its stdout/stderr piped)."""
+    procs = []
+    for i, code in enumerate(codes):
+        env = dict(os.environ)
+        env.update(env_extra or {})
+        env.update((env_per_process or [{}] * len(codes))[i])
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 900) -> list[tuple[int, str, str]]:
+    """Wait for every process; ``(returncode, stdout, stderr)`` each. Kills all on a timeout."""
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+        return [(p.returncode, *out) for p, out in zip(procs, outs)]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        raise
+
+
+def results(outs: list[tuple[int, str, str]]) -> list[dict]:
+    """The JSON after ``RESULT`` on each process's stdout; fails with its stderr when it did not exit 0."""
+    parsed = []
+    for rc, out, err in outs:
+        assert rc == 0, err[-4000:]
+        parsed.append(json.loads(out.split("RESULT", 1)[1]))
+    return parsed
+
+
+# A prelude for scripts run as process PID of NPROCS: JAX's multi-process runtime on localhost.
+DISTRIBUTED_PRELUDE = """
+import json, sys
+sys.path.insert(0, "tests/train")
+import jax
+jax.distributed.initialize(f"127.0.0.1:{PORT}", num_processes=NPROCS, process_id=PID, initialization_timeout=120)
+"""
+
+
+def run_processes(body: str, nprocs: int, *, head: str = "", env_extra: dict | None = None) -> list[dict]:
+    """Run ``head + DISTRIBUTED_PRELUDE + body`` as ``nprocs`` processes of one job; their RESULT dicts."""
+    port = free_port()
+    codes = [head + f"PORT={port}\nNPROCS={nprocs}\nPID={pid}\n" + DISTRIBUTED_PRELUDE + body
+             for pid in range(nprocs)]
+    return results(finish(start_processes(codes, env_extra=env_extra)))
