@@ -94,7 +94,7 @@ def get_base() -> ml_collections.ConfigDict:
 
     # The SFT stage that makes the starting model when model.path == "".
     c.sft = ml_collections.ConfigDict()
-    c.sft.steps = 300
+    c.sft.steps = 1000
     c.sft.lr = 3e-3
     c.sft.global_batch = 64
     c.sft.warmup_steps = 20

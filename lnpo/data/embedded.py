@@ -1,7 +1,7 @@
 """The embedded default task: a tiny, offline, deterministic preference-optimization task.
 
-It recreates, at a scale a 1-5M parameter decoder learns on two CPU cores in about a
-minute, the situation that "A Practical Analysis of Human Alignment with *PO"
+It recreates, at a scale a 1-5M parameter decoder learns on two CPU cores in a few
+minutes, the situation that "A Practical Analysis of Human Alignment with *PO"
 (NAACL Findings 2025) analyses: SFT data of correct answers, some concise and some
 padded with filler sentences; preference pairs labelled by a noisy annotator that
 prefers correct answers but *also* prefers longer responses; an in-distribution

@@ -7,7 +7,9 @@ hosts), under SLURM with more than one task, or when ``JAX_COORDINATOR_ADDRESS``
 ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` are set. Its timeouts come from
 ``config.distributed``:
 
-- ``initialization_timeout_s``: how long start-up waits for every process to connect;
+- ``initialization_timeout_s``: how long start-up waits for every process to connect
+  (past it JAX's runtime aborts the process; the line printed before says what it
+  waited for);
 - ``heartbeat_timeout_s``: a process that has sent no heartbeat for this long is
   declared dead, and the coordination service stops every other process.
 
@@ -21,6 +23,7 @@ barrier for processes that will never arrive.
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 
@@ -28,6 +31,10 @@ import jax
 # closed its connection (gloo on CPU, NCCL on GPU) or the coordination service's verdict.
 _LOST_PEER_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Gloo", "NCCL", "heartbeat",
                       "coordination service")
+
+
+class StartupError(ValueError):
+    """The processes of a multi-process job could not connect (reported in one line by ``lnpo.main``)."""
 
 
 def launched_as_one_of_several(env=None) -> bool:
@@ -52,16 +59,26 @@ def initialize(config) -> None:
             raise ConfigError(f"config.distributed.{field}: must be a positive whole number of seconds, got {value!r}")
     if jax.distributed.is_initialized() or not launched_as_one_of_several():
         return
-    kwargs = dict(initialization_timeout=d.initialization_timeout_s, heartbeat_timeout_seconds=d.heartbeat_timeout_s)
+    kwargs = {"initialization_timeout": d.initialization_timeout_s, "heartbeat_timeout_seconds": d.heartbeat_timeout_s}
     env = os.environ
     if "JAX_COORDINATOR_ADDRESS" in env:
         for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
             if name not in env:
                 raise ConfigError(f"environment: JAX_COORDINATOR_ADDRESS is set but {name} is not")
-        jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], num_processes=int(env["JAX_NUM_PROCESSES"]),
-                                   process_id=int(env["JAX_PROCESS_ID"]), **kwargs)
-    else:  # SLURM or a TPU pod slice: JAX reads the cluster from the environment
+        kwargs.update(coordinator_address=env["JAX_COORDINATOR_ADDRESS"], num_processes=int(env["JAX_NUM_PROCESSES"]),
+                      process_id=int(env["JAX_PROCESS_ID"]))
+    # Otherwise (SLURM, a TPU pod slice) JAX reads the cluster from the environment. If the
+    # coordinator cannot be reached in time, JAX's runtime aborts the process itself: this line
+    # says what it was waiting for.
+    where = kwargs.get("coordinator_address", "the coordinator from the environment")
+    print(f"lnpo: joining the multi-process job at {where} (waiting up to {d.initialization_timeout_s} s)",
+          file=sys.stderr, flush=True)
+    try:
         jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StartupError(f"distributed start-up: the job's processes did not all connect within "
+                           f"config.distributed.initialization_timeout_s={d.initialization_timeout_s} s ({first})") from e
 
 
 def lost_peer(error: BaseException) -> bool:

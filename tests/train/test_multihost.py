@@ -195,7 +195,6 @@ def log(self, step, metrics):
         os._exit(9)  # killed: no error, no goodbye
 logger_mod.RunLogger.log = log
 from lnpo import main
-from train_helpers import (
 main.main(["lnpo.main", "--config=configs/lndpo.py", f"--workdir={WORKDIR}", *FLAGS])
 """
 
@@ -219,6 +218,7 @@ def test_a_dead_worker_stops_the_others_with_a_clear_error(tmp_path, tiny_sft_di
     waited = time.monotonic() - died_at
     assert rc_dead == 9, err_dead[-3000:]
     assert rc_live != 0, err[-3000:]
+    assert f"lnpo: joining the multi-process job at 127.0.0.1:{port}" in err, err[-3000:]
     assert waited < 120, f"the surviving process took {waited:.0f} s to stop"
     if dead == 1:  # the coordinator reports the lost worker in lnpo's one line
         assert rc_live == 3, err[-3000:]

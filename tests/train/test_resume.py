@@ -18,7 +18,6 @@ sys.path.insert(0, "tests/train")
 from train_helpers import small_config
 from lnpo.train import logger as logger_mod
 from lnpo.train.run import run
-from train_helpers import losses_of, run_python, small_config
 original = logger_mod.RunLogger.log
 def log(self, step, metrics):
     original(self, step, metrics)
