@@ -16,8 +16,9 @@ per-token log-ratio (LN-DPO) is roughly a tenth of the summed one (DPO): the
 LN-DPO betas are the DPO betas scaled by ~10. DPO spans the study's range
 (0.01 .. 0.5); SimPO uses betas around its paper's 2-2.5 and two target margins.
 
-Budget: designed to finish in 30 minutes on 2 CPU cores (SFT once, then ~1.5-2
-minutes per run including evaluation); shrink with e.g.
+Budget: designed to finish in 30 minutes on 2 CPU cores (SFT once, 1000 steps in
+~4-5 minutes, then ~1.5-2.5 minutes per run including evaluation; 28 min 47 s on
+a shared 2-core machine, docs/study_embedded/reading.md); shrink with e.g.
 ``--config.methods.dpo.beta='(0.1,)' --set train.steps=20`` for a quick look.
 """
 
