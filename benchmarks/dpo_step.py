@@ -24,6 +24,13 @@ state donated; batches are ``lnpo.data.layouts.layout_pairs`` rows stacked to
 ``--reference cache``). R is fixed over the run (the most rows any benchmark
 batch needs), so the step compiles once.
 
+lnpo compiles the step once (``jitted.lower(...).compile()``) and runs that
+executable; ``--release-host-memory on`` (default) returns the heap freed by the
+setup and by the compile to the OS (``lnpo.train.memory``, as the trainer does),
+``--compile-cache DIR`` uses JAX's persistent compilation cache (a second run of
+the same command loads the step instead of compiling it) and ``--attn-chunk N``
+sets ``ModelConfig.attn_query_chunk``.
+
 Timing: each step is timed on its own (``block_until_ready`` for lnpo; TRL's
 ``on_step_begin``/``on_step_end`` callback); the first ``--warmup`` steps
 (compilation, allocator warm-up) are excluded and the median of the rest is
@@ -67,6 +74,18 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def rss_mb() -> float | None:
+    """Current resident set of this process in MiB (VmRSS; None where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def lnpo_matmul_peak(repeats: int = 20) -> float:
@@ -160,8 +179,14 @@ def run_lnpo(args) -> dict:
     from lnpo.data.layouts import layout_pairs, plan_rows, unit_lengths
     from lnpo.models import Decoder, param_shardings
     from lnpo.train import steps as steps_lib
+    from lnpo.train.memory import release_freed_host_memory
     from lnpo.train.optim import make_optimizer
     from lnpo.train.trainer import BATCH_SPEC
+
+    if args.compile_cache:  # a persistent XLA cache: a warm second run loads the executable instead of compiling
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
     peak_before = lnpo_matmul_peak()
     total_steps = args.warmup + args.steps
@@ -177,7 +202,8 @@ def run_lnpo(args) -> dict:
         num_rows = max(num_rows, plan_rows(lengths, seq_len, args.layout).num_rows)
 
     # model + parameters, as trainer.build_model builds a fresh one (jit init with parameter shardings)
-    cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat)
+    cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat,
+                            attn_query_chunk=args.attn_chunk)
     mesh = parallel.make_mesh((-1, 1, 1))
     abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(args.seed)))
     shardings = param_shardings(abstract, mesh)
@@ -237,20 +263,29 @@ def run_lnpo(args) -> dict:
         host_batches.append(local)
 
     sharding = NamedSharding(mesh, BATCH_SPEC)
+    if args.release_host_memory == "on":  # the setup's jits (init, optimizer init, matmul peak) left freed heap
+        release_freed_host_memory()
+    rss_before_compile = rss_mb()
     t0 = time.perf_counter()
+    # One compile: the AOT executable runs the steps (calling ``jitted`` would compile a second time).
     compiled = jitted.lower(state, jax.device_put(host_batches[0], sharding), ref_params).compile()
     compile_s = time.perf_counter() - t0
     rss_after_compile = peak_rss_mb()
+    rss_now_after_compile = rss_mb()
+    if args.release_host_memory == "on":
+        release_freed_host_memory()
+    rss_before_steps = rss_mb()
     mem = compiled.memory_analysis()
-    xla_mb = None
+    xla_mb = xla_temp_mb = None
     if mem is not None:
+        xla_temp_mb = round(mem.temp_size_in_bytes / 2**20, 1)
         xla_mb = round((mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 2**20, 1)
 
     times = []
     for local in host_batches:
         t = time.perf_counter()
         batch = jax.device_put(local, sharding)
-        state, metrics = jitted(state, batch, ref_params)
+        state, metrics = compiled(state, batch, ref_params)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
     assert float(metrics["finite"]) == 1.0, metrics
@@ -262,9 +297,13 @@ def run_lnpo(args) -> dict:
     real = sum(int((h["segment_ids"] > 0).sum()) for h in host_batches)
     slots = sum(h["segment_ids"].size for h in host_batches)
     extra = {"reference": args.reference, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
-             "remat": args.remat, "dtype": args.dtype, "rows": num_rows, "seq_len": seq_len,
+             "remat": args.remat, "attn_chunk": args.attn_chunk, "dtype": args.dtype, "rows": num_rows,
+             "seq_len": seq_len,
              "row_fill": round(real / slots, 3), "params": n_params, "compile_s": round(compile_s, 1),
-             "xla_peak_mb": xla_mb, "peak_rss_after_compile_mb": rss_after_compile,
+             "xla_peak_mb": xla_mb, "xla_temp_mb": xla_temp_mb, "peak_rss_after_compile_mb": rss_after_compile,
+             "rss_before_compile_mb": rss_before_compile, "rss_after_compile_mb": rss_now_after_compile,
+             "rss_before_steps_mb": rss_before_steps, "release_host_memory": args.release_host_memory,
+             "compile_cache": args.compile_cache or None,
              "matmul_peak_before_after_gflops": [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)],
              "loss": round(float(metrics["loss"]), 4), "jax": jax.__version__,
              "device": str(jax.devices()[0].device_kind)}
@@ -430,8 +469,15 @@ def parse_args(argv=None):
     ap.add_argument("--seq-len", type=int, default=0,
                     help="row length T (0: prompt+response, 2x that for shared_prompt, as the trainer)")
     ap.add_argument("--logprob-chunk", type=int, default=128, help="0 = unchunked naive log_softmax")
+    ap.add_argument("--attn-chunk", type=int, default=0,
+                    help="lnpo: attention query positions per chunk (ModelConfig.attn_query_chunk; 0 = all at once)")
     ap.add_argument("--remat", choices=("none", "full", "dots"), default="none")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="lnpo compute dtype")
+    ap.add_argument("--release-host-memory", choices=("on", "off"), default="on",
+                    help="lnpo: glibc malloc_trim before and after compiling (lnpo.train.memory), as the "
+                         "trainer does after its first step")
+    ap.add_argument("--compile-cache", default="",
+                    help="lnpo: JAX persistent compilation cache directory (a warm run loads instead of compiling)")
     ap.add_argument("--trl-gradient-checkpointing", choices=("auto", "on", "off", "default"), default="auto",
                     help="TRL side: auto = on iff --remat is not none; default = TRL's own default (on)")
     ap.add_argument("--trl-python", default=os.environ.get("LNPO_BENCH_TRL_PYTHON", ""),

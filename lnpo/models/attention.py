@@ -54,11 +54,37 @@ def dot_product_attention(
     *,
     scale: float,
     softcap: float | None = None,
+    query_chunk: int = 0,
 ) -> jax.Array:
     """Softmax attention with GQA (H query heads share K kv heads). Scores and
     softmax in float32; returns ``[B, T, H, D]`` in v's dtype. A query with no
     visible key (padding) gets the plain average of v: finite, and ignored by
-    every consumer (its targets are masked)."""
+    every consumer (its targets are masked).
+
+    ``query_chunk`` > 0 (and < T) computes the queries in chunks of that many
+    positions, one chunk at a time under ``jax.checkpoint`` (the backward pass
+    recomputes each chunk's scores): the float32 scores / probabilities are
+    ``[B, H, chunk, S]`` instead of ``[B, H, T, S]``. Each query's softmax is its
+    own, so the result is the same computation, in pieces."""
+    T = q_BxTxHxD.shape[1]
+    if 0 < query_chunk < T:
+        return _chunked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, scale=scale, softcap=softcap,
+                                  chunk=int(query_chunk))
+    return _attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, scale=scale, softcap=softcap)
+
+
+def _chunked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, scale, softcap, chunk: int):
+    B, T, H, D = q_BxTxHxD.shape
+    n = -(-T // chunk)
+    pad = n * chunk - T  # padded queries see no key (mask False): finite, sliced off below
+    q = jnp.pad(q_BxTxHxD, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, n, chunk, H, D).swapaxes(0, 1)
+    m = jnp.pad(mask_BxTxS, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, -1).swapaxes(0, 1)
+    f = jax.checkpoint(lambda qm: _attention(qm[0], k_BxSxKxD, v_BxSxKxD, qm[1], scale=scale, softcap=softcap))
+    out = jax.lax.map(f, (q, m))  # [n, B, chunk, H, Dv]
+    return out.swapaxes(0, 1).reshape(B, n * chunk, H, -1)[:, :T]
+
+
+def _attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, scale, softcap):
     B, T, H, D = q_BxTxHxD.shape
     K = k_BxSxKxD.shape[2]
     q = q_BxTxHxD.reshape(B, T, K, H // K, D)
@@ -94,6 +120,7 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
         self.scale = c.attn_scale
         self.softcap = c.attn_logit_softcap
+        self.query_chunk = c.attn_query_chunk
 
     def __call__(
         self,
@@ -128,6 +155,7 @@ class Attention(nnx.Module):
             new_cache = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         mask = attention_mask(q_info, k_info, window)
-        out = dot_product_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap)
+        out = dot_product_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap,
+                                    query_chunk=self.query_chunk)
         out = constrain(out, ("batch", "length", "act_heads", None))
         return self.o_proj(out), new_cache

@@ -119,6 +119,11 @@ class ModelConfig:
     ``dots_with_no_batch_dims_saveable``), ``"dots_saveable"`` (save every
     matmul output, attention scores included).
 
+    ``attn_query_chunk`` > 0 runs attention over that many query positions at a
+    time (recomputed chunk by chunk in the backward pass): it bounds the float32
+    attention scores at ``[B, H, chunk, S]`` for less peak memory; 0 (default)
+    attends all queries at once.
+
     ``num_labels`` > 0 adds a sequence-classification score head
     ``[hidden, num_labels]`` (HF ``*ForSequenceClassification``) and drops the LM
     head.
@@ -168,6 +173,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: str = "none"
+    attn_query_chunk: int = 0
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -194,6 +200,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.activation {self.activation!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"ModelConfig.remat {self.remat!r} is not supported; supported: {', '.join(REMAT_POLICIES)}")
+        if int(self.attn_query_chunk) < 0:
+            raise ValueError(f"ModelConfig.attn_query_chunk must be >= 0, got {self.attn_query_chunk!r}")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name} {getattr(self, name)!r} is not supported; supported: {', '.join(DTYPES)}")
@@ -274,7 +282,8 @@ class ModelConfig:
         its ``model_type`` cannot express in HF (e.g. qk_norm on llama).
         """
         hf = _fields_to_hf(self)
-        back = ModelConfig.from_hf(hf, param_dtype=self.param_dtype, compute_dtype=self.compute_dtype, remat=self.remat)
+        back = ModelConfig.from_hf(hf, param_dtype=self.param_dtype, compute_dtype=self.compute_dtype, remat=self.remat,
+                                   attn_query_chunk=self.attn_query_chunk)
         diff = [
             f"{f.name}={getattr(self, f.name)!r} (HF {self.model_type} gives {getattr(back, f.name)!r})"
             for f in dataclasses.fields(self)

@@ -16,6 +16,7 @@ import numpy as np
 
 from lnpo.train.checkpoint import Checkpointer, abstract_like
 from lnpo.train.logger import RunLogger
+from lnpo.train.memory import release_freed_host_memory
 from lnpo.train.preemption import PreemptionFlag
 
 
@@ -77,6 +78,8 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
                 window_time += time.perf_counter() - t0
                 window_steps += 1
                 window_tokens += tokens
+            else:  # hand the compiler's freed scratch back to the OS before the steps' buffers come on top
+                release_freed_host_memory()
             compiled = True
             if not metrics.get("finite", 1.0):
                 raise NonFiniteLoss(

@@ -182,3 +182,28 @@ def test_save_writes_generation_config(tmp_path):
         gen = json.load(f)
     assert gen["eos_token_id"] == [2, 3] and gen["bos_token_id"] == 1
     assert M.from_pretrained(str(tmp_path)).config.eos_token_id == (2, 3)
+
+
+@pytest.mark.parametrize("chunk", [5, 8, 64])
+def test_attention_query_chunks_match_whole(chunk):
+    """attn_query_chunk computes the same attention in query chunks: outputs and gradients match."""
+    cfg = SMALL.replace(num_layers=2, remat="full")
+    chunked = cfg.replace(attn_query_chunk=chunk)
+    ids = jnp.asarray(np.random.default_rng(0).integers(1, 48, (2, 16)), jnp.int32)
+    segs = jnp.asarray([[1] * 10 + [2] * 6, [1] * 12 + [0] * 4], jnp.int32)
+
+    def loss_and_grad(config):
+        model = M.Decoder(config, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(model, nnx.Param)
+
+        def loss(p):
+            return nnx.merge(graphdef, p).hidden_states(ids, segment_ids=segs).astype(jnp.float32).sum()
+
+        return jax.value_and_grad(loss)(params)
+
+    (a, ga), (b, gb) = loss_and_grad(cfg), loss_and_grad(chunked)
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="attn_query_chunk"):
+        cfg.replace(attn_query_chunk=-1)
