@@ -21,6 +21,9 @@ def get_base() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"  # master weights
     c.model.compute_dtype = "float32"  # "bfloat16" for mixed precision
     c.model.remat = "none"  # "none" | "full" | "dots"
+    # > 0: attention over this many query positions at a time (recomputed in the backward
+    # pass): less activation memory, a slower step (docs/performance.md). 0 = all at once.
+    c.model.attn_query_chunk = 0
     # Architecture of the embedded tiny model (used only when path == "").
     c.model.tiny = ml_collections.ConfigDict()
     c.model.tiny.hidden_size = 128

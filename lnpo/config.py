@@ -84,6 +84,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
     _positive("optim.weight_decay", config.optim.weight_decay, allow_zero=True)
     _positive("optim.clip_norm", config.optim.clip_norm, allow_zero=True)
     _positive("data.seq_len", config.data.seq_len, integer=True, allow_zero=True)
+    _positive("model.attn_query_chunk", config.model.attn_query_chunk, integer=True, allow_zero=True)
     if config.data.seq_len and config.data.seq_len < config.data.max_len:
         raise ConfigError(f"config.data.seq_len: {config.data.seq_len} must be >= data.max_len ({config.data.max_len})")
     if config.data.max_prompt_len >= config.data.max_len:

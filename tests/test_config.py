@@ -51,6 +51,7 @@ def test_the_study_methods_have_config_files():
         ({"model.path": "/nonexistent/ckpt"}, 1, r"^config\.model\.path: '/nonexistent/ckpt' is not a directory"),
         ({"data.layout": "zigzag"}, 1, r"^config\.data\.layout: 'zigzag' is not one of padded, packed, shared_prompt"),
         ({"optim.lr": -1e-5}, 1, r"^config\.optim\.lr: must be a number > 0"),
+        ({"model.attn_query_chunk": -8}, 1, r"^config\.model\.attn_query_chunk: "),
     ],
 )
 def test_bad_configs_fail_with_one_line_naming_the_field(changes, devices, message):

@@ -118,10 +118,12 @@ def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: i
             max_position_embeddings=max(config.data.max_len * 2, 256),
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, param_dtype=config.model.param_dtype,
-            compute_dtype=config.model.compute_dtype, num_labels=num_labels, remat=config.model.remat)
+            compute_dtype=config.model.compute_dtype, num_labels=num_labels, remat=config.model.remat,
+            attn_query_chunk=config.model.attn_query_chunk)
         return init_sharded(cfg, config.seed, mesh)
     load = functools.partial(from_pretrained, init_path, dtype=config.model.param_dtype,
-                             compute_dtype=config.model.compute_dtype, mesh=mesh, remat=config.model.remat)
+                             compute_dtype=config.model.compute_dtype, mesh=mesh, remat=config.model.remat,
+                             attn_query_chunk=config.model.attn_query_chunk)
     if not num_labels:
         return load()
     try:

@@ -143,7 +143,8 @@ def test_malformed_rows_are_counted_or_strictly_rejected(tmp_path, tiny_sft_dir,
 
 
 @pytest.mark.parametrize("changes, rtol", [({"model.remat": "full"}, 1e-5), ({"model.remat": "dots"}, 1e-5),
-                                           ({"model.compute_dtype": "bfloat16"}, 2e-2)])
+                                           ({"model.compute_dtype": "bfloat16"}, 2e-2),
+                                           ({"model.attn_query_chunk": 16}, 1e-5)])
 def test_remat_and_mixed_precision_train_like_the_default(tmp_path, tiny_sft_dir, task_files, changes, rtol):
     base = small_config(tiny_sft_dir, task_files, **{"train.steps": 2, "reference.mode": "in_step"})
     other = small_config(tiny_sft_dir, task_files, **{"train.steps": 2, "reference.mode": "in_step", **changes})
@@ -151,6 +152,15 @@ def test_remat_and_mixed_precision_train_like_the_default(tmp_path, tiny_sft_dir
     run(other, str(tmp_path / "other"))
     a, b = losses_of(str(tmp_path / "base")), losses_of(str(tmp_path / "other"))
     np.testing.assert_allclose([b[k] for k in sorted(a)], [a[k] for k in sorted(a)], rtol=rtol)
+
+
+def test_model_settings_reach_the_model(tiny_sft_dir, task_files):
+    from lnpo import parallel
+
+    config = small_config(tiny_sft_dir, task_files, **{"model.attn_query_chunk": 16, "model.remat": "full"})
+    tokenizer, mesh = trainer.load_tokenizer(tiny_sft_dir), parallel.make_mesh((1, 1, 1))
+    model = trainer.build_model(config, tiny_sft_dir, tokenizer, mesh, num_labels=0)
+    assert (model.config.attn_query_chunk, model.config.remat) == (16, "full")
 
 
 def test_a_half_written_checkpoint_is_ignored_on_resume(tmp_path, tiny_sft_dir, task_files):
