@@ -64,28 +64,38 @@ DEFAULT_TRL_PYTHON = "/work/venv-bench/bin/python"
 
 
 # ----------------------------------------------------------------------------- shared
-def peak_rss_mb() -> float:
-    """Peak resident set of this process in MiB (VmHWM; ru_maxrss as a fallback)."""
+def _proc_status_mib(field: str) -> float | None:
+    """A ``/proc/self/status`` memory field (``VmHWM``, ``VmRSS``) in MiB; None where /proc is missing."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def rss_mb() -> float | None:
-    """Current resident set of this process in MiB (VmRSS; None where /proc is missing)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
     return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process in MiB (VmHWM; ru_maxrss as a fallback)."""
+    peak = _proc_status_mib("VmHWM")
+    return peak if peak is not None else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def rss_mb() -> float | None:
+    """Current resident set of this process in MiB (VmRSS; None where /proc is missing)."""
+    return _proc_status_mib("VmRSS")
+
+
+def add_model_args(ap) -> None:
+    """The model-shape flags (and ``--seed``) shared by the benchmarks; defaults = the reference workload."""
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--intermediate", type=int, default=0, help="MLP width (0: 3 x hidden)")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--seed", type=int, default=0)
 
 
 def lnpo_matmul_peak(repeats: int = 20) -> float:
@@ -450,19 +460,13 @@ def run_trl(args) -> dict:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--impl", choices=("lnpo", "trl", "both"), default="lnpo")
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--intermediate", type=int, default=0, help="MLP width (0: 3 x hidden)")
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=4096)
+    add_model_args(ap)
     ap.add_argument("--batch", type=int, default=8, help="pairs per step")
     ap.add_argument("--prompt-len", type=int, default=96, help="prompt tokens (the maximum for long-tailed)")
     ap.add_argument("--response-len", type=int, default=160, help="tokens per completion (maximum for long-tailed)")
     ap.add_argument("--lengths", choices=("fixed", "long-tailed"), default="fixed")
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2, help="untimed first steps (compile, allocator warm-up)")
-    ap.add_argument("--seed", type=int, default=0)
     # lnpo switches
     ap.add_argument("--reference", choices=("cache", "in_step"), default="in_step")
     ap.add_argument("--layout", choices=("padded", "packed", "shared_prompt"), default="padded")

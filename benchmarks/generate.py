@@ -29,7 +29,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dpo_step import (DEFAULT_TRL_PYTHON, intermediate, lnpo_matmul_peak, lnpo_model_config,  # noqa: E402
+from dpo_step import (DEFAULT_TRL_PYTHON, add_model_args, intermediate, lnpo_matmul_peak, lnpo_model_config,  # noqa: E402
                       peak_rss_mb, torch_matmul_peak)
 
 
@@ -106,18 +106,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--impl", choices=("lnpo", "hf", "both"), default="lnpo")
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--intermediate", type=int, default=0, help="MLP width (0: 3 x hidden)")
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=4096)
+    add_model_args(ap)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=96)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="lnpo compute dtype")
     ap.add_argument("--hf-python", default=os.environ.get("LNPO_BENCH_TRL_PYTHON", ""))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -83,7 +83,8 @@ def initialize(config) -> None:
 
 def lost_peer(error: BaseException) -> bool:
     """Whether ``error`` says another process of a multi-process job is gone."""
-    if jax.process_count() == 1 or not isinstance(error, (RuntimeError, ValueError)):
+    # Only a started multi-process runtime has peers (and asking it does not start a backend).
+    if not jax.distributed.is_initialized() or not isinstance(error, (RuntimeError, ValueError)):
         return False
     text = str(error)
     return any(marker in text for marker in _LOST_PEER_MARKERS)

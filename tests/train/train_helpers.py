@@ -47,12 +47,18 @@ def losses_of(workdir: str) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def run_python(code: str, *, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def _env(*extra: dict | None) -> dict:
+    """This process's environment plus ``extra`` (in order), with the repository on PYTHONPATH."""
     env = dict(os.environ)
-    env.update(env_extra or {})
+    for e in extra:
+        env.update(e or {})
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return env
+
+
+def run_python(code: str, *, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(env_extra), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def free_port() -> int:
@@ -64,15 +70,10 @@ def free_port() -> int:
 def start_processes(codes: list[str], *, env_extra: dict | None = None,
                     env_per_process: list[dict] | None = None) -> list[subprocess.Popen]:
     """Start one ``python -c`` per code in the repository root (its stdout/stderr piped)."""
-    procs = []
-    for i, code in enumerate(codes):
-        env = dict(os.environ)
-        env.update(env_extra or {})
-        env.update((env_per_process or [{}] * len(codes))[i])
-        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    return procs
+    per_process = env_per_process or [{}] * len(codes)
+    return [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=_env(env_extra, per_process[i]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i, code in enumerate(codes)]
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 900) -> list[tuple[int, str, str]]:
