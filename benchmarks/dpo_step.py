@@ -191,8 +191,9 @@ def run_lnpo(args) -> dict:
     from lnpo.train import steps as steps_lib
     from lnpo.train.memory import release_freed_host_memory
     from lnpo.train.optim import make_optimizer
-    from lnpo.train.trainer import BATCH_SPEC
 
+    if args.data_stack == "on":  # what the trainer's process also holds: datasets, pyarrow, pandas
+        import lnpo.data.sources  # noqa: F401
     if args.compile_cache:  # a persistent XLA cache: a warm second run loads the executable instead of compiling
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -247,18 +248,21 @@ def run_lnpo(args) -> dict:
     state = jax.device_put(state, state_shardings)
 
     chunk = args.logprob_chunk if args.logprob_chunk > 0 else 0
-    sums_fn = steps_lib.micro_sums_fn("po", objective=objective, hparams=hparams, num_pairs=args.batch,
+    sums_fn = steps_lib.micro_sums_fn("po", objective=objective, num_pairs=args.batch,
                                       chunk_size=chunk or seq_len)
     if chunk == 0:
-        sums_fn = _naive_sums_fn(objective, hparams, args.batch)
+        sums_fn = _naive_sums_fn(objective, args.batch)
+    step_hparams = jax.device_put(steps_lib.step_hparams(optim.lr, hparams), replicated)
 
-    def step_fn(state, batch, ref_params):
+    def step_fn(state, batch, ref_params, step_hparams):
         with parallel.use_rules(mesh):
-            return steps_lib.train_step(state, batch, ref_params, graphdef=graphdef, ref_graphdef=ref_graphdef,
-                                        tx=tx, stage="po", sums_fn=sums_fn)
+            return steps_lib.train_step(state, batch, ref_params, step_hparams, graphdef=graphdef,
+                                        ref_graphdef=ref_graphdef, tx=tx, stage="po", sums_fn=sums_fn)
 
     ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings),
+    jitted = jax.jit(step_fn,
+                     in_shardings=(state_shardings, NamedSharding(mesh, steps_lib.BATCH_SPEC), ref_shardings,
+                                   replicated),
                      out_shardings=(state_shardings, replicated), donate_argnums=0)
 
     rng = np.random.default_rng(args.seed + 1)
@@ -272,13 +276,13 @@ def run_lnpo(args) -> dict:
             local["ref_rejected"] = rng.normal(-300, 10, (1, args.batch)).astype(np.float32)
         host_batches.append(local)
 
-    sharding = NamedSharding(mesh, BATCH_SPEC)
+    sharding = NamedSharding(mesh, steps_lib.BATCH_SPEC)
     if args.release_host_memory == "on":  # the setup's jits (init, optimizer init, matmul peak) left freed heap
         release_freed_host_memory()
     rss_before_compile = rss_mb()
     t0 = time.perf_counter()
     # One compile: the AOT executable runs the steps (calling ``jitted`` would compile a second time).
-    compiled = jitted.lower(state, jax.device_put(host_batches[0], sharding), ref_params).compile()
+    compiled = jitted.lower(state, jax.device_put(host_batches[0], sharding), ref_params, step_hparams).compile()
     compile_s = time.perf_counter() - t0
     rss_after_compile = peak_rss_mb()
     rss_now_after_compile = rss_mb()
@@ -295,7 +299,7 @@ def run_lnpo(args) -> dict:
     for local in host_batches:
         t = time.perf_counter()
         batch = jax.device_put(local, sharding)
-        state, metrics = compiled(state, batch, ref_params)
+        state, metrics = compiled(state, batch, ref_params, step_hparams)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
     assert float(metrics["finite"]) == 1.0, metrics
@@ -313,6 +317,7 @@ def run_lnpo(args) -> dict:
              "xla_peak_mb": xla_mb, "xla_temp_mb": xla_temp_mb, "peak_rss_after_compile_mb": rss_after_compile,
              "rss_before_compile_mb": rss_before_compile, "rss_after_compile_mb": rss_now_after_compile,
              "rss_before_steps_mb": rss_before_steps, "release_host_memory": args.release_host_memory,
+             "data_stack": args.data_stack,
              "compile_cache": args.compile_cache or None,
              "matmul_peak_before_after_gflops": [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)],
              "loss": round(float(metrics["loss"]), 4), "jax": jax.__version__,
@@ -321,7 +326,7 @@ def run_lnpo(args) -> dict:
                      model_flops_per_pair_token(args, args.reference == "in_step"), peak, extra)
 
 
-def _naive_sums_fn(objective, hparams, num_pairs):
+def _naive_sums_fn(objective, num_pairs):
     """DPO sums with unchunked log-probs: full ``[R, T, V]`` float32 logits then log_softmax
     (what ``--logprob-chunk 0`` measures against lnpo's chunked ``token_logps``)."""
     import jax
@@ -338,7 +343,7 @@ def _naive_sums_fn(objective, hparams, num_pairs):
         tl = jnp.take_along_axis(logp, mb["targets"][..., None], axis=-1)[..., 0]
         return logprobs.sequence_logps(tl, mb["seq_index"], 2 * num_pairs)
 
-    def fn(model, mb, reference=None):
+    def fn(model, mb, reference, hparams):
         sums, counts = seq_logps(model, mb)
         if reference is not None:
             ref = jax.lax.stop_gradient(seq_logps(reference, mb)[0])
@@ -480,6 +485,9 @@ def parse_args(argv=None):
     ap.add_argument("--release-host-memory", choices=("on", "off"), default="on",
                     help="lnpo: glibc malloc_trim before and after compiling (lnpo.train.memory), as the "
                          "trainer does after its first step")
+    ap.add_argument("--data-stack", choices=("on", "off"), default="off",
+                    help="lnpo: also import the data pipeline (Hugging Face datasets, pyarrow, pandas: ~90 MB) as "
+                         "the trainer's process does; the step itself needs none of it")
     ap.add_argument("--compile-cache", default="",
                     help="lnpo: JAX persistent compilation cache directory (a warm run loads instead of compiling)")
     ap.add_argument("--trl-gradient-checkpointing", choices=("auto", "on", "off", "default"), default="auto",

@@ -31,6 +31,11 @@ e.g. ``dpo-beta0.1-lr1e-05-seed0``. A sweep file defines ``get_config(arg=None)`
 and optionally ``finalize(sweep)``, called after the command-line overrides, to
 derive fields (``paper.py`` picks the data files from ``direction`` there).
 
+``python -m lnpo.sweep`` keeps JAX's persistent compilation cache in
+``DIR/xla_cache`` (unless ``JAX_COMPILATION_CACHE_DIR`` names another): the learning
+rate and the loss hyperparameters are inputs of the compiled steps, so grid points
+of one method share their compiled programs and only the first run compiles them.
+
 Runs, one after another on this host. A run is *finished* when
 ``eval/summary.json`` exists, or when its ``run.json`` says ``"status":
 "trained"`` and evaluation is off; finished runs are skipped, so rerunning the
@@ -651,6 +656,25 @@ def _parse_value(text: str):
         return text
 
 
+def share_compiled_programs(workdir: str) -> str:
+    """Use JAX's persistent compilation cache in ``workdir/xla_cache`` unless one is configured already
+    (``JAX_COMPILATION_CACHE_DIR`` or ``jax_compilation_cache_dir``); returns the directory in use.
+
+    Grid points differ in the learning rate and the objective's hyperparameters, which
+    the train and evaluation steps take as inputs, so runs of one method and shape lower
+    to the same programs: the first run compiles them, every later run (and a rerun
+    after preemption) loads them. Called by the command line, once per process.
+    """
+    import jax
+
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return current
+    path = os.path.join(os.path.abspath(workdir), "xla_cache")
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
 def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
@@ -693,6 +717,8 @@ def main(argv=None):
         except (SweepError, FileNotFoundError, ValueError) as e:
             print(f"lnpo.sweep: error: {e}", file=sys.stderr)
             sys.exit(2)
+        cache = share_compiled_programs(workdir)
+        print(f"lnpo.sweep: compiled programs are shared through {cache}")
         result = run_sweep(sweep, workdir, config_root=root, only=f.only)
         if result["preempted"]:
             from lnpo.main import EXIT_PREEMPTED

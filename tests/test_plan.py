@@ -131,13 +131,14 @@ def _compiled_temp_bytes(config) -> int:
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     A, M = config.train.micro_batches, config.train.global_batch // config.train.micro_batches
     T = planlib.row_length(config)
-    sums_fn = steps.micro_sums_fn("po", objective=losses.get(config.loss.name), hparams={"beta": 0.1},
-                                  num_pairs=M, chunk_size=config.train.logprob_chunk)
+    sums_fn = steps.micro_sums_fn("po", objective=losses.get(config.loss.name), num_pairs=M,
+                                  chunk_size=config.train.logprob_chunk)
     batch = {k: jnp.zeros((A, 2 * M, T), jnp.int32) for k in steps.ROW_KEYS}
     batch.update({k: jnp.zeros((A, M), jnp.float32) for k in ("pair_valid", "ref_chosen", "ref_rejected")})
     step = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx, stage="po", sums_fn=sums_fn),
                    donate_argnums=0)
-    return step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+    hparams = steps.step_hparams(1e-4, {"beta": 0.1})
+    return step.lower(state, batch, None, hparams).compile().memory_analysis().temp_size_in_bytes
 
 
 ACTIVATION_FACTOR = (0.5, 2.0)  # compiled temp / planned activations

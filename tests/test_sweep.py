@@ -362,3 +362,16 @@ def test_preempted_run_stops_the_sweep(tmp_path, monkeypatch):
     assert out["preempted"] and calls == ["dpo-beta0.1-lr0.001-seed0"] and out["report"] is None
     assert [r["status"] for r in out["runs"]] == ["preempted", "pending", "pending", "pending"]
     assert sweep_lib.run_status(str(tmp_path / calls[0])) == "started"  # resumed by the next invocation
+
+
+def test_sweep_process_shares_compiled_programs_in_its_workdir_unless_a_cache_is_configured(tmp_path):
+    code = ("import sys, jax; from lnpo.sweep import share_compiled_programs; "
+            "print(share_compiled_programs(sys.argv[1])); print(jax.config.jax_compilation_cache_dir)")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sweep")], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [str(tmp_path / "sweep" / "xla_cache")] * 2
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sweep")], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [str(tmp_path / "mine")] * 2

@@ -15,20 +15,35 @@ See :mod:`lnpo.data.sources` (sources and schemas), :mod:`lnpo.data.validate`
 :mod:`lnpo.data.layouts` (row arrays) and :mod:`lnpo.data.iterator` (batches).
 """
 
-from lnpo.data.iterator import EvalIterator, PairIterator, SFTIterator
-from lnpo.data.layouts import LAYOUTS, ROW_KEYS, layout_pairs, layout_sft, plan_rows, unit_lengths
-from lnpo.data.sources import (
-    PREFERENCE_SCHEMAS,
-    SFT_SCHEMAS,
-    load_preferences,
-    load_sft,
-    validate_preferences,
-    validate_sft,
-)
-from lnpo.data.tokenize import PlainTemplate, TokenizeConfig, tokenize_preferences, tokenize_sft
-from lnpo.data.validate import REASONS, LoadReport
+import importlib
 
-from lnpo.data import embedded  # the embedded synthetic task: materialize(), score()
+# Names resolved on first use (PEP 562), so ``lnpo.data.layouts`` (numpy only) can be
+# imported without loading the Hugging Face ``datasets`` stack (pyarrow, pandas: ~100 MB).
+_EXPORTS = {
+    "embedded": None,  # the embedded synthetic task: materialize(), score()
+    "EvalIterator": "iterator", "PairIterator": "iterator", "SFTIterator": "iterator",
+    "LAYOUTS": "layouts", "ROW_KEYS": "layouts", "layout_pairs": "layouts", "layout_sft": "layouts",
+    "plan_rows": "layouts", "unit_lengths": "layouts",
+    "PREFERENCE_SCHEMAS": "sources", "SFT_SCHEMAS": "sources", "load_preferences": "sources",
+    "load_sft": "sources", "validate_preferences": "sources", "validate_sft": "sources",
+    "PlainTemplate": "tokenize", "TokenizeConfig": "tokenize", "tokenize_preferences": "tokenize",
+    "tokenize_sft": "tokenize",
+    "REASONS": "validate", "LoadReport": "validate",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lnpo.data' has no attribute {name!r}")
+    module = importlib.import_module(f"lnpo.data.{_EXPORTS[name] or name}")
+    value = module if _EXPORTS[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "embedded",

@@ -52,11 +52,26 @@ class LoopSpec:
     items_per_step: int  # pairs or examples per step
 
 
+def delete_arrays(tree) -> None:
+    """Free the device buffers of every jax.Array in ``tree`` now (the arrays become unusable)."""
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and not leaf.is_deleted():
+            leaf.delete()
+
+
 def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResult:
+    """Train ``state`` to ``spec.total_steps``; resume from ``workdir``'s latest checkpoint if there is one.
+
+    On a resume ``state`` only gives the structure and shardings: its arrays are
+    deleted before the checkpoint is read (peak memory stays one state, not two),
+    so the caller must not use them afterwards.
+    """
     checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=spec.keep_checkpoints)
     start = checkpointer.latest_step()
     if start is not None:
-        state, data_state = checkpointer.restore(start, abstract_like(state))
+        abstract = abstract_like(state)
+        delete_arrays(state)  # the fresh state's buffers go before the checkpoint's arrive: never two states
+        state, data_state = checkpointer.restore(start, abstract)
         spec.restore_iterator(data_state)
     step = int(start or 0)
     logger = RunLogger(workdir, total_steps=spec.total_steps, start_step=step, desc=desc)

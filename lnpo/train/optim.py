@@ -25,19 +25,25 @@ def learning_rate_schedule(*, lr: float, steps: int, warmup_steps: int, schedule
 
 
 def make_optimizer(optim_config, *, steps: int, lr: float | None = None, warmup_steps: int | None = None):
-    """``(optax transformation, schedule)`` from the config's ``optim`` section."""
-    schedule = learning_rate_schedule(
-        lr=optim_config.lr if lr is None else lr,
-        steps=steps,
-        warmup_steps=optim_config.warmup_steps if warmup_steps is None else warmup_steps,
-        schedule=optim_config.schedule,
-    )
+    """``(tx, schedule)`` from the config's ``optim`` section.
+
+    ``schedule`` is the learning rate of every step (warmup to the peak ``lr``,
+    then the decay). ``tx`` is global-norm clipping then AdamW whose schedule has
+    the same shape but peaks at 1: multiply its updates by the peak learning rate
+    (:func:`lnpo.train.steps.train_step` does, taking the rate as an input), which
+    gives exactly AdamW with ``schedule`` (decoupled weight decay included) while
+    the compiled step does not depend on the rate's value.
+    """
+    peak = optim_config.lr if lr is None else lr
+    shape = dict(steps=steps, warmup_steps=optim_config.warmup_steps if warmup_steps is None else warmup_steps,
+                 schedule=optim_config.schedule)
+    schedule = learning_rate_schedule(lr=peak, **shape)
     parts = []
     if optim_config.clip_norm and optim_config.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(optim_config.clip_norm))
     parts.append(
         optax.adamw(
-            schedule,
+            learning_rate_schedule(lr=1.0, **shape),
             b1=optim_config.b1,
             b2=optim_config.b2,
             eps=optim_config.eps,

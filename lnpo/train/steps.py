@@ -18,6 +18,7 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -25,6 +26,8 @@ from lnpo import logprobs
 from lnpo import losses as losses_lib
 
 ROW_KEYS = ("input_ids", "positions", "segment_ids", "branch_ids", "targets", "seq_index")
+# Batch arrays are [A, rows or pairs, ...]: axis 1 is split over the data-parallel mesh axes.
+BATCH_SPEC = jax.sharding.PartitionSpec(None, ("data", "fsdp"))
 
 
 @flax.struct.dataclass
@@ -67,6 +70,9 @@ def _masked_sums(per_pair: jax.Array, metrics: dict, valid: jax.Array) -> dict:
 def po_micro_sums(model, mb, *, objective: Callable, hparams: dict, num_pairs: int, chunk_size: int,
                   reference=None):
     """Sums over one micro-batch's pairs of the objective's loss and metrics.
+
+    ``hparams`` are the objective's hyperparameters: float32 scalars (traced
+    under the step's jit) or None.
 
     ``reference`` is a frozen reference model (in-step reference) or None, in
     which case ``mb`` carries cached ``ref_chosen``/``ref_rejected`` or the
@@ -114,18 +120,31 @@ def rm_micro_sums(model, mb, *, num_pairs: int):
     return _masked_sums(-jax.nn.log_sigmoid(margin), metrics, mb["pair_valid"])
 
 
-def micro_sums_fn(stage: str, *, objective=None, hparams=None, num_pairs: int, chunk_size: int):
-    """``fn(model, mb, reference) -> dict of sums`` for ``stage``; the loss sum is under "loss"."""
+def micro_sums_fn(stage: str, *, objective=None, num_pairs: int, chunk_size: int):
+    """``fn(model, mb, reference, loss_hparams) -> dict of sums`` for ``stage``; the loss sum is under
+    "loss". ``loss_hparams`` is the objective's hyperparameters (``{}`` for SFT and reward models)."""
     if stage == "po":
-        return lambda model, mb, reference=None: po_micro_sums(
-            model, mb, objective=objective, hparams=hparams, num_pairs=num_pairs,
+        return lambda model, mb, reference, loss_hparams: po_micro_sums(
+            model, mb, objective=objective, hparams=loss_hparams, num_pairs=num_pairs,
             chunk_size=chunk_size, reference=reference)
     if stage == "sft":
-        return lambda model, mb, reference=None: sft_micro_sums(
+        return lambda model, mb, reference, loss_hparams: sft_micro_sums(
             model, mb, num_examples=num_pairs, chunk_size=chunk_size)
     if stage == "rm":
-        return lambda model, mb, reference=None: rm_micro_sums(model, mb, num_pairs=num_pairs)
+        return lambda model, mb, reference, loss_hparams: rm_micro_sums(model, mb, num_pairs=num_pairs)
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def step_hparams(learning_rate: float, loss_hparams: dict) -> dict:
+    """The step's hyperparameter input: ``{"learning_rate": f32, "loss": {name: f32 or None}}``.
+
+    The peak learning rate and the objective's hyperparameters enter the jitted
+    step as float32 arrays, not as constants baked into it, so runs that differ
+    only in them (a sweep's grid points) lower to the same program and share one
+    compiled step (through JAX's persistent compilation cache across processes).
+    """
+    as_array = lambda v: None if v is None else np.float32(v)  # noqa: E731
+    return {"learning_rate": as_array(learning_rate), "loss": {k: as_array(v) for k, v in loss_hparams.items()}}
 
 
 def _denominator(stage: str, sums: dict, batch: dict) -> jax.Array:
@@ -134,9 +153,14 @@ def _denominator(stage: str, sums: dict, batch: dict) -> jax.Array:
     return jnp.maximum(jnp.sum(batch["pair_valid"]), 1.0)
 
 
-def train_step(state: TrainState, batch: dict, ref_params=None, *, graphdef, ref_graphdef=None,
+def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, graphdef, ref_graphdef=None,
                tx: optax.GradientTransformation, stage: str, sums_fn: Callable):
     """One optimizer step over ``A`` micro-batches; returns ``(new_state, metrics)``.
+
+    ``hparams`` is :func:`step_hparams`'s dict; ``tx`` is
+    :func:`lnpo.train.optim.make_optimizer`'s transformation, whose updates are
+    for a peak learning rate of 1 and are scaled here by
+    ``hparams["learning_rate"]``.
 
     Pure: jit it with explicit shardings and donate ``state``. A non-finite
     loss or gradient leaves the parameters and optimizer state unchanged and
@@ -146,7 +170,7 @@ def train_step(state: TrainState, batch: dict, ref_params=None, *, graphdef, ref
 
     def micro_loss(params, mb):
         model = nnx.merge(graphdef, params)
-        sums = sums_fn(model, mb, reference)
+        sums = sums_fn(model, mb, reference, hparams["loss"])
         return sums["loss"], sums
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -173,6 +197,7 @@ def train_step(state: TrainState, batch: dict, ref_params=None, *, graphdef, ref
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
 
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * hparams["learning_rate"].astype(u.dtype), updates)
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
     new_state = TrainState(
@@ -185,19 +210,20 @@ def train_step(state: TrainState, batch: dict, ref_params=None, *, graphdef, ref
     return new_state, metrics
 
 
-def eval_step(params, batch: dict, ref_params=None, *, graphdef, ref_graphdef=None, stage: str,
+def eval_step(params, batch: dict, ref_params, loss_hparams: dict, *, graphdef, ref_graphdef=None, stage: str,
               sums_fn: Callable) -> dict:
     """Held-out sums over a batch: the same sums as training, no gradient. Returns the
-    sums and the count (pairs or tokens) they are to be divided by."""
+    sums and the count (pairs or tokens) they are to be divided by. ``loss_hparams``
+    is :func:`step_hparams`'s ``"loss"`` entry."""
     model = nnx.merge(graphdef, params)
     reference = None if ref_params is None else nnx.merge(ref_graphdef, ref_params)
 
     def body(total, mb):
-        sums = sums_fn(model, mb, reference)
+        sums = sums_fn(model, mb, reference, loss_hparams)
         return jax.tree.map(jnp.add, total, sums), None
 
     first = jax.tree.map(lambda x: x[0], batch)
-    shape = jax.eval_shape(lambda: sums_fn(model, first, reference))
+    shape = jax.eval_shape(lambda: sums_fn(model, first, reference, loss_hparams))
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shape)
     sums, _ = jax.lax.scan(body, zeros, batch)
     count = sums["tokens"] if stage == "sft" else jnp.sum(batch["pair_valid"])

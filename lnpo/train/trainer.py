@@ -27,9 +27,7 @@ from lnpo.train import reference_cache, steps
 from lnpo.train.flops import device_peak_flops, forward_flops_per_token
 from lnpo.train.loop import LoopSpec, fit, real_tokens
 from lnpo.train.optim import make_optimizer
-
-# Host-local batch arrays are [A, rows or pairs, ...]: axis 1 is split over the data-parallel axes.
-BATCH_SPEC = P(None, ("data", "fsdp"))
+from lnpo.train.steps import BATCH_SPEC
 
 
 # ----------------------------------------------------------------------------- data
@@ -254,17 +252,20 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
         lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
     state = jax.device_put(state, state_shardings)
 
-    sums_fn = steps.micro_sums_fn(stage, objective=objective, hparams=hparams, num_pairs=M, chunk_size=chunk)
+    sums_fn = steps.micro_sums_fn(stage, objective=objective, num_pairs=M, chunk_size=chunk)
+    # Step inputs, not compile-time constants: a sweep's grid points share one compiled step.
+    step_hparams = jax.device_put(steps.step_hparams(config.optim.lr, hparams), replicated)
 
-    def step_fn(state, batch, ref_params):
+    def step_fn(state, batch, ref_params, step_hparams):
         with parallel.use_rules(mesh):
-            return steps.train_step(state, batch, ref_params, graphdef=graphdef, ref_graphdef=ref_graphdef,
-                                    tx=tx, stage=stage, sums_fn=sums_fn)
+            return steps.train_step(state, batch, ref_params, step_hparams, graphdef=graphdef,
+                                    ref_graphdef=ref_graphdef, tx=tx, stage=stage, sums_fn=sums_fn)
 
     ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings),
+    jitted = jax.jit(step_fn,
+                     in_shardings=(state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings, replicated),
                      out_shardings=(state_shardings, replicated), donate_argnums=0)
-    train_step = lambda s, b: jitted(s, b, ref_params)  # noqa: E731
+    train_step = lambda s, b: jitted(s, b, ref_params, step_hparams)  # noqa: E731
 
     iterator_cls = SFTIterator if stage == "sft" else PairIterator
     iterator = iterator_cls(train_ds, global_batch=config.train.global_batch, micro_batches=A,
@@ -284,7 +285,8 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     evaluate = None
     if eval_ds is not None and stage != "sft":
         evaluate = _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh,
-                                   stage=stage, sums_fn=sums_fn, pairs=M, row_multiple=row_multiple)
+                                   stage=stage, sums_fn=sums_fn, loss_hparams=step_hparams["loss"], pairs=M,
+                                   row_multiple=row_multiple)
 
     flops_per_token = forward_flops_per_token(model_cfg, row_length(config)) * (3 + (1 if ref_params is not None else 0))
     spec = LoopSpec(
@@ -338,17 +340,17 @@ def _reference_from_cache(config, workdir, init_path, params, graphdef, mesh, tr
 
 
 def _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh, *, stage, sums_fn,
-                    pairs, row_multiple):
+                    loss_hparams, pairs, row_multiple):
     from lnpo.data import EvalIterator
 
     iterator = EvalIterator(eval_ds, global_batch=pairs, layout=config.data.layout, seq_len=row_length(config),
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             row_multiple=row_multiple, max_batches=config.train.eval_batches)
 
-    def eval_fn(params, batch, ref_params):
+    def eval_fn(params, batch, ref_params, loss_hparams):
         with parallel.use_rules(mesh):
-            return steps.eval_step(params, batch, ref_params, graphdef=graphdef, ref_graphdef=ref_graphdef,
-                                   stage=stage, sums_fn=sums_fn)
+            return steps.eval_step(params, batch, ref_params, loss_hparams, graphdef=graphdef,
+                                   ref_graphdef=ref_graphdef, stage=stage, sums_fn=sums_fn)
 
     jitted = jax.jit(eval_fn, out_shardings=NamedSharding(mesh, P()))
 
@@ -359,7 +361,7 @@ def _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eva
                 indices = np.arange(b * pairs, (b + 1) * pairs)
                 indices[indices >= len(eval_ds)] = -1
                 local.update(_cached_reference_slice(ref_eval, indices, 1))
-            sums = jax.device_get(jitted(state.params, to_global(local, mesh), ref_params))
+            sums = jax.device_get(jitted(state.params, to_global(local, mesh), ref_params, loss_hparams))
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         count = max(totals.pop("count", 0.0), 1.0)

@@ -1,0 +1,81 @@
+"""The step's hyperparameter inputs: exact AdamW with the real learning rate, and one program per sweep."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from lnpo.train.optim import learning_rate_schedule, make_optimizer
+from lnpo.train.steps import step_hparams
+from train_helpers import losses_of, run_python
+
+
+@pytest.mark.parametrize("schedule,warmup", [("cosine", 3), ("linear", 0), ("constant", 2)])
+def test_unit_peak_updates_times_the_rate_equal_adamw_with_the_schedule(schedule, warmup):
+    cfg = types.SimpleNamespace(lr=3e-4, warmup_steps=warmup, schedule=schedule, clip_norm=1.0, b1=0.9, b2=0.95,
+                                eps=1e-8, weight_decay=0.1)
+    steps = 8
+    tx, lr_schedule = make_optimizer(cfg, steps=steps)
+    # The reference: optax's own AdamW with the actual learning-rate schedule.
+    reference = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+        learning_rate_schedule(lr=cfg.lr, steps=steps, warmup_steps=warmup, schedule=schedule),
+        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1))
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(5, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
+    state, ref_state = tx.init(params), reference.init(params)
+    p, q = params, params
+    for t in range(steps):
+        assert float(lr_schedule(t)) == pytest.approx(
+            float(learning_rate_schedule(lr=cfg.lr, steps=steps, warmup_steps=warmup, schedule=schedule)(t)))
+        grads = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32) * 3.0, params)
+        updates, state = tx.update(grads, state, p)
+        p = optax.apply_updates(p, jax.tree.map(lambda u: u * np.float32(cfg.lr), updates))
+        ref_updates, ref_state = reference.update(grads, ref_state, q)
+        q = optax.apply_updates(q, ref_updates)
+        for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+    assert not np.allclose(p["w"], params["w"])  # the parameters did move
+
+
+def test_step_hparams_are_float32_arrays_and_none_stays_none():
+    hp = step_hparams(1e-3, {"beta": 0.1, "delta": None})
+    assert hp["learning_rate"].dtype == np.float32 and hp["loss"]["beta"].dtype == np.float32
+    assert hp["loss"]["delta"] is None
+    assert jax.tree.structure(hp) == jax.tree.structure(step_hparams(5e-1, {"beta": 2.0, "delta": None}))
+
+
+GRID_POINT = """
+import json, os, sys
+sys.path.insert(0, "tests/train")
+from train_helpers import small_config
+from lnpo.train.run import run
+run(small_config(MODEL, TASK, **OVERRIDES), WORKDIR)
+cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+print("RESULT" + json.dumps(sorted(os.listdir(cache))))
+"""
+
+
+@pytest.mark.slow
+def test_sweep_grid_points_differing_in_beta_and_lr_compile_nothing_new(tmp_path, tiny_sft_dir, task_files):
+    """Two runs of a beta x lr grid in separate processes: the second finds every program it needs (train
+    step, evaluation step, reference pass) in JAX's persistent compilation cache and adds no entry."""
+    env = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    entries = []
+    for i, (beta, lr) in enumerate([(1.0, 1e-3), (0.1, 3e-4)]):
+        overrides = {"loss.beta": beta, "optim.lr": lr, "train.eval_every": 2,
+                     "reference.cache_dir": str(tmp_path / f"ref{i}")}
+        head = (f"MODEL={tiny_sft_dir!r}\nTASK={task_files!r}\nOVERRIDES={overrides!r}\n"
+                f"WORKDIR={str(tmp_path / f'run{i}')!r}\n")
+        proc = run_python(head + GRID_POINT, env_extra=env)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        entries.append(json.loads(proc.stdout.split("RESULT", 1)[1]))
+    assert len(entries[0]) >= 3  # the cache was used: step, eval step, reference pass, ...
+    assert entries[1] == entries[0], sorted(set(entries[1]) - set(entries[0]))
+    # ... while the two runs did train with their own hyperparameters
+    assert losses_of(str(tmp_path / "run0")) != losses_of(str(tmp_path / "run1"))
