@@ -174,7 +174,6 @@ def summarize(args, impl: str, step_times: list[float], pairs_per_step: float, t
 
 # ----------------------------------------------------------------------------- lnpo
 def run_lnpo(args) -> dict:
-    import functools
     import types
 
     import jax
@@ -187,7 +186,7 @@ def run_lnpo(args) -> dict:
     from lnpo import losses as losses_lib
     from lnpo import parallel
     from lnpo.data.layouts import layout_pairs, plan_rows, unit_lengths
-    from lnpo.models import Decoder, param_shardings
+    from lnpo.models import init_sharded
     from lnpo.train import steps as steps_lib
     from lnpo.train.memory import release_freed_host_memory
     from lnpo.train.optim import make_optimizer
@@ -212,19 +211,11 @@ def run_lnpo(args) -> dict:
                                ([len(x["chosen_ids"]) for x in b], [len(x["rejected_ids"]) for x in b]), args.layout)
         num_rows = max(num_rows, plan_rows(lengths, seq_len, args.layout).num_rows)
 
-    # model + parameters, as trainer.build_model builds a fresh one (jit init with parameter shardings)
+    # model + parameters, as trainer.build_model builds a fresh one (created in their shardings)
     cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat,
                             attn_query_chunk=args.attn_chunk)
     mesh = parallel.make_mesh((-1, 1, 1))
-    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(args.seed)))
-    shardings = param_shardings(abstract, mesh)
-    graphdef, _ = nnx.split(abstract, nnx.Param)
-
-    @functools.partial(jax.jit, out_shardings=shardings)
-    def init():
-        return nnx.state(Decoder(cfg, rngs=nnx.Rngs(args.seed)), nnx.Param)
-
-    params = init()
+    graphdef, params = nnx.split(init_sharded(cfg, args.seed, mesh), nnx.Param)
     n_params = int(sum(x.size for x in jax.tree.leaves(params)))
 
     # reference: an in-step frozen copy, or cached log-probs (per-pair arrays in the batch)
@@ -233,9 +224,7 @@ def run_lnpo(args) -> dict:
     ref_params = ref_graphdef = None
     if args.reference == "in_step":
         ref_graphdef = graphdef
-        copy = jax.jit(lambda p: jax.tree.map(lambda x: (x + 0).astype(jnp.float32), p),
-                       out_shardings=jax.tree.map(lambda x: x.sharding, params))
-        ref_params = copy(params)
+        ref_params = steps_lib.reference_copy(params, jnp.float32)
 
     optim = types.SimpleNamespace(lr=1e-6, warmup_steps=0, schedule="linear", clip_norm=1.0, b1=0.9, b2=0.999,
                                   eps=1e-8, weight_decay=0.0)
@@ -254,9 +243,9 @@ def run_lnpo(args) -> dict:
         sums_fn = _naive_sums_fn(objective, args.batch)
     step_hparams = jax.device_put(steps_lib.step_hparams(optim.lr, hparams), replicated)
 
-    def step_fn(state, batch, ref_params, step_hparams):
+    def step_fn(state, batch, ref_params, hparams):
         with parallel.use_rules(mesh):
-            return steps_lib.train_step(state, batch, ref_params, step_hparams, graphdef=graphdef,
+            return steps_lib.train_step(state, batch, ref_params, hparams, graphdef=graphdef,
                                         ref_graphdef=ref_graphdef, tx=tx, stage="po", sums_fn=sums_fn)
 
     ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)

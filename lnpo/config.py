@@ -30,7 +30,9 @@ def _choice(field: str, value, allowed) -> None:
         raise ConfigError(f"config.{field}: {value!r} is not one of {', '.join(map(str, allowed))}")
 
 
-def _positive(field: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
+def check_positive(field: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
+    """ConfigError naming ``config.<field>`` unless ``value`` is a finite number > 0 (>= 0 with
+    ``allow_zero``; a whole number with ``integer``)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if integer:
@@ -76,15 +78,15 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
                   "train.logprob_chunk", "data.max_prompt_len", "data.max_len", "sft.steps",
                   "sft.global_batch"):
         section, key = field.split(".")
-        _positive(field, config[section][key], integer=True)
-    _positive("train.eval_batches", config.train.eval_batches, integer=True, allow_zero=True)
-    _positive("optim.lr", config.optim.lr)
-    _positive("sft.lr", config.sft.lr)
-    _positive("optim.warmup_steps", config.optim.warmup_steps, integer=True, allow_zero=True)
-    _positive("optim.weight_decay", config.optim.weight_decay, allow_zero=True)
-    _positive("optim.clip_norm", config.optim.clip_norm, allow_zero=True)
-    _positive("data.seq_len", config.data.seq_len, integer=True, allow_zero=True)
-    _positive("model.attn_query_chunk", config.model.attn_query_chunk, integer=True, allow_zero=True)
+        check_positive(field, config[section][key], integer=True)
+    check_positive("train.eval_batches", config.train.eval_batches, integer=True, allow_zero=True)
+    check_positive("optim.lr", config.optim.lr)
+    check_positive("sft.lr", config.sft.lr)
+    check_positive("optim.warmup_steps", config.optim.warmup_steps, integer=True, allow_zero=True)
+    check_positive("optim.weight_decay", config.optim.weight_decay, allow_zero=True)
+    check_positive("optim.clip_norm", config.optim.clip_norm, allow_zero=True)
+    check_positive("data.seq_len", config.data.seq_len, integer=True, allow_zero=True)
+    check_positive("model.attn_query_chunk", config.model.attn_query_chunk, integer=True, allow_zero=True)
     if config.data.seq_len and config.data.seq_len < config.data.max_len:
         raise ConfigError(f"config.data.seq_len: {config.data.seq_len} must be >= data.max_len ({config.data.max_len})")
     if config.data.max_prompt_len >= config.data.max_len:

@@ -80,9 +80,8 @@ def main(argv=None):
             summary = run(config, workdir)
         except (FileNotFoundError, NonFiniteLoss, ValueError, KeyError, RuntimeError) as e:
             if distributed.lost_peer(e):
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 _fail(f"process {jax.process_index()} of {jax.process_count()} lost another process of this job "
-                      f"({first}); that worker's log says why. Rerun the job to resume from its last checkpoint.",
+                      f"({distributed.first_line(e)}); that worker's log says why. Rerun the job to resume from its last checkpoint.",
                       EXIT_LOST_PEER)
             if (isinstance(e, RuntimeError) and not isinstance(e, NonFiniteLoss)) or os.environ.get("LNPO_DEBUG"):
                 if not jax.distributed.is_initialized():

@@ -34,7 +34,8 @@ derive fields (``paper.py`` picks the data files from ``direction`` there).
 ``python -m lnpo.sweep`` keeps JAX's persistent compilation cache in
 ``DIR/xla_cache`` (unless ``JAX_COMPILATION_CACHE_DIR`` names another): the learning
 rate and the loss hyperparameters are inputs of the compiled steps, so grid points
-of one method share their compiled programs and only the first run compiles them.
+of one method share their compiled programs: the first run compiles them (those
+over JAX's 1 s minimum compile time are cached), later runs load them.
 
 Runs, one after another on this host. A run is *finished* when
 ``eval/summary.json`` exists, or when its ``run.json`` says ``"status":

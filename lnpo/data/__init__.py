@@ -45,27 +45,4 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-__all__ = [
-    "embedded",
-    "EvalIterator",
-    "LAYOUTS",
-    "LoadReport",
-    "PREFERENCE_SCHEMAS",
-    "PairIterator",
-    "PlainTemplate",
-    "REASONS",
-    "ROW_KEYS",
-    "SFTIterator",
-    "SFT_SCHEMAS",
-    "TokenizeConfig",
-    "layout_pairs",
-    "layout_sft",
-    "load_preferences",
-    "load_sft",
-    "plan_rows",
-    "tokenize_preferences",
-    "tokenize_sft",
-    "unit_lengths",
-    "validate_preferences",
-    "validate_sft",
-]
+__all__ = sorted(_EXPORTS)

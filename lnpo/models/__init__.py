@@ -4,7 +4,7 @@ See docs/models.md for the API, the parameter layout and the HF interop.
 """
 
 from lnpo.models.config import ModelConfig, RopeScaling, SUPPORTED_MODEL_TYPES
-from lnpo.models.decoder import Decoder, KVCache, logical_axes, param_shardings, sequence_scores
+from lnpo.models.decoder import Decoder, KVCache, init_sharded, logical_axes, param_shardings, sequence_scores
 from lnpo.models.hf import from_pretrained, save_pretrained
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "Decoder",
     "KVCache",
+    "init_sharded",
     "logical_axes",
     "param_shardings",
     "sequence_scores",

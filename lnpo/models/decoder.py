@@ -289,6 +289,20 @@ def param_shardings(model: nnx.Module, mesh, rules=None):
     )
 
 
+def init_sharded(config: ModelConfig, seed: int, mesh) -> Decoder:
+    """A randomly initialized Decoder whose parameters are created directly in their shardings on ``mesh``."""
+    import functools
+
+    abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(seed)))
+    graphdef, _ = nnx.split(abstract)
+
+    @functools.partial(jax.jit, out_shardings=param_shardings(abstract, mesh))
+    def init():
+        return nnx.state(Decoder(config, rngs=nnx.Rngs(seed)), nnx.Param)
+
+    return nnx.merge(graphdef, init())
+
+
 def sequence_scores(model: Decoder, input_ids_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
     """Score-head output at each row's last real token.
 

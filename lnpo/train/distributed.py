@@ -37,6 +37,12 @@ class StartupError(ValueError):
     """The processes of a multi-process job could not connect (reported in one line by ``lnpo.main``)."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message, or its type's name when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def launched_as_one_of_several(env=None) -> bool:
     """Whether the environment says this process is one of several of one job."""
     env = os.environ if env is None else env
@@ -50,16 +56,15 @@ def launched_as_one_of_several(env=None) -> bool:
 def initialize(config) -> None:
     """``jax.distributed.initialize`` with ``config.distributed``'s timeouts when launched as one of
     several processes; a no-op for one process or when already initialized."""
-    from lnpo.config import ConfigError
+    from lnpo.config import ConfigError, check_positive
 
     d = config.distributed
     for field in ("initialization_timeout_s", "heartbeat_timeout_s"):
-        value = d[field]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"config.distributed.{field}: must be a positive whole number of seconds, got {value!r}")
+        check_positive(f"distributed.{field}", d[field], integer=True)
     if jax.distributed.is_initialized() or not launched_as_one_of_several():
         return
-    kwargs = {"initialization_timeout": d.initialization_timeout_s, "heartbeat_timeout_seconds": d.heartbeat_timeout_s}
+    kwargs = {"initialization_timeout": int(d.initialization_timeout_s),
+              "heartbeat_timeout_seconds": int(d.heartbeat_timeout_s)}
     env = os.environ
     if "JAX_COORDINATOR_ADDRESS" in env:
         for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
@@ -76,9 +81,9 @@ def initialize(config) -> None:
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StartupError(f"distributed start-up: the job's processes did not all connect within "
-                           f"config.distributed.initialization_timeout_s={d.initialization_timeout_s} s ({first})") from e
+                           f"config.distributed.initialization_timeout_s={d.initialization_timeout_s} s "
+                           f"({first_line(e)})") from e
 
 
 def lost_peer(error: BaseException) -> bool:

@@ -37,6 +37,13 @@ class TrainState:
     opt_state: Any
 
 
+def reference_copy(params, dtype):
+    """A frozen reference: a separate copy of ``params`` in ``dtype`` with the same shardings (the
+    policy's own buffers are donated to the step, so the reference cannot share them)."""
+    return jax.jit(lambda p: jax.tree.map(lambda x: (x + 0).astype(dtype), p),
+                   out_shardings=jax.tree.map(lambda x: x.sharding, params))(params)
+
+
 def sequence_logps(model, mb: dict, num_sequences: int, chunk_size: int):
     """Summed target log-probs and target counts per completion sequence: ``([N] f32, [N] i32)``."""
     return logprobs.batch_sequence_logps(model, mb, num_sequences, chunk_size=chunk_size)

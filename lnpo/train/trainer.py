@@ -90,23 +90,9 @@ def to_global(local: dict, mesh) -> dict:
 
 
 # ----------------------------------------------------------------------------- model
-def init_sharded(model_cfg, seed: int, mesh):
-    """A randomly initialized Decoder whose parameters are created directly in their shardings."""
-    from lnpo.models import Decoder, param_shardings
-
-    abstract = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(seed)))
-    graphdef, _ = nnx.split(abstract)
-
-    @functools.partial(jax.jit, out_shardings=param_shardings(abstract, mesh))
-    def init():
-        return nnx.state(Decoder(model_cfg, rngs=nnx.Rngs(seed)), nnx.Param)
-
-    return nnx.merge(graphdef, init())
-
-
 def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0):
     """The policy (or reward model) as an NNX module with parameters placed on ``mesh``."""
-    from lnpo.models import ModelConfig, from_pretrained
+    from lnpo.models import ModelConfig, from_pretrained, init_sharded
 
     if init_path is None:
         t = config.model.tiny
@@ -231,10 +217,7 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     if uses_reference and config.reference.mode == "in_step":
         ref_dtype = jnp.dtype(config.reference.dtype)
         ref_graphdef = graphdef
-        # A separate copy (the policy's parameters are donated to the step), held in reference.dtype.
-        copy = jax.jit(lambda p: jax.tree.map(lambda x: (x + 0).astype(ref_dtype), p),
-                       out_shardings=jax.tree.map(lambda x: x.sharding, params))
-        ref_params = copy(params)
+        ref_params = steps.reference_copy(params, ref_dtype)
     elif uses_reference:
         ref_train, ref_eval = _reference_from_cache(config, workdir, init_path, params, graphdef, mesh,
                                                     train_ds, eval_ds, batch_pairs=M)
@@ -256,9 +239,9 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     # Step inputs, not compile-time constants: a sweep's grid points share one compiled step.
     step_hparams = jax.device_put(steps.step_hparams(config.optim.lr, hparams), replicated)
 
-    def step_fn(state, batch, ref_params, step_hparams):
+    def step_fn(state, batch, ref_params, hparams):
         with parallel.use_rules(mesh):
-            return steps.train_step(state, batch, ref_params, step_hparams, graphdef=graphdef,
+            return steps.train_step(state, batch, ref_params, hparams, graphdef=graphdef,
                                     ref_graphdef=ref_graphdef, tx=tx, stage=stage, sums_fn=sums_fn)
 
     ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)

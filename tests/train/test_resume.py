@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 
 from lnpo.train.run import run
-from train_helpers import losses_of, run_python, small_config
+from train_helpers import losses_of, result_of, run_python, small_config
 
 # Runs the config in a fresh process; the logger sends this process SIGTERM right
 # after logging step KILL_AT (through the real signal handler).
@@ -29,20 +28,15 @@ print("RESULT" + json.dumps({"steps": summary["steps"], "preempted": summary["pr
 """
 
 
-def _result(proc):
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.split("RESULT", 1)[1])
-
-
 @pytest.mark.slow
 def test_sigterm_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_sft_dir, task_files):
     overrides = {"train.steps": 6, "train.checkpoint_every": 4, "reference.cache_dir": str(tmp_path / "cache")}
     workdir = str(tmp_path / "preempted")
     head = f"MODEL={tiny_sft_dir!r}\nTASK={task_files!r}\nOVERRIDES={overrides!r}\nWORKDIR={workdir!r}\n"
-    first = _result(run_python(head + "KILL_AT=2\n" + PREEMPTED))
+    first = result_of(run_python(head + "KILL_AT=2\n" + PREEMPTED))
     assert first == {"steps": 2, "preempted": True}  # stopped at the step boundary after the signal
     assert not os.path.exists(os.path.join(workdir, "export"))
-    second = _result(run_python(head + "KILL_AT=-1\n" + PREEMPTED))
+    second = result_of(run_python(head + "KILL_AT=-1\n" + PREEMPTED))
     assert second == {"steps": 6, "preempted": False}
 
     straight = str(tmp_path / "straight")

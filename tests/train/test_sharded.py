@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
 from lnpo.train.run import run
-from train_helpers import losses_of, run_python, small_config
+from train_helpers import losses_of, result_of, run_python, small_config
 
 SCRIPT = """
 import json, sys
@@ -38,8 +37,7 @@ def test_meshes_give_the_same_losses(tmp_path, tiny_sft_dir, task_files, simulat
         # the runtime, not lnpo: run it again. Any other failure fails at once.
         if proc.returncode == 0 or "Termination timeout" not in proc.stderr:
             break
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    result = result_of(proc)
     # The reference: this process has one device, mesh (1, 1, 1).
     config = small_config(tiny_sft_dir, task_files, **{"mesh.shape": (1, 1, 1), "train.steps": 3,
                                                        "train.checkpoint_every": 100})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import types
 
 import jax
@@ -12,7 +11,7 @@ import pytest
 
 from lnpo.train.optim import learning_rate_schedule, make_optimizer
 from lnpo.train.steps import step_hparams
-from train_helpers import losses_of, run_python
+from train_helpers import losses_of, result_of, run_python
 
 
 @pytest.mark.parametrize("schedule,warmup", [("cosine", 3), ("linear", 0), ("constant", 2)])
@@ -72,9 +71,7 @@ def test_sweep_grid_points_differing_in_beta_and_lr_compile_nothing_new(tmp_path
                      "reference.cache_dir": str(tmp_path / f"ref{i}")}
         head = (f"MODEL={tiny_sft_dir!r}\nTASK={task_files!r}\nOVERRIDES={overrides!r}\n"
                 f"WORKDIR={str(tmp_path / f'run{i}')!r}\n")
-        proc = run_python(head + GRID_POINT, env_extra=env)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        entries.append(json.loads(proc.stdout.split("RESULT", 1)[1]))
+        entries.append(result_of(run_python(head + GRID_POINT, env_extra=env)))
     assert len(entries[0]) >= 3  # the cache was used: step, eval step, reference pass, ...
     assert entries[1] == entries[0], sorted(set(entries[1]) - set(entries[0]))
     # ... while the two runs did train with their own hyperparameters

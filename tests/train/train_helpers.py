@@ -87,13 +87,20 @@ def finish(procs: list[subprocess.Popen], timeout: float = 900) -> list[tuple[in
         raise
 
 
-def results(outs: list[tuple[int, str, str]]) -> list[dict]:
-    """The JSON after ``RESULT`` on each process's stdout; fails with its stderr when it did not exit 0."""
-    parsed = []
-    for rc, out, err in outs:
-        assert rc == 0, err[-4000:]
-        parsed.append(json.loads(out.split("RESULT", 1)[1]))
-    return parsed
+def result(returncode: int, stdout: str, stderr: str):
+    """The JSON after ``RESULT`` on a finished process's stdout; fails with its stderr when it did not exit 0."""
+    assert returncode == 0, stderr[-4000:]
+    return json.loads(stdout.split("RESULT", 1)[1])
+
+
+def result_of(proc: subprocess.CompletedProcess):
+    """:func:`result` of a :func:`run_python` process."""
+    return result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def results(outs: list[tuple[int, str, str]]) -> list:
+    """:func:`result` of each process of :func:`finish`."""
+    return [result(*out) for out in outs]
 
 
 # A prelude for scripts run as process PID of NPROCS: JAX's multi-process runtime on localhost.
