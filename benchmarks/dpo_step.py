@@ -98,13 +98,20 @@ def add_model_args(ap) -> None:
     ap.add_argument("--seed", type=int, default=0)
 
 
-def lnpo_matmul_peak(repeats: int = 20) -> float:
+def lnpo_matmul_peak(repeats: int = 20, dtype: str = "float32") -> float:
     """lnpo.train.flops.measured_matmul_peak, re-measured (its per-process cache cleared) with more repeats:
-    on a shared, loaded CPU one short best-of-5 can land in a busy moment and understate the peak."""
+    on a shared, loaded CPU one short best-of-5 can land in a busy moment and understate the peak.
+
+    CPU: a float32 1024 x 1024 product (the CPU has no faster dtype). GPU / TPU: an 8192 x 8192
+    product in ``dtype`` (the compute dtype: bf16 runs on the matrix units), large enough to fill the chip."""
+    import jax
+
     from lnpo.train import flops
 
     flops._MEASURED.clear()
-    return flops.measured_matmul_peak(repeats=repeats)
+    if jax.devices()[0].platform == "cpu":
+        return flops.measured_matmul_peak(repeats=repeats)
+    return flops.measured_matmul_peak(n=8192, repeats=repeats, dtype=dtype)
 
 
 def make_pairs(args, n: int, first_id: int = 3) -> list[dict]:
@@ -198,7 +205,7 @@ def run_lnpo(args) -> dict:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-    peak_before = lnpo_matmul_peak()
+    peak_before = lnpo_matmul_peak(dtype=args.dtype)
     total_steps = args.warmup + args.steps
     pairs = make_pairs(args, args.batch * total_steps)
     batches = [pairs[i * args.batch:(i + 1) * args.batch] for i in range(total_steps)]
@@ -213,7 +220,7 @@ def run_lnpo(args) -> dict:
 
     # model + parameters, as trainer.build_model builds a fresh one (created in their shardings)
     cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat,
-                            attn_query_chunk=args.attn_chunk)
+                            attn_query_chunk=args.attn_chunk, attn_implementation=args.attn_impl)
     mesh = parallel.make_mesh((-1, 1, 1))
     graphdef, params = nnx.split(init_sharded(cfg, args.seed, mesh), nnx.Param)
     n_params = int(sum(x.size for x in jax.tree.leaves(params)))
@@ -291,8 +298,10 @@ def run_lnpo(args) -> dict:
         state, metrics = compiled(state, batch, ref_params, step_hparams)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
+        if len(times) == 1:
+            first_loss = float(metrics["loss"])
     assert float(metrics["finite"]) == 1.0, metrics
-    peak_after = lnpo_matmul_peak()
+    peak_after = lnpo_matmul_peak(dtype=args.dtype)
     peak = max(peak_before, peak_after)
 
     timed_batches = batches[args.warmup:]
@@ -300,7 +309,8 @@ def run_lnpo(args) -> dict:
     real = sum(int((h["segment_ids"] > 0).sum()) for h in host_batches)
     slots = sum(h["segment_ids"].size for h in host_batches)
     extra = {"reference": args.reference, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
-             "remat": args.remat, "attn_chunk": args.attn_chunk, "dtype": args.dtype, "rows": num_rows,
+             "remat": args.remat, "attn_chunk": args.attn_chunk, "attn_impl": args.attn_impl, "dtype": args.dtype,
+             "rows": num_rows,
              "seq_len": seq_len,
              "row_fill": round(real / slots, 3), "params": n_params, "compile_s": round(compile_s, 1),
              "xla_peak_mb": xla_mb, "xla_temp_mb": xla_temp_mb, "peak_rss_after_compile_mb": rss_after_compile,
@@ -309,10 +319,22 @@ def run_lnpo(args) -> dict:
              "data_stack": args.data_stack,
              "compile_cache": args.compile_cache or None,
              "matmul_peak_before_after_gflops": [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)],
-             "loss": round(float(metrics["loss"]), 4), "jax": jax.__version__,
+             "first_loss": round(first_loss, 5), "loss": round(float(metrics["loss"]), 5), "jax": jax.__version__,
              "device": str(jax.devices()[0].device_kind)}
-    return summarize(args, "lnpo", times, args.batch, tokens_per_step,
-                     model_flops_per_pair_token(args, args.reference == "in_step"), peak, extra)
+    device = jax.devices()[0]
+    if device.platform != "cpu":  # the accelerator's own peak memory, and MFU against its data-sheet bf16 peak
+        stats = device.memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            extra["device_peak_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
+    flops_per_token = model_flops_per_pair_token(args, args.reference == "in_step")
+    result = summarize(args, "lnpo", times, args.batch, tokens_per_step, flops_per_token, peak, extra)
+    if device.platform != "cpu":
+        from lnpo.train.flops import device_peak_flops
+
+        datasheet = device_peak_flops(device)
+        result["datasheet_peak_tflops"] = round(datasheet / 1e12, 1)
+        result["mfu_datasheet"] = round(result["tokens_per_s"] * flops_per_token / datasheet, 4)
+    return result
 
 
 def _naive_sums_fn(objective, num_pairs):
@@ -469,6 +491,8 @@ def parse_args(argv=None):
     ap.add_argument("--logprob-chunk", type=int, default=128, help="0 = unchunked naive log_softmax")
     ap.add_argument("--attn-chunk", type=int, default=0,
                     help="lnpo: attention query positions per chunk (ModelConfig.attn_query_chunk; 0 = all at once)")
+    ap.add_argument("--attn-impl", choices=("xla", "cudnn"), default="xla",
+                    help="ModelConfig.attn_implementation (cudnn: flash attention on NVIDIA GPUs, bf16)")
     ap.add_argument("--remat", choices=("none", "full", "dots"), default="none")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="lnpo compute dtype")
     ap.add_argument("--release-host-memory", choices=("on", "off"), default="on",

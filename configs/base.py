@@ -24,6 +24,9 @@ def get_base() -> ml_collections.ConfigDict:
     # > 0: attention over this many query positions at a time (recomputed in the backward
     # pass): less activation memory, a slower step (docs/performance.md). 0 = all at once.
     c.model.attn_query_chunk = 0
+    # Attention kernel of the training forward pass: "xla" (lnpo's einsum, any backend) or
+    # "cudnn" (cuDNN flash attention on NVIDIA GPUs; needs compute_dtype "bfloat16").
+    c.model.attn_implementation = "xla"
     # Architecture of the embedded tiny model (used only when path == "").
     c.model.tiny = ml_collections.ConfigDict()
     c.model.tiny.hidden_size = 128

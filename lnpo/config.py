@@ -19,6 +19,7 @@ TRUNCATIONS = ("keep_end", "drop")
 REFERENCE_MODES = ("cache", "in_step")
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "full", "dots")
+ATTN_IMPLEMENTATIONS = ("xla", "cudnn")
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,21 @@ def check_positive(field: str, value, *, integer: bool = False, allow_zero: bool
         raise ConfigError(f"config.{field}: must be {kind} {bound}, got {value!r}")
 
 
+def _check_cudnn(config: ml_collections.ConfigDict) -> None:
+    """cuDNN flash attention runs on NVIDIA GPUs, in bf16, on whole (unchunked) queries."""
+    import jax
+
+    field = "config.model.attn_implementation: 'cudnn'"
+    if config.model.compute_dtype != "bfloat16":
+        raise ConfigError(f"{field} needs model.compute_dtype 'bfloat16', got {config.model.compute_dtype!r}")
+    if config.model.attn_query_chunk:
+        raise ConfigError(f"{field} never writes the scores; model.attn_query_chunk must be 0, "
+                          f"got {config.model.attn_query_chunk!r}")
+    platform = jax.devices()[0].platform
+    if platform != "gpu":
+        raise ConfigError(f"{field} needs NVIDIA GPUs; this run's devices are {platform}; use 'xla'")
+
+
 def loss_hparams(config: ml_collections.ConfigDict) -> dict:
     """The objective's hyperparameters: every field of ``config.loss`` but ``name``."""
     return {k: v for k, v in config.loss.items() if k != "name"}
@@ -64,6 +80,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
     _choice("model.param_dtype", config.model.param_dtype, DTYPES)
     _choice("model.compute_dtype", config.model.compute_dtype, DTYPES)
     _choice("model.remat", config.model.remat, REMAT)
+    _choice("model.attn_implementation", config.model.attn_implementation, ATTN_IMPLEMENTATIONS)
+    if config.model.attn_implementation == "cudnn":
+        _check_cudnn(config)
     _choice("reference.mode", config.reference.mode, REFERENCE_MODES)
     _choice("reference.dtype", config.reference.dtype, DTYPES)
     _choice("data.layout", config.data.layout, LAYOUTS)

@@ -28,8 +28,11 @@ What the numbers are:
   backward pass: the layer residuals the remat policy saves for every layer
   (counted from the decoder's saved residuals, see ``_layer_bytes_per_token``),
   plus one layer's full set (the layer being recomputed and differentiated),
-  plus the chunked log-softmax's logits. Checked in tests/test_plan.py against
-  XLA's memory analysis of the compiled step (within 0.5x-2x).
+  plus the chunked log-softmax's logits; the attention scores as the model's
+  ``attn_implementation`` and ``attn_query_chunk`` hold them. Checked in
+  tests/test_plan.py against XLA's memory analysis of the compiled step on CPU
+  (within 0.5x-2x) and against the device peaks of the 1.1B benchmark runs measured
+  on one H200 (within 15%).
 - FSDP weight gathers: with ``fsdp > 1`` each layer's weights are all-gathered
   just in time (two layers in flight and one layer's unsharded gradient): an
   estimate.
@@ -70,17 +73,18 @@ def model_config(config):
     from lnpo.models import ModelConfig
 
     m = config.model
-    dtypes = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat=m.remat)
+    runtime = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat=m.remat,
+                  attn_query_chunk=m.attn_query_chunk, attn_implementation=m.attn_implementation)
     if m.path:
         path = os.path.join(m.path, "config.json")
         with open(path) as f:
-            cfg = ModelConfig.from_hf(json.load(f), **dtypes)
+            cfg = ModelConfig.from_hf(json.load(f), **runtime)
     else:
         t = m.tiny
         cfg = ModelConfig.tiny(
             vocab_size=EMBEDDED_VOCAB, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
             num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
-            max_position_embeddings=max(config.data.max_len * 2, 256), **dtypes)
+            max_position_embeddings=max(config.data.max_len * 2, 256), **runtime)
     if config.stage == "rm" and cfg.num_labels == 0:
         cfg = cfg.replace(num_labels=1, tie_embeddings=False)
     return cfg
@@ -183,39 +187,53 @@ def optimizer_bytes(config, abstract_params, infos, counts) -> int:
 
 # ----------------------------------------------------------------------------- activations
 def _layer_bytes_per_token(cfg, tensor: int, seq_len: int) -> dict[str, float]:
-    """Bytes per token of one layer's saved activations on one chip, by remat policy.
+    """Bytes per token of one layer's saved activations on one chip, by remat policy
+    (and ``"working"``: what the layer being differentiated holds at once).
 
     Counted from the decoder's saved residuals (``jax.ad_checkpoint.print_saved_residuals``
     of a loss over ``Decoder.hidden_states`` + ``lnpo.logprobs.token_logps``), per token
     of one layer, ``s`` the compute dtype's bytes:
 
     - ``"none"``: 5 hidden-sized tensors in compute dtype and 4 in float32 (the
-      RMSNorms), 6 MLP-sized, 2 of q's width and 2 of k's and v's, and the
-      attention probabilities: float32 scores, the softmax in compute dtype and
-      the boolean mask (``5 + s`` bytes per head and key), and the float32 norm
-      and softmax statistics;
+      RMSNorms), 6 MLP-sized, 2 of q's width and 2 of k's and v's, the float32 norm
+      and softmax statistics, and the attention probabilities: with the einsum
+      attention the float32 scores, the softmax in compute dtype and the boolean
+      mask (``5 + s`` bytes per head and key); with ``attn_query_chunk`` only the
+      boolean mask (1 byte per key: each chunk's scores are recomputed); with
+      ``attn_implementation="cudnn"`` only the mask as a compute-dtype bias
+      (``s`` bytes per key, one head);
     - ``"full"``: the layer input only;
     - ``"dots"`` / ``"minimal"``: the outputs of the weight matmuls (q, k, v, o,
       gate, up, down);
     - ``"dots_saveable"``: also the attention matmuls (float32 scores and the
-      attention output).
+      attention output) where the einsum attention writes them unchunked.
 
-    Heads, MLP and vocabulary are split over ``tensor``; the hidden size is not.
+    ``"working"`` is ``"none"`` with the whole layer's scores for the einsum
+    attention, one query chunk's with ``attn_query_chunk``. Heads, MLP and
+    vocabulary are split over ``tensor``; the hidden size is not.
     """
     s = _ITEMSIZE[cfg.compute_dtype]
     D, Dh = cfg.hidden_size, cfg.head_dim
     H, K, F = cfg.num_heads / tensor, cfg.num_kv_heads / tensor, cfg.intermediate_size / tensor
     S = seq_len
     norms = 4 + (2 if cfg.post_norms else 0)
-    none = s * (5 * D + 6 * F + 2 * H * Dh + 2 * K * Dh) + 4 * D * norms + (5 + s) * H * S + 4 * (norms + 2 * H)
+    base = s * (5 * D + 6 * F + 2 * H * Dh + 2 * K * Dh) + 4 * D * norms + 4 * (norms + 2 * H)
+    scores = (5 + s) * H * S  # per token: float32 scores, the softmax and the mask, for every key
     dots = s * (2 * D + 2 * F + (H + 2 * K) * Dh)
+    if cfg.attn_implementation == "cudnn":
+        saved_probs, working_probs, dots_attention = s * S, s * S, 0.0
+    elif 0 < cfg.attn_query_chunk < S:
+        saved_probs, working_probs, dots_attention = 1.0 * S, scores * cfg.attn_query_chunk / S, 0.0
+    else:
+        saved_probs, working_probs, dots_attention = scores, scores, s * H * Dh + 4 * H * S
     return {
-        "none": none,
+        "none": base + saved_probs,
+        "working": base + working_probs,
         "full": s * D,
         "dots": dots,
         "minimal": dots,
         "dots_with_no_batch_dims_saveable": dots,
-        "dots_saveable": dots + s * H * Dh + 4 * H * S,
+        "dots_saveable": dots + dots_attention,
     }
 
 
@@ -234,7 +252,7 @@ def activation_bytes(cfg, *, remat: str, rows: int, seq_len: int, tensor: int, c
     per_layer = _layer_bytes_per_token(cfg, tensor, seq_len)
     tokens = rows * seq_len
     saved = cfg.num_layers * per_layer[remat] * tokens
-    working = per_layer["none"] * tokens
+    working = per_layer["working"] * tokens
     C = max(1, min(chunk, seq_len))
     logits = 3 * 4 * rows * C * cfg.vocab_size / tensor
     hidden = 2 * 4 * tokens * cfg.hidden_size

@@ -52,6 +52,13 @@ def test_the_study_methods_have_config_files():
         ({"data.layout": "zigzag"}, 1, r"^config\.data\.layout: 'zigzag' is not one of padded, packed, shared_prompt"),
         ({"optim.lr": -1e-5}, 1, r"^config\.optim\.lr: must be a number > 0"),
         ({"model.attn_query_chunk": -8}, 1, r"^config\.model\.attn_query_chunk: "),
+        ({"model.attn_implementation": "flash"}, 1, r"^config\.model\.attn_implementation: 'flash' is not one of"),
+        ({"model.attn_implementation": "cudnn"}, 1,
+         r"^config\.model\.attn_implementation: 'cudnn' needs model\.compute_dtype 'bfloat16'"),
+        ({"model.attn_implementation": "cudnn", "model.compute_dtype": "bfloat16", "model.attn_query_chunk": 64}, 1,
+         r"^config\.model\.attn_implementation: 'cudnn' never writes the scores; model\.attn_query_chunk must be 0"),
+        ({"model.attn_implementation": "cudnn", "model.compute_dtype": "bfloat16"}, 1,
+         r"^config\.model\.attn_implementation: 'cudnn' needs NVIDIA GPUs; this run's devices are cpu"),
     ],
 )
 def test_bad_configs_fail_with_one_line_naming_the_field(changes, devices, message):

@@ -73,6 +73,33 @@ def dot_product_attention(
     return _attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, scale=scale, softcap=softcap)
 
 
+def fused_attention(
+    q_BxTxHxD: jax.Array,
+    k_BxSxKxD: jax.Array,
+    v_BxSxKxD: jax.Array,
+    mask_BxTxS: jax.Array,
+    *,
+    scale: float,
+    implementation: str,
+) -> jax.Array:
+    """The same attention as :func:`dot_product_attention` for self-attention in
+    row order (query t and key t are the same token, so the mask is causal), through
+    ``jax.nn.dot_product_attention(implementation=...)``: ``"cudnn"`` is cuDNN's
+    fused flash attention, which skips the causal upper triangle and takes the rest
+    of the mask as an additive ``[B, 1, T, S]`` bias (0 or a large negative);
+    ``"xla"`` is JAX's reference of the same call. GQA is native (H query heads
+    over K kv heads); returns ``[B, T, H, D]`` in q's dtype. An odd T gets one masked
+    position appended (cuDNN's training kernels with a bias need even lengths)."""
+    T = q_BxTxHxD.shape[1]
+    if T % 2:
+        pad = lambda x: jnp.pad(x, [(0, 0), (0, 1)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+        q_BxTxHxD, k_BxSxKxD, v_BxSxKxD = pad(q_BxTxHxD), pad(k_BxSxKxD), pad(v_BxSxKxD)
+        mask_BxTxS = jnp.pad(mask_BxTxS, ((0, 0), (0, 1), (0, 1)))  # False: the new key is never seen
+    out = jax.nn.dot_product_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask=mask_BxTxS[:, None], scale=scale,
+                                       is_causal=True, implementation=implementation)
+    return out[:, :T]
+
+
 def _chunked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, scale, softcap, chunk: int):
     B, T, H, D = q_BxTxHxD.shape
     n = -(-T // chunk)
@@ -121,6 +148,7 @@ class Attention(nnx.Module):
         self.scale = c.attn_scale
         self.softcap = c.attn_logit_softcap
         self.query_chunk = c.attn_query_chunk
+        self.implementation = c.attn_implementation
 
     def __call__(
         self,
@@ -155,7 +183,10 @@ class Attention(nnx.Module):
             new_cache = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         mask = attention_mask(q_info, k_info, window)
-        out = dot_product_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap,
-                                    query_chunk=self.query_chunk)
+        if kv_cache is None and self.implementation != "xla":
+            out = fused_attention(q, k, v, mask, scale=self.scale, implementation=self.implementation)
+        else:
+            out = dot_product_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap,
+                                        query_chunk=self.query_chunk)
         out = constrain(out, ("batch", "length", "act_heads", None))
         return self.o_proj(out), new_cache

@@ -19,6 +19,9 @@ ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
 REMAT_POLICIES = ("none", "full", "dots", "minimal", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
 LAYER_TYPES = ("full_attention", "sliding_attention")
+ATTN_IMPLEMENTATIONS = ("xla", "cudnn")
+# How a model runs, not what it is: not in an HF config.json, set when a model is built or loaded.
+RUNTIME_FIELDS = ("param_dtype", "compute_dtype", "remat", "attn_query_chunk", "attn_implementation")
 ROPE_TYPES = ("linear", "llama3", "longrope")
 
 # HF activation name -> ours.
@@ -124,6 +127,16 @@ class ModelConfig:
     attention scores at ``[B, H, chunk, S]`` for less peak memory; 0 (default)
     attends all queries at once.
 
+    ``attn_implementation`` picks the attention kernel of the training forward
+    pass (no KV cache): ``"xla"`` (default) is lnpo's own einsum softmax
+    attention, on every backend; ``"cudnn"`` is cuDNN's fused flash attention
+    through ``jax.nn.dot_product_attention`` (NVIDIA GPUs, bf16/fp16 compute,
+    head_dim a multiple of 8, <= 128 before Hopper, <= 256 from Hopper on): the causal part of the mask is its causal mode and the rest
+    (segments, branches, windows) an additive bias, and the ``[B, H, T, S]``
+    scores are never written to memory. Decoding with a KV cache always uses
+    ``"xla"``. ``"cudnn"`` supports neither ``attn_logit_softcap`` nor
+    ``attn_query_chunk``.
+
     ``num_labels`` > 0 adds a sequence-classification score head
     ``[hidden, num_labels]`` (HF ``*ForSequenceClassification``) and drops the LM
     head.
@@ -174,6 +187,7 @@ class ModelConfig:
     compute_dtype: str = "float32"
     remat: str = "none"
     attn_query_chunk: int = 0
+    attn_implementation: str = "xla"
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -202,6 +216,22 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.remat {self.remat!r} is not supported; supported: {', '.join(REMAT_POLICIES)}")
         if int(self.attn_query_chunk) < 0:
             raise ValueError(f"ModelConfig.attn_query_chunk must be >= 0, got {self.attn_query_chunk!r}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"ModelConfig.attn_implementation {self.attn_implementation!r} is not supported; "
+                             f"supported: {', '.join(ATTN_IMPLEMENTATIONS)}")
+        if self.attn_implementation == "cudnn":
+            if self.attn_logit_softcap is not None:
+                raise ValueError("ModelConfig.attn_implementation 'cudnn' does not support attn_logit_softcap "
+                                 f"({self.attn_logit_softcap!r}); use 'xla'")
+            if self.attn_query_chunk:
+                raise ValueError("ModelConfig.attn_implementation 'cudnn' never writes the scores; "
+                                 f"attn_query_chunk ({self.attn_query_chunk!r}) must be 0")
+            if self.compute_dtype not in ("bfloat16", "float16"):
+                raise ValueError("ModelConfig.attn_implementation 'cudnn' needs compute_dtype bfloat16 or float16, "
+                                 f"got {self.compute_dtype!r}")
+            if self.head_dim > 256 or self.head_dim % 8:
+                raise ValueError(f"ModelConfig.attn_implementation 'cudnn' needs head_dim <= 256 (128 before Hopper) "
+                                 f"and a multiple of 8, got {self.head_dim}")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name} {getattr(self, name)!r} is not supported; supported: {', '.join(DTYPES)}")
@@ -282,8 +312,7 @@ class ModelConfig:
         its ``model_type`` cannot express in HF (e.g. qk_norm on llama).
         """
         hf = _fields_to_hf(self)
-        back = ModelConfig.from_hf(hf, param_dtype=self.param_dtype, compute_dtype=self.compute_dtype, remat=self.remat,
-                                   attn_query_chunk=self.attn_query_chunk)
+        back = ModelConfig.from_hf(hf, **{name: getattr(self, name) for name in RUNTIME_FIELDS})
         diff = [
             f"{f.name}={getattr(self, f.name)!r} (HF {self.model_type} gives {getattr(back, f.name)!r})"
             for f in dataclasses.fields(self)

@@ -44,15 +44,17 @@ def forward_flops_per_token(cfg, seq_len: int) -> float:
     return 2.0 * matmul_params(cfg) + attention
 
 
-_MEASURED: dict[str, float] = {}
+_MEASURED: dict[tuple, float] = {}
 
 
-def measured_matmul_peak(device=None, n: int = 1024, repeats: int = 5) -> float:
-    """Dense f32 matmul FLOP/s measured on ``device`` (cached per device kind)."""
+def measured_matmul_peak(device=None, n: int = 1024, repeats: int = 5, dtype=jnp.float32) -> float:
+    """Dense ``[n, n] @ [n, n]`` matmul FLOP/s in ``dtype`` on ``device``: the best of
+    ``repeats`` timed products on random data after one warm-up (cached per device kind,
+    size and dtype)."""
     device = device or jax.devices()[0]
-    key = device.device_kind
+    key = (device.device_kind, n, jnp.dtype(dtype).name)
     if key not in _MEASURED:
-        a = jax.device_put(jnp.ones((n, n), jnp.float32), device)
+        a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), dtype), device)
         f = jax.jit(lambda x: x @ x)
         f(a).block_until_ready()
         best = float("inf")

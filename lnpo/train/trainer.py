@@ -94,6 +94,8 @@ def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: i
     """The policy (or reward model) as an NNX module with parameters placed on ``mesh``."""
     from lnpo.models import ModelConfig, from_pretrained, init_sharded
 
+    runtime = dict(remat=config.model.remat, attn_query_chunk=config.model.attn_query_chunk,
+                   attn_implementation=config.model.attn_implementation)
     if init_path is None:
         t = config.model.tiny
         cfg = ModelConfig.tiny(
@@ -102,12 +104,10 @@ def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: i
             max_position_embeddings=max(config.data.max_len * 2, 256),
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, param_dtype=config.model.param_dtype,
-            compute_dtype=config.model.compute_dtype, num_labels=num_labels, remat=config.model.remat,
-            attn_query_chunk=config.model.attn_query_chunk)
+            compute_dtype=config.model.compute_dtype, num_labels=num_labels, **runtime)
         return init_sharded(cfg, config.seed, mesh)
     load = functools.partial(from_pretrained, init_path, dtype=config.model.param_dtype,
-                             compute_dtype=config.model.compute_dtype, mesh=mesh, remat=config.model.remat,
-                             attn_query_chunk=config.model.attn_query_chunk)
+                             compute_dtype=config.model.compute_dtype, mesh=mesh, **runtime)
     if not num_labels:
         return load()
     try:
