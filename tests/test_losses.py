@@ -463,6 +463,51 @@ def test_matches_reference(name, seed, scale):
     np.testing.assert_allclose(metrics["logps/rejected_per_token"], d["pr"] / _L(d["nr"]), rtol=1e-6)
 
 
+COUPLED = ("aot", "aot_unpaired", "bco_pair")  # the loss of one pair depends on the others
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_padding_pairs_change_no_real_pair(name):
+    """PairLogps.valid: 8 real pairs with 3 padding pairs of extreme values interleaved give
+    every real pair the loss, metrics and policy gradient of the 8 real pairs alone (the
+    float64 reference of them); padding pairs get loss 0 and gradient 0."""
+    d = random_batch(3, 4.0)
+    pad = dict(pc=[-1e4, -0.5, -300.0], pr=[-0.5, -1e4, -2.0], rc=[-3.0, -1e4, -0.1], rr=[-1e4, -3.0, -900.0],
+               nc=[1.0, 1.0, 40.0], nr=[1.0, 1.0, 3.0])
+    where = np.array([1, 5, 9])  # positions of the padding pairs in the padded batch of 11
+    real = np.setdiff1d(np.arange(B + 3), where)
+    padded = {}
+    for k in d:
+        v = np.empty(B + 3)
+        v[real], v[where] = d[k], pad[k]
+        padded[k] = v
+    valid = np.zeros(B + 3, np.float32)
+    valid[real] = 1.0
+    fn = losses.get(name)
+    hp = losses.validate(name, TEST_HP[name])
+
+    def total(pc, pr, lp):
+        return jnp.sum(fn(lp._replace(policy_chosen=pc, policy_rejected=pr), **hp)[0] * lp.valid)
+
+    lp = to_logps(padded)._replace(valid=jnp.asarray(valid))
+    loss, metrics = fn(lp, **hp)
+    loss = np.asarray(loss, np.float64)
+    want_loss, want_rc, _ = reference(name, d)
+    assert_close_or_saturated(loss[real], want_loss, what=f"{name} loss of the real pairs")
+    np.testing.assert_allclose(np.asarray(metrics["rewards/chosen"])[real], want_rc, rtol=2e-5, atol=2e-6)
+    g = [np.asarray(x, np.float64) for x in jax.grad(total, argnums=(0, 1))(lp.policy_chosen, lp.policy_rejected, lp)]
+    for got, want in zip(g, grad_policy(name, d)):
+        np.testing.assert_allclose(got[real], want, rtol=1e-4, atol=1e-6)
+        assert np.isfinite(got).all()
+    assert (loss[where] == 0).all()
+    for got in g:
+        assert (got[where] == 0).all()
+    # without the mask the padding pairs move the coupled objectives' real losses
+    unmasked = np.asarray(fn(to_logps(padded), **hp)[0], np.float64)
+    if name in COUPLED:
+        assert not np.allclose(unmasked[real], want_loss, rtol=1e-3)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_output_types(name):
     loss, metrics = losses.get(name)(to_logps(random_batch(0, 4.0)), **TEST_HP[name])

@@ -17,7 +17,9 @@ Public API
 * :class:`PairLogps` -- the input pytree (NamedTuple): ``policy_chosen``,
   ``policy_rejected``, ``ref_chosen``, ``ref_rejected`` (summed completion
   log-probs, ``[B]``; the ``ref_*`` fields may be None for reference-free
-  objectives) and ``chosen_tokens``, ``rejected_tokens`` (completion lengths).
+  objectives), ``chosen_tokens``, ``rejected_tokens`` (completion lengths) and an
+  optional ``valid`` mask (padding pairs of a partial batch: loss 0, and left out of
+  what couples the batch, such as ``aot``'s sorting and ``bco_pair``'s mean reward).
 * :func:`get(name) <get>` -> ``fn(logps, **hparams) -> (per_pair_loss, metrics)``,
   also reachable as a module attribute (``lnpo.losses.ln_dpo is get("ln_dpo")``);
   :func:`names` (sorted); :func:`requires_reference`; :func:`hparams_of`

@@ -46,6 +46,7 @@ class Inputs(NamedTuple):
     nr: jax.Array
     lc: jax.Array  # max(|y_w|, 1)
     lr: jax.Array
+    valid: Optional[jax.Array] = None  # bool [B]: a real pair (None: all are)
 
     @property
     def a_w(self) -> jax.Array:
@@ -75,7 +76,33 @@ def prepare(logps) -> Inputs:
         nr=nr,
         lc=jnp.maximum(nc, 1.0),
         lr=jnp.maximum(nr, 1.0),
+        valid=None if logps.valid is None else jnp.asarray(logps.valid) != 0,
     )
+
+
+def sort_valid_first(v: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
+    """``v`` sorted ascending, its padding entries (``valid`` False) moved to the end as +inf."""
+    return jnp.sort(v if valid is None else jnp.where(valid, v, jnp.inf))
+
+
+def place_sorted_losses(loss_sorted: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
+    """Sorted-position losses of a coupled objective -> per-pair array: the k-th
+    real pair (in batch order) gets sorted position k's loss, padding pairs 0.
+    With every pair real (``valid`` None) entry i is sorted position i."""
+    if valid is None:
+        return loss_sorted
+    n = jnp.sum(valid)
+    ranked = jnp.arange(loss_sorted.shape[0]) < n  # positions 0..n-1 hold the real pairs
+    loss_sorted = jnp.where(ranked, loss_sorted, 0.0)
+    real_first = jnp.argsort(~valid, stable=True)  # indices of real pairs, in order, then padding
+    return jnp.zeros_like(loss_sorted).at[real_first].set(loss_sorted)
+
+
+def masked_mean(v: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
+    """Mean of ``v`` over real pairs (all of them when ``valid`` is None)."""
+    if valid is None:
+        return jnp.mean(v)
+    return jnp.sum(jnp.where(valid, v, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def log1mexp(x: jax.Array) -> jax.Array:

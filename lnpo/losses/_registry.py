@@ -30,6 +30,11 @@ class PairLogps(NamedTuple):
     (any int or float dtype). ``ref_*`` may be ``None`` for reference-free
     objectives (see :func:`requires_reference`). The mean NLL of the chosen
     response is ``-policy_chosen / max(chosen_tokens, 1)``.
+
+    ``valid`` (optional, ``[B]``, nonzero = a real pair): padding pairs (a
+    partial last batch filled to a fixed shape) get loss 0 and are left out of
+    everything that couples the batch (``aot``'s sorting, ``bco_pair``'s mean
+    reward). None: every pair is real.
     """
 
     policy_chosen: Any
@@ -38,6 +43,7 @@ class PairLogps(NamedTuple):
     ref_rejected: Any = None
     chosen_tokens: Any = None
     rejected_tokens: Any = None
+    valid: Any = None
 
 
 class _Required:
@@ -279,6 +285,8 @@ def _run_core(obj: Objective, x: Inputs, hp):
     hp = {k: (None if v is None else jnp.asarray(v).astype(jnp.float32)) for k, v in hp.items()}
     loss, rc, rr, extra = obj.core(x, hp)
     loss = jnp.broadcast_to(loss.astype(jnp.float32), jnp.shape(x.pc))
+    if x.valid is not None:
+        loss = jnp.where(x.valid, loss, 0.0)
     return loss, _metrics(x, rc, rr, extra)
 
 

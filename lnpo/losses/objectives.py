@@ -25,8 +25,11 @@ from lnpo.losses._numerics import (
     capped_exp,
     log1mexp,
     log_sigmoid,
+    masked_mean,
+    place_sorted_losses,
     sigmoid,
     softplus,
+    sort_valid_first,
 )
 from lnpo.losses._registry import Param, register
 
@@ -203,14 +206,15 @@ def _bco_pair(x, hp):
     With r = beta * log-ratio and a reward shift delta:
     L = -log sigma(r_w - delta) - log sigma(-(r_l - delta)).
 
-    ``delta`` (default None): None uses the batch mean of all 2B rewards,
-    under stop_gradient; TRL keeps a running mean across steps instead, which a
-    trainer can pass here as a float. Rewards: r.
+    ``delta`` (default None): None uses the batch mean of all 2B rewards (of
+    the real pairs, see ``PairLogps.valid``), under stop_gradient; TRL keeps a
+    running mean across steps instead, which a trainer can pass here as a float.
+    Rewards: r.
     """
     rw, rl = _dpo_rewards(x, hp["beta"])
     delta = hp["delta"]
     if delta is None:
-        delta = jax.lax.stop_gradient(0.5 * (jnp.mean(rw) + jnp.mean(rl)))
+        delta = jax.lax.stop_gradient(0.5 * (masked_mean(rw, x.valid) + masked_mean(rl, x.valid)))
     return softplus(-(rw - delta)) + softplus(rl - delta), rw, rl, {}
 
 
@@ -227,8 +231,11 @@ def _sppo_hard(x, hp):
     return loss, *_dpo_rewards(x, beta), {}
 
 
-def _aot_loss(delta, hp):
-    return _sigmoid_loss(hp["beta"] * delta, hp["label_smoothing"])
+def _aot_sorted_loss(delta, valid, hp):
+    """AOT's loss of sorted differences; positions past the real pairs (inf - inf) are dropped."""
+    if valid is not None:
+        delta = jnp.where(jnp.arange(delta.shape[0]) < jnp.sum(valid), delta, 0.0)
+    return place_sorted_losses(_sigmoid_loss(hp["beta"] * delta, hp["label_smoothing"]), valid)
 
 
 @register("aot", reference=True, beta=BETA, label_smoothing=LABEL_SMOOTHING)
@@ -242,12 +249,14 @@ def _aot(x, hp):
     L_(i) = -(1 - ls) log sigma(beta d_(i)) - ls log sigma(-beta d_(i)).
 
     The loss couples the batch: entry i of the returned loss belongs to sorted
-    position i, not to pair i (its mean is the batch loss). Metrics are per
-    pair. Rewards: beta * log-ratio.
+    position i, not to pair i (its mean is the batch loss). With
+    ``PairLogps.valid`` only the real pairs are sorted, the k-th real pair gets
+    position k's loss and padding pairs 0. Metrics are per pair. Rewards:
+    beta * log-ratio.
     """
-    p = jnp.sort(x.pc - x.pr)
-    q = jnp.sort(x.rc - x.rr)
-    return _aot_loss(p - q, hp), *_dpo_rewards(x, hp["beta"]), {}
+    p = sort_valid_first(x.pc - x.pr, x.valid)
+    q = sort_valid_first(x.rc - x.rr, x.valid)
+    return _aot_sorted_loss(p - q, x.valid, hp), *_dpo_rewards(x, hp["beta"]), {}
 
 
 @register("aot_unpaired", reference=True, beta=BETA, label_smoothing=LABEL_SMOOTHING)
@@ -259,11 +268,11 @@ def _aot_unpaired(x, hp):
     separately (ascending), d_(i) = a_w(i) - a_l(i), and
     L_(i) = -(1 - ls) log sigma(beta d_(i)) - ls log sigma(-beta d_(i)):
     first-order stochastic dominance of the chosen reward distribution.
-    Entry i of the loss is sorted position i (the batch is coupled); metrics
-    are per pair. Rewards: beta * log-ratio.
+    Entry i of the loss is sorted position i (the batch is coupled; padding
+    pairs as in ``aot``); metrics are per pair. Rewards: beta * log-ratio.
     """
-    d = jnp.sort(x.a_w) - jnp.sort(x.a_l)
-    return _aot_loss(d, hp), *_dpo_rewards(x, hp["beta"]), {}
+    d = sort_valid_first(x.a_w, x.valid) - sort_valid_first(x.a_l, x.valid)
+    return _aot_sorted_loss(d, x.valid, hp), *_dpo_rewards(x, hp["beta"]), {}
 
 
 @register("apo_zero", reference=True, beta=BETA)

@@ -101,6 +101,7 @@ def po_micro_sums(model, mb, *, objective: Callable, hparams: dict, num_pairs: i
         ref_rejected=ref_rejected,
         chosen_tokens=counts[0::2],
         rejected_tokens=counts[1::2],
+        valid=mb["pair_valid"],
     )
     per_pair, metrics = objective(pair, **hparams)
     return _masked_sums(per_pair, metrics, mb["pair_valid"])

@@ -76,3 +76,42 @@ def test_sweep_grid_points_differing_in_beta_and_lr_compile_nothing_new(tmp_path
     assert entries[1] == entries[0], sorted(set(entries[1]) - set(entries[0]))
     # ... while the two runs did train with their own hyperparameters
     assert losses_of(str(tmp_path / "run0")) != losses_of(str(tmp_path / "run1"))
+
+
+@pytest.mark.parametrize("name,hparams", [("aot", {"beta": 0.5, "label_smoothing": 0.0}),
+                                          ("bco_pair", {"beta": 0.5, "delta": None})])
+@pytest.mark.parametrize("layout", ["padded", "shared_prompt"])
+def test_dummy_pairs_of_a_partial_batch_change_nothing(name, hparams, layout):
+    """A last eval batch filled up with the iterator's dummy pairs (pair_valid 0) gives the
+    same loss and metric sums as the real pairs alone, for objectives that couple the pairs
+    of a batch (aot sorts them, bco_pair centres on their mean reward)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lnpo import losses
+    from lnpo.data.iterator import DUMMY_PAIR
+    from lnpo.data.layouts import layout_pairs
+    from lnpo.models import Decoder, ModelConfig
+    from lnpo.train.steps import po_micro_sums
+
+    rng = np.random.default_rng(0)
+    tok = lambda n: rng.integers(3, 64, int(n)).tolist()  # noqa: E731
+    real = [{"prompt_ids": tok(rng.integers(2, 6)), "chosen_ids": tok(rng.integers(1, 6)),
+             "rejected_ids": tok(rng.integers(1, 6))} for _ in range(4)]
+    model = Decoder(ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                                num_kv_heads=1), rngs=nnx.Rngs(0))
+    hp = {k: None if v is None else jnp.float32(v) for k, v in losses.validate(name, hparams).items()}
+
+    def sums(pairs, valid):
+        mb = {k: jnp.asarray(v) for k, v in layout_pairs(pairs, layout, 32).items()}
+        mb["pair_valid"] = jnp.asarray(valid, jnp.float32)
+        mb["ref_chosen"] = jnp.asarray(np.arange(len(pairs)) * -3.0 - 20.0, jnp.float32)
+        mb["ref_rejected"] = jnp.asarray(np.arange(len(pairs)) * 2.0 - 25.0, jnp.float32)
+        return po_micro_sums(model, mb, objective=losses.get(name), hparams=hp, num_pairs=len(pairs),
+                             chunk_size=32)
+
+    alone = sums(real, [1, 1, 1, 1])
+    filled = sums(real + [DUMMY_PAIR] * 2, [1, 1, 1, 1, 0, 0])
+    assert set(alone) == set(filled)
+    for key in alone:
+        np.testing.assert_allclose(float(filled[key]), float(alone[key]), rtol=1e-5, atol=1e-6, err_msg=key)
