@@ -206,7 +206,7 @@ def run_lnpo(args) -> dict:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
     peak_before = lnpo_matmul_peak(dtype=args.dtype)
-    total_steps = args.warmup + args.steps
+    total_steps = args.warmup + args.steps + (1 if args.profile else 0)
     pairs = make_pairs(args, args.batch * total_steps)
     batches = [pairs[i * args.batch:(i + 1) * args.batch] for i in range(total_steps)]
 
@@ -292,11 +292,17 @@ def run_lnpo(args) -> dict:
         xla_mb = round((mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 2**20, 1)
 
     times = []
-    for local in host_batches:
+    for i, local in enumerate(host_batches):
+        profile = args.profile and i == len(host_batches) - 1
+        if profile:  # the last step under JAX's profiler (not used for the timing)
+            jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
         t = time.perf_counter()
         batch = jax.device_put(local, sharding)
         state, metrics = compiled(state, batch, ref_params, step_hparams)
         jax.block_until_ready(metrics)
+        if profile:
+            jax.profiler.stop_trace()
+            continue
         times.append(time.perf_counter() - t)
         if len(times) == 1:
             first_loss = float(metrics["loss"])
@@ -304,7 +310,7 @@ def run_lnpo(args) -> dict:
     peak_after = lnpo_matmul_peak(dtype=args.dtype)
     peak = max(peak_before, peak_after)
 
-    timed_batches = batches[args.warmup:]
+    timed_batches = batches[args.warmup:args.warmup + args.steps]
     tokens_per_step = pair_tokens([x for b in timed_batches for x in b]) / len(timed_batches)
     real = sum(int((h["segment_ids"] > 0).sum()) for h in host_batches)
     slots = sum(h["segment_ids"].size for h in host_batches)
@@ -501,6 +507,8 @@ def parse_args(argv=None):
     ap.add_argument("--data-stack", choices=("on", "off"), default="off",
                     help="lnpo: also import the data pipeline (Hugging Face datasets, pyarrow, pandas: ~90 MB) as "
                          "the trainer's process does; the step itself needs none of it")
+    ap.add_argument("--profile", default="",
+                    help="DIR: run one more step under jax.profiler (perfetto trace in DIR), untimed")
     ap.add_argument("--compile-cache", default="",
                     help="lnpo: JAX persistent compilation cache directory (a warm run loads instead of compiling)")
     ap.add_argument("--trl-gradient-checkpointing", choices=("auto", "on", "off", "default"), default="auto",
