@@ -74,7 +74,7 @@ def model_config(config):
 
     m = config.model
     runtime = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat=m.remat,
-                  attn_query_chunk=m.attn_query_chunk, attn_implementation=m.attn_implementation)
+                   attn_query_chunk=m.attn_query_chunk, attn_implementation=m.attn_implementation)
     if m.path:
         path = os.path.join(m.path, "config.json")
         with open(path) as f:

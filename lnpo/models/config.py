@@ -131,11 +131,11 @@ class ModelConfig:
     pass (no KV cache): ``"xla"`` (default) is lnpo's own einsum softmax
     attention, on every backend; ``"cudnn"`` is cuDNN's fused flash attention
     through ``jax.nn.dot_product_attention`` (NVIDIA GPUs, bf16/fp16 compute,
-    head_dim a multiple of 8, <= 128 before Hopper, <= 256 from Hopper on): the causal part of the mask is its causal mode and the rest
-    (segments, branches, windows) an additive bias, and the ``[B, H, T, S]``
-    scores are never written to memory. Decoding with a KV cache always uses
-    ``"xla"``. ``"cudnn"`` supports neither ``attn_logit_softcap`` nor
-    ``attn_query_chunk``.
+    head_dim a multiple of 8, <= 128 before Hopper, <= 256 from Hopper on): the
+    causal part of the mask is its causal mode and the rest (segments, branches,
+    windows) an additive bias, and the ``[B, H, T, S]`` scores are never written
+    to memory. Decoding with a KV cache always uses ``"xla"``. ``"cudnn"``
+    supports neither ``attn_logit_softcap`` nor ``attn_query_chunk``.
 
     ``num_labels`` > 0 adds a sequence-classification score head
     ``[hidden, num_labels]`` (HF ``*ForSequenceClassification``) and drops the LM
