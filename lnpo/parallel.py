@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 from jax.experimental import mesh_utils
@@ -53,27 +53,56 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.Context
 )
 
 
-def logical_to_spec(axes: Sequence[str | None] | None, rules=DEFAULT_RULES) -> PartitionSpec:
+def logical_to_spec(axes: Sequence[str | None] | None, rules=DEFAULT_RULES, *, shape: Sequence[int] | None = None,
+                    mesh_shape: Mapping[str, int] | None = None) -> PartitionSpec:
     """Map logical axis names to a ``PartitionSpec``.
 
     Unknown names and ``None`` map to replication. A mesh axis is used at most
     once per spec (the first logical axis that claims it wins), as JAX requires.
+
+    With the array's ``shape`` and the ``mesh_shape`` (``{axis: size}``), a mesh axis
+    that does not divide its dimension is left out of it: that dimension is replicated
+    over the axis (e.g. 4 KV heads on a tensor axis of 8), since JAX refuses uneven
+    shardings. :func:`uneven_dims` names such dimensions.
     """
     if axes is None:
         return PartitionSpec()
     table = dict(rules)
     used: set[str] = set()
     out = []
-    for name in axes:
+    for i, name in enumerate(axes):
         target = table.get(name) if name is not None else None
         if target is None:
             out.append(None)
             continue
         targets = (target,) if isinstance(target, str) else tuple(target)
         free = tuple(t for t in targets if t not in used)
+        if shape is not None and mesh_shape is not None and i < len(shape):
+            kept, parts = [], 1
+            for t in free:
+                if shape[i] % (parts * mesh_shape[t]) == 0:
+                    kept.append(t)
+                    parts *= mesh_shape[t]
+            free = tuple(kept)
         used.update(free)
         out.append(None if not free else (free[0] if len(free) == 1 else free))
     return PartitionSpec(*out)
+
+
+def uneven_dims(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Mapping[str, int],
+                rules=DEFAULT_RULES) -> list[str]:
+    """The dimensions :func:`logical_to_spec` replicates because a mesh axis does not divide
+    them, e.g. ``["kv_heads 4 over tensor 8"]``."""
+    full = logical_to_spec(axes, rules)
+    even = logical_to_spec(axes, rules, shape=shape, mesh_shape=mesh_shape)
+    out = []
+    for i, (a, b) in enumerate(zip(full, even)):
+        names = () if a is None else ((a,) if isinstance(a, str) else tuple(a))
+        kept = () if b is None else ((b,) if isinstance(b, str) else tuple(b))
+        dropped = [n for n in names if n not in kept]
+        if dropped:
+            out.append(f"{axes[i]} {shape[i]} over {'x'.join(f'{n} {mesh_shape[n]}' for n in dropped)}")
+    return out
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
@@ -135,9 +164,11 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     if active is None:
         return x
     mesh, rules = active
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, rules)))
+    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, axes, rules, shape=x.shape))
 
 
-def named_sharding(mesh: Mesh, axes: Sequence[str | None] | None, rules=DEFAULT_RULES) -> NamedSharding:
-    """``NamedSharding`` for an array annotated with logical ``axes``."""
-    return NamedSharding(mesh, logical_to_spec(axes, rules))
+def named_sharding(mesh: Mesh, axes: Sequence[str | None] | None, rules=DEFAULT_RULES, *,
+                   shape: Sequence[int] | None = None) -> NamedSharding:
+    """``NamedSharding`` for an array annotated with logical ``axes`` (of ``shape``: mesh axes
+    that do not divide a dimension replicate it, see :func:`logical_to_spec`)."""
+    return NamedSharding(mesh, logical_to_spec(axes, rules, shape=shape, mesh_shape=dict(mesh.shape)))

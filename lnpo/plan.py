@@ -139,30 +139,30 @@ def param_infos(cfg) -> tuple[list[ParamInfo], Any]:
 
 # ----------------------------------------------------------------------------- sharding
 def shard_shape(shape, axes, mesh: dict[str, int], rules=None) -> tuple[tuple[int, ...], list[str]]:
-    """Per-device shape of an array with logical ``axes`` on ``mesh`` ({axis: size}), and
-    the problems (a dimension a mesh axis does not divide: JAX refuses such shardings)."""
-    from lnpo.parallel import DEFAULT_RULES, logical_to_spec
+    """Per-device shape of an array with logical ``axes`` on ``mesh`` ({axis: size}), sharded
+    as the trainer shards it (``lnpo.parallel.named_sharding``: a mesh axis that does not
+    divide a dimension replicates it), and those replicated dimensions, named."""
+    from lnpo.parallel import DEFAULT_RULES, logical_to_spec, uneven_dims
 
-    spec = logical_to_spec(axes, DEFAULT_RULES if rules is None else rules)
-    out, problems = [], []
+    rules = DEFAULT_RULES if rules is None else rules
+    spec = logical_to_spec(axes, rules, shape=shape, mesh_shape=mesh)
+    out = []
     for i, dim in enumerate(shape):
         entry = spec[i] if i < len(spec) else None
         names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
-        parts = math.prod(mesh[n] for n in names)
-        if dim % parts:
-            problems.append(f"{axes[i]!r} dimension {dim} is not divisible by mesh {'x'.join(names)} = {parts}")
-        out.append(-(-dim // parts))
-    return tuple(out), problems
+        out.append(dim // math.prod(mesh[n] for n in names))
+    return tuple(out), uneven_dims(axes, shape, mesh, rules)
 
 
 def _per_chip_param_elements(infos, mesh) -> tuple[list[int], list[str]]:
-    counts, problems = [], []
+    """Per-chip elements of each parameter, and the logical dimensions replicated because a
+    mesh axis does not divide them (e.g. ``"kv_heads 2 over tensor 4"``)."""
+    counts, replicated = [], []
     for info in infos:
-        shp, probs = shard_shape(info.shape, info.axes, mesh)
+        shp, uneven = shard_shape(info.shape, info.axes, mesh)
         counts.append(math.prod(shp))
-        name = "/".join(str(getattr(k, "key", k)) for k in info.path if str(getattr(k, "key", k)) != "value")
-        problems += [f"parameter {name}: {p}" for p in probs]
-    return counts, sorted(set(problems))
+        replicated += uneven
+    return counts, sorted(set(replicated))
 
 
 def optimizer_bytes(config, abstract_params, infos, counts) -> int:
@@ -277,9 +277,11 @@ class Settings:
 
 
 def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str, Any]:
-    """Per-chip bytes by part and the problems (divisibility) for settings ``st``."""
+    """Per-chip bytes by part, the problems (batch divisibility) and the parameter dimensions
+    replicated over a mesh axis that does not divide them, for settings ``st``."""
     mesh = dict(zip(("data", "fsdp", "tensor"), st.mesh))
-    counts, problems = _per_chip_param_elements(infos, mesh)
+    counts, replicated = _per_chip_param_elements(infos, mesh)
+    problems = []
     params = sum(n * i.itemsize for n, i in zip(counts, infos))
     param_elems = sum(counts)
     opt = optimizer_bytes(config, abstract, infos, counts)
@@ -319,6 +321,7 @@ def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str,
     parts = {k: int(round(v)) for k, v in parts.items()}
     parts["total"] = sum(parts.values())
     return {"bytes": parts, "activation_parts": {k: int(v) for k, v in acts.items()}, "problems": problems,
+            "replicated": replicated,
             "rows_per_chip": rows_chip, "rows_per_micro_batch": rows, "pairs_per_micro_batch": per_micro}
 
 
@@ -384,6 +387,9 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
                      f"planned for the most ({mem['rows_per_micro_batch']})")
     if not config.model.path:
         notes.append(f"embedded tiny model: vocabulary planned at its upper bound {EMBEDDED_VOCAB}")
+    if mem["replicated"]:
+        notes.append("replicated over a mesh axis that does not divide them (each chip holds them whole): "
+                     + "; ".join(mem["replicated"]))
     if ref_mode == "cache":
         notes.append("reference cache: one forward pass over the training set before step 1 "
                      "(about a third of an epoch's training compute), reused by every run with the same data")

@@ -51,3 +51,16 @@ def test_constrain_is_identity_outside_rules_and_shards_inside():
     with parallel.use_rules(parallel.make_mesh((-1, 1, 1))):
         jaxpr = str(jax.make_jaxpr(inside)(x))
     assert "sharding_constraint" in jaxpr and "data" in jaxpr and "fsdp" in jaxpr
+
+
+def test_a_mesh_axis_that_does_not_divide_a_dimension_replicates_it():
+    mesh = {"data": 1, "fsdp": 2, "tensor": 4}
+    axes = ("layers", "embed", "kv_heads", "head_dim")
+    assert parallel.logical_to_spec(axes, shape=(2, 64, 2, 16), mesh_shape=mesh) == P(None, "fsdp", None, None)
+    assert parallel.logical_to_spec(axes, shape=(2, 64, 8, 16), mesh_shape=mesh) == P(None, "fsdp", "tensor", None)
+    assert parallel.uneven_dims(axes, (2, 64, 2, 16), mesh) == ["kv_heads 2 over tensor 4"]
+    assert parallel.uneven_dims(axes, (2, 64, 8, 16), mesh) == []
+    # a multi-axis rule keeps the axes that divide: batch 6 over data 3 x fsdp 2 -> both; 3 -> data only
+    mesh = {"data": 3, "fsdp": 2, "tensor": 1}
+    assert parallel.logical_to_spec(("batch", None), shape=(6, 5), mesh_shape=mesh) == P(("data", "fsdp"), None)
+    assert parallel.logical_to_spec(("batch", None), shape=(3, 5), mesh_shape=mesh) == P("data", None)

@@ -57,7 +57,7 @@ def per_device(tree):  # bytes each device holds: shard 0 of every array
     return sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
 
 out = {}
-for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2)]:
+for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]:
     c = get_config()
     c.model.path = MODEL
     c.mesh.shape = shape
@@ -97,7 +97,7 @@ def test_state_bytes_match_sharded_arrays_on_8_simulated_devices(tmp_path, simul
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert set(result) == {"(8, 1, 1)", "(1, 8, 1)", "(2, 2, 2)"}
+    assert set(result) == {"(8, 1, 1)", "(1, 8, 1)", "(2, 2, 2)", "(1, 2, 4)"}
     for shape, r in result.items():
         assert r["plan_total_params"] == r["total_params"], shape
         assert r["plan"]["params"] == r["params"], shape
@@ -256,12 +256,17 @@ def test_does_not_fit_names_the_knobs(tmp_path):
     assert "DOES NOT FIT" in text and "--config.reference.mode=cache" in text
 
 
-def test_indivisible_mesh_is_a_problem(tmp_path):
+def test_kv_heads_fewer_than_the_tensor_axis_are_replicated(tmp_path):
     config = _config(_model_dir(tmp_path), **{"mesh.shape": (1, 1, 4)})  # 2 kv heads over tensor 4
     p = planlib.plan(config, chips=4)
-    assert not p["fits"]
-    assert any("kv_heads" in x and "tensor = 4" in x for x in p["problems"])
-    assert "WILL NOT RUN" in planlib.format_plan(p)
+    assert p["fits"] and not p["problems"]
+    assert any("kv_heads 2 over tensor 4" in n for n in p["notes"])
+    assert "kv_heads 2 over tensor 4" in planlib.format_plan(p)
+    even = planlib.plan(_config(_model_dir(tmp_path), **{"mesh.shape": (1, 1, 2)}), chips=2)
+    assert not any("replicated" in n for n in even["notes"])
+
+
+def test_indivisible_batch_is_a_problem(tmp_path):
     bad_batch = planlib.plan(_config(_model_dir(tmp_path), **{"mesh.shape": (-1, 1, 1)}), chips=32)
     assert any("data-parallel size 32" in x for x in bad_batch["problems"])
 

@@ -278,14 +278,16 @@ def logical_axes(model: nnx.Module):
 
 
 def param_shardings(model: nnx.Module, mesh, rules=None):
-    """``NamedSharding`` per parameter (structure of ``nnx.state(model, nnx.Param)``)."""
+    """``NamedSharding`` per parameter (structure of ``nnx.state(model, nnx.Param)``); a
+    dimension its mesh axis does not divide (KV heads fewer than the tensor axis) is
+    replicated over that axis."""
     from lnpo.parallel import DEFAULT_RULES, named_sharding
 
     rules = DEFAULT_RULES if rules is None else rules
     return jax.tree.map(
-        lambda axes: named_sharding(mesh, axes, rules),
-        logical_axes(model),
-        is_leaf=lambda x: isinstance(x, tuple),
+        lambda v: named_sharding(mesh, tuple(v.get_metadata().get("out_sharding") or ()), rules, shape=v.shape),
+        nnx.state(model, nnx.Param),
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
     )
 
 

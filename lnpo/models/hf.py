@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, SingleDeviceSharding
+from jax.sharding import SingleDeviceSharding
 
 from lnpo.models.config import ModelConfig, dtype_of
 from lnpo.models.decoder import Decoder, logical_axes
 from lnpo.models.safetensors_io import FLOAT_DTYPES, SafetensorsFile, SafetensorsWriter
-from lnpo.parallel import DEFAULT_RULES, logical_to_spec
+from lnpo.parallel import DEFAULT_RULES, named_sharding
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -278,8 +278,9 @@ def from_pretrained(
 
     dtype: parameter dtype ("float32" / "bfloat16" or a jnp dtype).
     compute_dtype: activation/matmul dtype (default: ``dtype``).
-    mesh, rules: place each parameter with ``NamedSharding(mesh,
-    logical_to_spec(axes, rules))`` (rules default ``lnpo.parallel.DEFAULT_RULES``);
+    mesh, rules: place each parameter with ``lnpo.parallel.named_sharding(mesh, axes,
+    rules, shape=...)`` (rules default ``lnpo.parallel.DEFAULT_RULES``; a dimension its
+    mesh axis does not divide is replicated over it);
     without a mesh everything goes to the first device.
     config_overrides: other ModelConfig fields, e.g. ``remat="full"``.
 
@@ -315,7 +316,7 @@ def from_pretrained(
         if mesh is None:
             sharding = SingleDeviceSharding(jax.devices()[0])
         else:
-            sharding = NamedSharding(mesh, logical_to_spec(axes_flat[ppath], rules))
+            sharding = named_sharding(mesh, axes_flat[ppath], rules, shape=tuple(var.shape))
 
         def cb(index, t=t, ppath=ppath):
             if not t.stacked:
