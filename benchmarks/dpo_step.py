@@ -38,10 +38,13 @@ reported. Printed: one JSON line per implementation with ``pairs_per_s``,
 ``tokens_per_s`` (real prompt+completion tokens of both sequences of each pair,
 i.e. the same count for every layout and implementation), ``peak_rss_mb``
 (VmHWM of the child process, ``ru_maxrss`` as a fallback) and ``mfu``: model FLOPs per second over a
-dense float32 matmul peak measured in the same process
-(``lnpo.train.flops.measured_matmul_peak``, best of 20; for TRL the same
-measurement with ``torch.matmul``), before and after the timed steps, the larger
-of the two (on a shared CPU one measurement can land in a busy moment).
+dense matmul peak measured in the same process
+(``lnpo.train.flops.measured_matmul_peak``, best of 20: float32 1024^3 on CPU, an
+8192^3 product in the compute dtype on a GPU or TPU; for TRL the same measurement
+with ``torch.matmul``), before and after the timed steps, the larger of the two (on
+a shared CPU one measurement can land in a busy moment). On an accelerator the line
+adds ``mfu_datasheet`` (over the vendor's bf16 peak) and ``device_peak_mb``.
+``--profile DIR`` runs one more, untimed step under ``jax.profiler``.
 Model FLOPs per pair = (policy forward + backward = 3x forward,
 +1x forward for an in-step reference) x forward FLOPs per token at context
 ``prompt_len + response_len`` (``lnpo.train.flops.forward_flops_per_token``) x
