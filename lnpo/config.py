@@ -19,7 +19,6 @@ TRUNCATIONS = ("keep_end", "drop")
 REFERENCE_MODES = ("cache", "in_step")
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "full", "dots")
-ATTN_IMPLEMENTATIONS = ("xla", "cudnn")
 
 
 class ConfigError(ValueError):
@@ -44,19 +43,28 @@ def check_positive(field: str, value, *, integer: bool = False, allow_zero: bool
         raise ConfigError(f"config.{field}: must be {kind} {bound}, got {value!r}")
 
 
-def _check_cudnn(config: ml_collections.ConfigDict) -> None:
-    """cuDNN flash attention runs on NVIDIA GPUs, in bf16, on whole (unchunked) queries."""
+def _check_attention(config: ml_collections.ConfigDict) -> None:
+    """The attention kernel: the model's own rule (``lnpo.models.config.attention_problem``), and
+    cuDNN only where the run's devices are NVIDIA GPUs."""
     import jax
 
-    field = "config.model.attn_implementation: 'cudnn'"
-    if config.model.compute_dtype != "bfloat16":
-        raise ConfigError(f"{field} needs model.compute_dtype 'bfloat16', got {config.model.compute_dtype!r}")
-    if config.model.attn_query_chunk:
-        raise ConfigError(f"{field} never writes the scores; model.attn_query_chunk must be 0, "
-                          f"got {config.model.attn_query_chunk!r}")
-    platform = jax.devices()[0].platform
-    if platform != "gpu":
-        raise ConfigError(f"{field} needs NVIDIA GPUs; this run's devices are {platform}; use 'xla'")
+    from lnpo.models.config import attention_problem
+
+    m = config.model
+    problem = attention_problem(m.attn_implementation, m.compute_dtype, m.attn_query_chunk)
+    if problem:
+        raise ConfigError(f"config.model.attn_implementation: {problem}")
+    if m.attn_implementation == "cudnn" and jax.devices()[0].platform != "gpu":
+        raise ConfigError(f"config.model.attn_implementation: 'cudnn' needs NVIDIA GPUs; this run's devices are "
+                          f"{jax.devices()[0].platform}; use 'xla'")
+
+
+def model_runtime(config: ml_collections.ConfigDict) -> dict:
+    """How the run builds its model (``lnpo.models.config.RUNTIME_FIELDS`` from ``config.model``:
+    dtypes, remat, attention), the same for a fresh, a loaded and a planned model."""
+    from lnpo.models.config import RUNTIME_FIELDS
+
+    return {name: config.model[name] for name in RUNTIME_FIELDS}
 
 
 def loss_hparams(config: ml_collections.ConfigDict) -> dict:
@@ -80,9 +88,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
     _choice("model.param_dtype", config.model.param_dtype, DTYPES)
     _choice("model.compute_dtype", config.model.compute_dtype, DTYPES)
     _choice("model.remat", config.model.remat, REMAT)
-    _choice("model.attn_implementation", config.model.attn_implementation, ATTN_IMPLEMENTATIONS)
-    if config.model.attn_implementation == "cudnn":
-        _check_cudnn(config)
+    _check_attention(config)
     _choice("reference.mode", config.reference.mode, REFERENCE_MODES)
     _choice("reference.dtype", config.reference.dtype, DTYPES)
     _choice("data.layout", config.data.layout, LAYOUTS)

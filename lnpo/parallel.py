@@ -75,7 +75,7 @@ def logical_to_spec(axes: Sequence[str | None] | None, rules=DEFAULT_RULES, *, s
         if target is None:
             out.append(None)
             continue
-        targets = (target,) if isinstance(target, str) else tuple(target)
+        targets = spec_entry_axes(target)
         free = tuple(t for t in targets if t not in used)
         if shape is not None and mesh_shape is not None and i < len(shape):
             kept, parts = [], 1
@@ -89,6 +89,11 @@ def logical_to_spec(axes: Sequence[str | None] | None, rules=DEFAULT_RULES, *, s
     return PartitionSpec(*out)
 
 
+def spec_entry_axes(entry) -> tuple[str, ...]:
+    """The mesh axes of one ``PartitionSpec`` entry (None, a name or a tuple of names)."""
+    return () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+
+
 def uneven_dims(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Mapping[str, int],
                 rules=DEFAULT_RULES) -> list[str]:
     """The dimensions :func:`logical_to_spec` replicates because a mesh axis does not divide
@@ -97,9 +102,7 @@ def uneven_dims(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Ma
     even = logical_to_spec(axes, rules, shape=shape, mesh_shape=mesh_shape)
     out = []
     for i, (a, b) in enumerate(zip(full, even)):
-        names = () if a is None else ((a,) if isinstance(a, str) else tuple(a))
-        kept = () if b is None else ((b,) if isinstance(b, str) else tuple(b))
-        dropped = [n for n in names if n not in kept]
+        dropped = [n for n in spec_entry_axes(a) if n not in spec_entry_axes(b)]
         if dropped:
             out.append(f"{axes[i]} {shape[i]} over {'x'.join(f'{n} {mesh_shape[n]}' for n in dropped)}")
     return out

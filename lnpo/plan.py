@@ -70,11 +70,11 @@ _ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 # ----------------------------------------------------------------------------- inputs
 def model_config(config):
     """The ``ModelConfig`` the trainer would build for ``config`` (no weights read)."""
+    from lnpo.config import model_runtime
     from lnpo.models import ModelConfig
 
     m = config.model
-    runtime = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat=m.remat,
-                   attn_query_chunk=m.attn_query_chunk, attn_implementation=m.attn_implementation)
+    runtime = model_runtime(config)
     if m.path:
         path = os.path.join(m.path, "config.json")
         with open(path) as f:
@@ -142,14 +142,13 @@ def shard_shape(shape, axes, mesh: dict[str, int], rules=None) -> tuple[tuple[in
     """Per-device shape of an array with logical ``axes`` on ``mesh`` ({axis: size}), sharded
     as the trainer shards it (``lnpo.parallel.named_sharding``: a mesh axis that does not
     divide a dimension replicates it), and those replicated dimensions, named."""
-    from lnpo.parallel import DEFAULT_RULES, logical_to_spec, uneven_dims
+    from lnpo.parallel import DEFAULT_RULES, logical_to_spec, spec_entry_axes, uneven_dims
 
     rules = DEFAULT_RULES if rules is None else rules
     spec = logical_to_spec(axes, rules, shape=shape, mesh_shape=mesh)
     out = []
     for i, dim in enumerate(shape):
-        entry = spec[i] if i < len(spec) else None
-        names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+        names = spec_entry_axes(spec[i] if i < len(spec) else None)
         out.append(dim // math.prod(mesh[n] for n in names))
     return tuple(out), uneven_dims(axes, shape, mesh, rules)
 

@@ -87,13 +87,11 @@ def sort_valid_first(v: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
 
 def place_sorted_losses(loss_sorted: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
     """Sorted-position losses of a coupled objective -> per-pair array: the k-th
-    real pair (in batch order) gets sorted position k's loss, padding pairs 0.
-    With every pair real (``valid`` None) entry i is sorted position i."""
+    real pair (in batch order) gets sorted position k's loss; padding pairs get the
+    positions past the real ones, which the registry then sets to 0 (as it does for
+    every objective). With every pair real (``valid`` None) entry i is position i."""
     if valid is None:
         return loss_sorted
-    n = jnp.sum(valid)
-    ranked = jnp.arange(loss_sorted.shape[0]) < n  # positions 0..n-1 hold the real pairs
-    loss_sorted = jnp.where(ranked, loss_sorted, 0.0)
     real_first = jnp.argsort(~valid, stable=True)  # indices of real pairs, in order, then padding
     return jnp.zeros_like(loss_sorted).at[real_first].set(loss_sorted)
 

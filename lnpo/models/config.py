@@ -24,6 +24,18 @@ ATTN_IMPLEMENTATIONS = ("xla", "cudnn")
 RUNTIME_FIELDS = ("param_dtype", "compute_dtype", "remat", "attn_query_chunk", "attn_implementation")
 ROPE_TYPES = ("linear", "llama3", "longrope")
 
+
+def attention_problem(implementation: str, compute_dtype: str, query_chunk: int) -> str | None:
+    """What is wrong with this attention choice whatever the model's sizes, or None (shared by
+    ``ModelConfig`` and the run config's check, which prefix their field name)."""
+    if implementation not in ATTN_IMPLEMENTATIONS:
+        return f"{implementation!r} is not supported; supported: {', '.join(ATTN_IMPLEMENTATIONS)}"
+    if implementation == "cudnn" and compute_dtype not in ("bfloat16", "float16"):
+        return f"'cudnn' needs compute_dtype bfloat16 or float16, got {compute_dtype!r}"
+    if implementation == "cudnn" and query_chunk:
+        return f"'cudnn' never writes the scores; attn_query_chunk must be 0, got {query_chunk!r}"
+    return None
+
 # HF activation name -> ours.
 _HF_ACTIVATIONS = {
     "silu": "silu",
@@ -216,19 +228,13 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.remat {self.remat!r} is not supported; supported: {', '.join(REMAT_POLICIES)}")
         if int(self.attn_query_chunk) < 0:
             raise ValueError(f"ModelConfig.attn_query_chunk must be >= 0, got {self.attn_query_chunk!r}")
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"ModelConfig.attn_implementation {self.attn_implementation!r} is not supported; "
-                             f"supported: {', '.join(ATTN_IMPLEMENTATIONS)}")
+        problem = attention_problem(self.attn_implementation, self.compute_dtype, self.attn_query_chunk)
+        if problem:
+            raise ValueError(f"ModelConfig.attn_implementation {problem}")
         if self.attn_implementation == "cudnn":
             if self.attn_logit_softcap is not None:
                 raise ValueError("ModelConfig.attn_implementation 'cudnn' does not support attn_logit_softcap "
                                  f"({self.attn_logit_softcap!r}); use 'xla'")
-            if self.attn_query_chunk:
-                raise ValueError("ModelConfig.attn_implementation 'cudnn' never writes the scores; "
-                                 f"attn_query_chunk ({self.attn_query_chunk!r}) must be 0")
-            if self.compute_dtype not in ("bfloat16", "float16"):
-                raise ValueError("ModelConfig.attn_implementation 'cudnn' needs compute_dtype bfloat16 or float16, "
-                                 f"got {self.compute_dtype!r}")
             if self.head_dim > 256 or self.head_dim % 8:
                 raise ValueError(f"ModelConfig.attn_implementation 'cudnn' needs head_dim <= 256 (128 before Hopper) "
                                  f"and a multiple of 8, got {self.head_dim}")

@@ -270,11 +270,12 @@ def logical_axes(model: nnx.Module):
     Tuples are pytree nodes: map over the result with
     ``is_leaf=lambda x: isinstance(x, tuple)``.
     """
-    return jax.tree.map(
-        lambda v: tuple(v.get_metadata().get("out_sharding") or ()),
-        nnx.state(model, nnx.Param),
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
+    return jax.tree.map(_axes_of, nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _axes_of(variable: nnx.Variable) -> tuple:
+    """A parameter's logical axis names (its ``out_sharding`` metadata)."""
+    return tuple(variable.get_metadata().get("out_sharding") or ())
 
 
 def param_shardings(model: nnx.Module, mesh, rules=None):
@@ -285,7 +286,7 @@ def param_shardings(model: nnx.Module, mesh, rules=None):
 
     rules = DEFAULT_RULES if rules is None else rules
     return jax.tree.map(
-        lambda v: named_sharding(mesh, tuple(v.get_metadata().get("out_sharding") or ()), rules, shape=v.shape),
+        lambda v: named_sharding(mesh, _axes_of(v), rules, shape=v.shape),
         nnx.state(model, nnx.Param),
         is_leaf=lambda x: isinstance(x, nnx.Variable),
     )

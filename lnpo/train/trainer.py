@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from lnpo import losses as losses_lib
 from lnpo import parallel
-from lnpo.config import ConfigError, loss_hparams
+from lnpo.config import ConfigError, loss_hparams, model_runtime
 from lnpo.train import reference_cache, steps
 from lnpo.train.flops import device_peak_flops, forward_flops_per_token
 from lnpo.train.loop import LoopSpec, fit, real_tokens
@@ -94,8 +94,7 @@ def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: i
     """The policy (or reward model) as an NNX module with parameters placed on ``mesh``."""
     from lnpo.models import ModelConfig, from_pretrained, init_sharded
 
-    runtime = dict(remat=config.model.remat, attn_query_chunk=config.model.attn_query_chunk,
-                   attn_implementation=config.model.attn_implementation)
+    runtime = model_runtime(config)
     if init_path is None:
         t = config.model.tiny
         cfg = ModelConfig.tiny(
@@ -103,11 +102,10 @@ def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: i
             num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
             max_position_embeddings=max(config.data.max_len * 2, 256),
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, param_dtype=config.model.param_dtype,
-            compute_dtype=config.model.compute_dtype, num_labels=num_labels, **runtime)
+            pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **runtime)
         return init_sharded(cfg, config.seed, mesh)
-    load = functools.partial(from_pretrained, init_path, dtype=config.model.param_dtype,
-                             compute_dtype=config.model.compute_dtype, mesh=mesh, **runtime)
+    load = functools.partial(from_pretrained, init_path, dtype=runtime.pop("param_dtype"),
+                             compute_dtype=runtime.pop("compute_dtype"), mesh=mesh, **runtime)
     if not num_labels:
         return load()
     try:
