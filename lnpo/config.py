@@ -13,16 +13,14 @@ import os
 
 import ml_collections
 
+from lnpo.errors import ConfigError
+
 STAGES = ("sft", "po", "rm")
 LAYOUTS = ("padded", "packed", "shared_prompt")
 TRUNCATIONS = ("keep_end", "drop")
 REFERENCE_MODES = ("cache", "in_step")
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "full", "dots")
-
-
-class ConfigError(ValueError):
-    """An invalid config field; the message is one line naming the field."""
 
 
 def _choice(field: str, value, allowed) -> None:

@@ -77,6 +77,8 @@ from typing import Any
 
 import ml_collections
 
+from lnpo.errors import UserError
+
 __all__ = [
     "GRID_AXES",
     "RunSpec",
@@ -101,7 +103,7 @@ _EVAL_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "num_samples", 
               "batch_size", "stop_strings", "max_prompt_len", "dtype", "logprob_chunk")
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """An invalid sweep config; the message names the field."""
 
 

@@ -27,13 +27,15 @@ import sys
 
 import jax
 
+from lnpo.errors import UserError
+
 # Messages of errors raised when another process of the job is gone: a collective whose peer
 # closed its connection (gloo on CPU, NCCL on GPU) or the coordination service's verdict.
 _LOST_PEER_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Gloo", "NCCL", "heartbeat",
                       "coordination service")
 
 
-class StartupError(ValueError):
+class StartupError(UserError, ValueError):
     """The processes of a multi-process job could not connect (reported in one line by ``lnpo.main``)."""
 
 
