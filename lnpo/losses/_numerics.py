@@ -6,7 +6,7 @@ included) are cast to float32 first; every loss and metric is float32.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,10 @@ class Inputs(NamedTuple):
     lc: jax.Array  # max(|y_w|, 1)
     lr: jax.Array
     valid: Optional[jax.Array] = None  # bool [B]: a real pair (None: all are)
+    shared: Any = None  # SequenceStats of f32 [B] (LD-DPO), or None
+    sampled: Any = None  # SequenceStats (SamPO), or None
+    aligned: Any = None  # SequenceStats, policy only (WPO), or None
+    label: Optional[jax.Array] = None  # bool [B]: desirable (unpaired / KTO batches), or None
 
     @property
     def a_w(self) -> jax.Array:
@@ -65,6 +69,9 @@ def prepare(logps) -> Inputs:
     def f32(v):
         return None if v is None else jnp.asarray(v).astype(jnp.float32)
 
+    def stats(s):
+        return None if s is None else type(s)(*(f32(v) for v in s))
+
     nc = f32(logps.chosen_tokens)
     nr = f32(logps.rejected_tokens)
     return Inputs(
@@ -77,6 +84,10 @@ def prepare(logps) -> Inputs:
         lc=jnp.maximum(nc, 1.0),
         lr=jnp.maximum(nr, 1.0),
         valid=None if logps.valid is None else jnp.asarray(logps.valid) != 0,
+        shared=stats(logps.shared),
+        sampled=stats(logps.sampled),
+        aligned=stats(logps.aligned),
+        label=None if logps.label is None else jnp.asarray(logps.label) != 0,
     )
 
 

@@ -21,6 +21,19 @@ import numpy as np
 
 from lnpo.losses._numerics import Inputs, prepare
 
+NEEDS = ("shared", "sampled", "aligned", "label")
+"""What an objective may ask for beyond summed log-probs (see :class:`PairLogps`)."""
+
+
+class SequenceStats(NamedTuple):
+    """One per-sequence statistic of a pair's four sequences, each ``[B]`` (``ref_*`` None
+    where the statistic is the policy's only, or the objective is reference-free)."""
+
+    policy_chosen: Any
+    policy_rejected: Any
+    ref_chosen: Any = None
+    ref_rejected: Any = None
+
 
 class PairLogps(NamedTuple):
     """Per-pair sequence log-probs: the input of every objective (a pytree).
@@ -35,6 +48,23 @@ class PairLogps(NamedTuple):
     partial last batch filled to a fixed shape) get loss 0 and are left out of
     everything that couples the batch (``aot``'s sorting, ``bco_pair``'s mean
     reward). None: every pair is real.
+
+    Statistics beyond the sums, present only for objectives that declare them in
+    their ``needs`` (:func:`needs`; None otherwise, and dropped before the trace when
+    not needed), each a :class:`SequenceStats` computed by the train step from the
+    per-token log-probs (``lnpo.logprobs.sequence_stats``):
+
+    * ``shared``: sums over the first ``min(|y_w|, |y_l|)`` completion tokens of each
+      sequence (LD-DPO's shared part), policy and reference;
+    * ``sampled``: sums over ``min(|y_w|, |y_l|)`` completion tokens of each
+      sequence drawn uniformly without replacement (SamPO), the same tokens for the
+      policy and the reference;
+    * ``aligned``: policy-only sums of ``log pi(y_t) - log sum_v pi(v)^2`` (WPO's
+      aligned log-probs; the train step stops their gradient).
+
+    ``label`` (``[B]``, nonzero = desirable): unpaired (KTO) batches, where
+    ``*_chosen`` is the example's completion and ``*_rejected`` its KL completion
+    (another example's completion under this prompt); see ``lnpo.data.unpaired``.
     """
 
     policy_chosen: Any
@@ -44,6 +74,10 @@ class PairLogps(NamedTuple):
     chosen_tokens: Any = None
     rejected_tokens: Any = None
     valid: Any = None
+    shared: Any = None
+    sampled: Any = None
+    aligned: Any = None
+    label: Any = None
 
 
 class _Required:
@@ -109,24 +143,29 @@ class Objective:
     params: Mapping[str, Param]
     reference: bool
     doc: str
+    needs: tuple = ()  # entries of NEEDS
 
 
 _REGISTRY: dict[str, Objective] = {}
 _FNS: dict[str, Callable] = {}
 
 
-def register(name: str, *, reference: bool, **params: Param):
+def register(name: str, *, reference: bool, needs: tuple = (), **params: Param):
     """Decorator registering ``core`` as objective ``name``.
 
     ``core(x: Inputs, hp: dict) -> (per_pair_loss, rewards_chosen,
     rewards_rejected, extra_metrics)``; the standard metrics are added around it.
     The core's docstring (formula and paper) becomes the objective's docstring.
+    ``needs``: the :class:`PairLogps` statistics beyond the sums it reads (:data:`NEEDS`).
     """
+    bad = [n for n in needs if n not in NEEDS]
+    if bad:
+        raise RuntimeError(f"objective {name!r}: unknown need {bad[0]!r}; known: {', '.join(NEEDS)}")
 
     def deco(core):
         if name in _REGISTRY:
             raise RuntimeError(f"objective {name!r} registered twice")
-        _REGISTRY[name] = Objective(name, core, dict(params), reference, core.__doc__ or "")
+        _REGISTRY[name] = Objective(name, core, dict(params), reference, core.__doc__ or "", tuple(needs))
         return core
 
     return deco
@@ -150,6 +189,13 @@ def _objective(name: str) -> Objective:
 def requires_reference(name: str) -> bool:
     """Whether objective ``name`` needs reference log-probs (``ref_*`` fields)."""
     return _objective(name).reference
+
+
+def needs(name: str) -> tuple[str, ...]:
+    """The :class:`PairLogps` statistics objective ``name`` reads beyond the sums
+    (entries of :data:`NEEDS`; ``()`` for DPO and most objectives): the train step
+    computes exactly these, so an objective that needs none pays for none."""
+    return _objective(name).needs
 
 
 def hparams_of(name: str) -> dict[str, Any]:
@@ -233,7 +279,7 @@ def validate(name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     return _validate(_objective(name), hparams)
 
 
-def _check_logps(logps, *, need_reference: bool, who: str) -> PairLogps:
+def _check_logps(logps, *, need_reference: bool, who: str, needs_: tuple = ()) -> PairLogps:
     if not isinstance(logps, PairLogps):
         raise ValueError(f"{who}: expected lnpo.losses.PairLogps, got {type(logps).__name__}")
     required = ["policy_chosen", "policy_rejected", "chosen_tokens", "rejected_tokens"]
@@ -252,10 +298,38 @@ def _check_logps(logps, *, need_reference: bool, who: str) -> PairLogps:
         # Reference-free: drop any reference so it neither enters the trace nor
         # changes the result.
         logps = logps._replace(ref_chosen=None, ref_rejected=None)
-    shapes = {f: jnp.shape(v) for f, v in logps._asdict().items() if v is not None}
+    logps = _check_stats(logps, need_reference=need_reference, who=who, needs_=needs_)
+    shapes = {}
+    for f, v in logps._asdict().items():
+        if isinstance(v, SequenceStats):
+            shapes.update({f"{f}.{g}": jnp.shape(w) for g, w in v._asdict().items() if w is not None})
+        elif v is not None:
+            shapes[f] = jnp.shape(v)
     first = shapes["policy_chosen"]
     if len(first) != 1 or any(s != first for s in shapes.values()):
         raise ValueError(f"{who}: PairLogps fields must all have the same shape [B], got {shapes}")
+    return logps
+
+
+def _check_stats(logps: PairLogps, *, need_reference: bool, who: str, needs_: tuple) -> PairLogps:
+    """Statistics the objective needs must be present; the others are dropped (out of the trace)."""
+    for need in ("shared", "sampled", "aligned"):
+        stat = getattr(logps, need)
+        if need not in needs_:
+            logps = logps._replace(**{need: None})
+            continue
+        if not isinstance(stat, SequenceStats) or stat.policy_chosen is None or stat.policy_rejected is None:
+            raise ValueError(f"{who}: needs PairLogps.{need} (a SequenceStats with policy_chosen/policy_rejected), "
+                             f"got {type(stat).__name__}")
+        with_ref = need_reference and need != "aligned"
+        if with_ref and (stat.ref_chosen is None or stat.ref_rejected is None):
+            raise ValueError(f"{who}: needs PairLogps.{need}.ref_chosen/ref_rejected, got None")
+        if not with_ref:
+            logps = logps._replace(**{need: stat._replace(ref_chosen=None, ref_rejected=None)})
+    if "label" in needs_ and logps.label is None:
+        raise ValueError(f"{who}: needs PairLogps.label (an unpaired batch: 1 desirable, 0 undesirable), got None")
+    if "label" not in needs_:
+        logps = logps._replace(label=None)
     return logps
 
 
@@ -305,7 +379,10 @@ def _full_doc(obj: Objective) -> str:
     else:
         doc += "\n\nHyperparameters: none."
     ref = "needs reference log-probs" if obj.reference else "reference-free (ref_* ignored, may be None)"
-    return doc + f"\n\nReference: {ref}."
+    doc += f"\n\nReference: {ref}."
+    if obj.needs:
+        doc += f"\n\nNeeds (PairLogps fields beyond the sums): {', '.join(obj.needs)}."
+    return doc
 
 
 def get(name: str) -> Callable:
@@ -316,7 +393,7 @@ def get(name: str) -> Callable:
     its hyperparameters and inputs in Python (ValueError) and then calls a
     ``jax.jit``-compiled pure core; it works under ``jax.jit``, ``jax.vmap`` and
     ``jax.grad``. Attributes: ``fn.name``, ``fn.requires_reference``,
-    ``fn.hparams`` (as :func:`hparams_of`), ``fn.jitted`` (the compiled core,
+    ``fn.hparams`` (as :func:`hparams_of`), ``fn.needs`` (as :func:`needs`), ``fn.jitted`` (the compiled core,
     ``jitted(logps, hparams_dict)``).
     """
     obj = _objective(name)
@@ -327,7 +404,7 @@ def get(name: str) -> Callable:
 
     def fn(logps: PairLogps, **hparams):
         hp = _as_args(_validate(obj, hparams))
-        logps = _check_logps(logps, need_reference=obj.reference, who=obj.name)
+        logps = _check_logps(logps, need_reference=obj.reference, who=obj.name, needs_=obj.needs)
         return jitted(logps, hp)
 
     fn.__name__ = fn.__qualname__ = name
@@ -336,6 +413,7 @@ def get(name: str) -> Callable:
     fn.name = name
     fn.requires_reference = obj.reference
     fn.hparams = types.MappingProxyType(hparams_of(name))
+    fn.needs = obj.needs
     fn.jitted = jitted
     _FNS[name] = fn
     return fn
@@ -376,6 +454,7 @@ class Combined:
         self.components = tuple(components)  # ((name, weight, hparams), ...)
         self.names = tuple(n for n, _, _ in self.components)
         self.requires_reference = any(_REGISTRY[n].reference for n in self.names)
+        self.needs = tuple(n for n in NEEDS if any(n in _REGISTRY[c].needs for c in self.names))
         self.name = " + ".join(f"{w:g}*{n}" for n, w, _ in self.components)
         self._weights = tuple(np.float32(w) for _, w, _ in self.components)
         self._hps = tuple(_as_args(hp) for _, _, hp in self.components)
@@ -387,7 +466,7 @@ class Combined:
                 f"combined objective {self.name}: hyperparameters are bound in combine(), "
                 f"got {sorted(hparams)}"
             )
-        logps = _check_logps(logps, need_reference=self.requires_reference, who=self.name)
+        logps = _check_logps(logps, need_reference=self.requires_reference, who=self.name, needs_=self.needs)
         return self.jitted(logps, self._weights, self._hps)
 
     def __repr__(self) -> str:

@@ -74,26 +74,87 @@ def _masked_sums(per_pair: jax.Array, metrics: dict, valid: jax.Array) -> dict:
     return out
 
 
+def _pairs(v):
+    """``[2P]`` per-sequence values -> (chosen ``[P]``, rejected ``[P]``)."""
+    return v[0::2], v[1::2]
+
+
+def pair_statistics(mb, needs: tuple, counts, policy_tokens, ref_tokens, log_sum_sq, key) -> dict:
+    """The :class:`lnpo.losses.PairLogps` statistics in ``needs`` (``shared``, ``sampled``,
+    ``aligned``) from per-token log-probs ``[R, T]`` (``ref_tokens`` None: the reference's
+    parts come from the batch (``ref_*_shared``, cached) or are not needed)."""
+    seq_index = mb["seq_index"]
+    n = counts.shape[0]
+    out = {}
+
+    def stats(mask, with_ref=True):
+        pc, pr = _pairs(logprobs.masked_sequence_sums(policy_tokens, mask, seq_index, n))
+        if not with_ref:
+            return losses_lib.SequenceStats(pc, pr)
+        if ref_tokens is None:
+            return None
+        rc, rr = _pairs(jax.lax.stop_gradient(logprobs.masked_sequence_sums(ref_tokens, mask, seq_index, n)))
+        return losses_lib.SequenceStats(pc, pr, rc, rr)
+
+    if "shared" in needs:
+        mask = logprobs.shared_mask(seq_index, counts)
+        out["shared"] = stats(mask)
+        if ref_tokens is None and "ref_chosen_shared" in mb:
+            out["shared"] = stats(mask, with_ref=False)._replace(
+                ref_chosen=mb["ref_chosen_shared"], ref_rejected=mb["ref_rejected_shared"])
+    if "sampled" in needs:
+        if ref_tokens is None and "ref_chosen" in mb:
+            raise ValueError("sampo re-draws its tokens every step: its reference must run in the step "
+                             "(reference.mode='in_step'), not from the cache")
+        out["sampled"] = stats(logprobs.sampled_mask(seq_index, counts, key))
+    if "aligned" in needs:
+        aligned = jax.lax.stop_gradient(policy_tokens - log_sum_sq)
+        pc, pr = _pairs(logprobs.masked_sequence_sums(aligned, seq_index >= 0, seq_index, n))
+        out["aligned"] = losses_lib.SequenceStats(pc, pr)
+    return out
+
+
 def po_micro_sums(model, mb, *, objective: Callable, hparams: dict, num_pairs: int, chunk_size: int,
-                  reference=None):
+                  reference=None, seed: int = 0):
     """Sums over one micro-batch's pairs of the objective's loss and metrics.
 
     ``hparams`` are the objective's hyperparameters: float32 scalars (traced
     under the step's jit) or None.
 
     ``reference`` is a frozen reference model (in-step reference) or None, in
-    which case ``mb`` carries cached ``ref_chosen``/``ref_rejected`` or the
-    objective is reference-free.
+    which case ``mb`` carries cached ``ref_chosen``/``ref_rejected`` (and, for an
+    objective that needs ``shared``, ``ref_chosen_shared``/``ref_rejected_shared``)
+    or the objective is reference-free.
+
+    The per-token statistics the objective declares (``objective.needs``) are
+    computed here and nowhere else: an objective with no needs runs exactly the
+    summed-log-prob step. ``sampled`` draws from ``key(seed)`` folded with
+    ``mb["sample_key"]`` (the step and micro-batch, set by :func:`train_step` /
+    :func:`eval_step`). Unpaired (KTO) batches carry ``pair_label``.
     """
-    sums, counts = sequence_logps(model, mb, 2 * num_pairs, chunk_size)
+    needs = tuple(getattr(objective, "needs", ()))
+    n = 2 * num_pairs
+    if "aligned" in needs:
+        tokens, log_sum_sq = logprobs.batch_token_logps(model, mb, chunk_size, with_log_sum_sq=True)
+    else:
+        tokens, log_sum_sq = logprobs.batch_token_logps(model, mb, chunk_size), None
+    sums, counts = logprobs.sequence_logps(tokens, mb["seq_index"], n)
+    ref_tokens = None
     if reference is not None:
-        ref_sums, _ = sequence_logps(reference, mb, 2 * num_pairs, chunk_size)
-        ref_sums = jax.lax.stop_gradient(ref_sums)
-        ref_chosen, ref_rejected = ref_sums[0::2], ref_sums[1::2]
+        ref_tokens = jax.lax.stop_gradient(logprobs.batch_token_logps(reference, mb, chunk_size))
+        ref_chosen, ref_rejected = _pairs(logprobs.sequence_logps(ref_tokens, mb["seq_index"], n)[0])
     elif "ref_chosen" in mb:
         ref_chosen, ref_rejected = mb["ref_chosen"], mb["ref_rejected"]
     else:
         ref_chosen = ref_rejected = None
+    extra = {}
+    if needs:
+        key = jax.random.key(seed)
+        if "sample_key" in mb:
+            key = jax.random.fold_in(jax.random.fold_in(key, mb["sample_key"][0]), mb["sample_key"][1])
+        extra = pair_statistics(mb, needs, counts, tokens, ref_tokens, log_sum_sq, key)
+    if "label" in needs:
+        extra["label"] = mb["pair_label"]
     pair = losses_lib.PairLogps(
         policy_chosen=sums[0::2],
         policy_rejected=sums[1::2],
@@ -102,6 +163,7 @@ def po_micro_sums(model, mb, *, objective: Callable, hparams: dict, num_pairs: i
         chosen_tokens=counts[0::2],
         rejected_tokens=counts[1::2],
         valid=mb["pair_valid"],
+        **extra,
     )
     per_pair, metrics = objective(pair, **hparams)
     return _masked_sums(per_pair, metrics, mb["pair_valid"])
@@ -128,19 +190,37 @@ def rm_micro_sums(model, mb, *, num_pairs: int):
     return _masked_sums(-jax.nn.log_sigmoid(margin), metrics, mb["pair_valid"])
 
 
-def micro_sums_fn(stage: str, *, objective=None, num_pairs: int, chunk_size: int):
+def micro_sums_fn(stage: str, *, objective=None, num_pairs: int, chunk_size: int, seed: int = 0):
     """``fn(model, mb, reference, loss_hparams) -> dict of sums`` for ``stage``; the loss sum is under
-    "loss". ``loss_hparams`` is the objective's hyperparameters (``{}`` for SFT and reward models)."""
+    "loss". ``loss_hparams`` is the objective's hyperparameters (``{}`` for SFT and reward models);
+    ``seed`` seeds the objective's token sampling (SamPO), with the step and micro-batch folded in."""
     if stage == "po":
         return lambda model, mb, reference, loss_hparams: po_micro_sums(
             model, mb, objective=objective, hparams=loss_hparams, num_pairs=num_pairs,
-            chunk_size=chunk_size, reference=reference)
+            chunk_size=chunk_size, reference=reference, seed=seed)
     if stage == "sft":
         return lambda model, mb, reference, loss_hparams: sft_micro_sums(
             model, mb, num_examples=num_pairs, chunk_size=chunk_size)
     if stage == "rm":
         return lambda model, mb, reference, loss_hparams: rm_micro_sums(model, mb, num_pairs=num_pairs)
     raise ValueError(f"unknown stage {stage!r}")
+
+
+EVAL_STEP = -1  # the "step" evaluation batches draw their samples with (never a training step)
+
+
+def _num_micro(batch: dict) -> int:
+    return jax.tree.leaves(batch)[0].shape[0]
+
+
+def with_sample_key(mb: dict, step) -> dict:
+    """``mb`` with ``sample_key`` = int32 ``[2]`` (step, micro-batch index) in place of
+    ``micro_index``: what an objective's token sampling (SamPO) folds into its seed, so a
+    draw is a pure function of (seed, step, micro-batch), the same under jit and on resume."""
+    mb = dict(mb)
+    index = mb.pop("micro_index")
+    mb["sample_key"] = jnp.stack([jnp.asarray(step, jnp.int32), jnp.asarray(index, jnp.int32)])
+    return mb
 
 
 def step_hparams(learning_rate: float, loss_hparams: dict) -> dict:
@@ -185,12 +265,14 @@ def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, gra
 
     def accumulate(carry, mb):
         grads, sums = carry
+        mb = with_sample_key(mb, state.step)
         (_, mb_sums), mb_grads = grad_fn(state.params, mb)
         grads = jax.tree.map(jnp.add, grads, mb_grads)
         sums = jax.tree.map(jnp.add, sums, mb_sums)
         return (grads, sums), None
 
-    first = jax.tree.map(lambda x: x[0], batch)
+    batch = dict(batch, micro_index=jnp.arange(_num_micro(batch), dtype=jnp.int32))
+    first = with_sample_key(jax.tree.map(lambda x: x[0], batch), state.step)
     sums_shape = jax.eval_shape(lambda: micro_loss(state.params, first)[1])
     zeros_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), sums_shape)
     zeros_grads = jax.tree.map(jnp.zeros_like, state.params)
@@ -227,13 +309,15 @@ def eval_step(params, batch: dict, ref_params, loss_hparams: dict, *, graphdef, 
     reference = None if ref_params is None else nnx.merge(ref_graphdef, ref_params)
 
     def body(total, mb):
-        sums = sums_fn(model, mb, reference, loss_hparams)
+        sums = sums_fn(model, with_sample_key(mb, EVAL_STEP), reference, loss_hparams)
         return jax.tree.map(jnp.add, total, sums), None
 
-    first = jax.tree.map(lambda x: x[0], batch)
+    pairs_valid = batch["pair_valid"]
+    batch = dict(batch, micro_index=jnp.arange(_num_micro(batch), dtype=jnp.int32))
+    first = with_sample_key(jax.tree.map(lambda x: x[0], batch), EVAL_STEP)
     shape = jax.eval_shape(lambda: sums_fn(model, first, reference, loss_hparams))
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shape)
     sums, _ = jax.lax.scan(body, zeros, batch)
-    count = sums["tokens"] if stage == "sft" else jnp.sum(batch["pair_valid"])
+    count = sums["tokens"] if stage == "sft" else jnp.sum(pairs_valid)
     sums["count"] = count
     return sums

@@ -233,7 +233,7 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
         lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
     state = jax.device_put(state, state_shardings)
 
-    sums_fn = steps.micro_sums_fn(stage, objective=objective, num_pairs=M, chunk_size=chunk)
+    sums_fn = steps.micro_sums_fn(stage, objective=objective, num_pairs=M, chunk_size=chunk, seed=config.seed)
     # Step inputs, not compile-time constants: a sweep's grid points share one compiled step.
     step_hparams = jax.device_put(steps.step_hparams(config.optim.lr, hparams), replicated)
 
