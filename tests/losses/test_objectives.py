@@ -1,6 +1,6 @@
-"""Tests for lnpo.losses.
+"""Tests for lnpo.losses: the objectives of summed log-probs (no ``needs``).
 
-Every objective is checked against an independent float64 NumPy transcription
+Every such objective is checked against an independent float64 NumPy transcription
 of its published formula (``REFERENCES`` below, written from the papers / TRL
 formulas, never calling the library), its gradient against central finite
 differences of that reference, and its behaviour under jit / vmap / grad, bf16
@@ -223,6 +223,15 @@ def ref_orpo(d, hp):
         return -mw - lam * _logsig(ratio), lam * mw, lam * ml
 
 
+def ref_alphapo(d, hp):
+    # Gupta et al. 2025: r = (1 - p^-alpha) / alpha, p = exp(mean log-prob); TRL CPO's alpha with simpo.
+    b, a = hp["beta"], hp["alpha"]
+    mw, ml = d["pc"] / _L(d["nc"]), d["pr"] / _L(d["nr"])
+    with np.errstate(over="ignore"):  # extreme batches: the reward is -inf, the library saturates
+        rw, rl = b * (1 - np.exp(-a * mw)) / a, b * (1 - np.exp(-a * ml)) / a
+    return -_logsig(rw - rl - hp["gamma"]), rw, rl
+
+
 def ref_nll(d, hp):
     mw, ml = d["pc"] / _L(d["nc"]), d["pr"] / _L(d["nr"])
     return -mw, mw, ml
@@ -252,6 +261,7 @@ REFERENCES = {
     "simpo": ref_simpo,
     "cpo": ref_cpo,
     "orpo": ref_orpo,
+    "alphapo": ref_alphapo,
     "nll": ref_nll,
 }
 
@@ -281,6 +291,7 @@ TEST_HP = {
     "simpo": {"beta": 2.0, "gamma": 0.7},
     "cpo": {"beta": 0.3, "nll_weight": 0.6},
     "orpo": {"lam": 0.25},
+    "alphapo": {"beta": 2.0, "alpha": 0.25, "gamma": 0.5},
     "nll": {},
 }
 
@@ -421,7 +432,7 @@ def assert_close_or_saturated(got, want, rtol=2e-5, atol=2e-6, what=""):
     assert np.all(got[huge] >= HUGE), f"{what}: saturated values {got[huge]} < {HUGE}"
 
 
-ALL = losses.names()
+ALL = [n for n in losses.names() if not losses.needs(n)]  # the rest: tests/losses/test_statistics_objectives.py
 REF_BASED = [n for n in ALL if losses.requires_reference(n)]
 REF_FREE = [n for n in ALL if not losses.requires_reference(n)]
 
@@ -439,7 +450,7 @@ def test_every_objective_has_a_reference(name):
 def test_names_sorted_and_known_set():
     assert ALL == sorted(ALL)
     assert set(REFERENCES) == set(ALL)
-    assert set(REF_FREE) == {"simpo", "cpo", "orpo", "nll"}
+    assert set(REF_FREE) == {"simpo", "cpo", "orpo", "nll", "alphapo"}
 
 
 # ============================================================================ values
@@ -724,7 +735,7 @@ def test_reference_free_accept_none(name):
 @pytest.mark.parametrize("name", REF_BASED)
 def test_reference_based_require_reference(name):
     lp = to_logps(random_batch(17, 4.0), with_ref=False)
-    with pytest.raises(ValueError, match=rf"{name}: needs reference.*reference-free objectives: cpo, nll, orpo, simpo"):
+    with pytest.raises(ValueError, match=rf"{name}: needs reference.*reference-free objectives: alphapo, cpo, nll, orpo, simpo"):
         losses.get(name)(lp, **TEST_HP[name])
     with pytest.raises(ValueError, match="needs reference"):
         losses.get(name)(to_logps(random_batch(17, 4.0))._replace(ref_rejected=None), **TEST_HP[name])
@@ -807,7 +818,7 @@ def test_discopop_and_orpo_extra_checks():
 
 
 def test_unknown_objective_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown objective 'dpoo'; valid: aot, aot_unpaired, .*dpo, .*simpo"):
+    with pytest.raises(ValueError, match=r"unknown objective 'dpoo'; valid: alphapo, aot, aot_unpaired, .*dpo, .*simpo"):
         losses.get("dpoo")
     for fn in (losses.requires_reference, losses.hparams_of):
         with pytest.raises(ValueError, match="unknown objective"):
