@@ -29,8 +29,9 @@ setup(
     ],
     extras_require={
         # torch is pinned exactly: it is the reference implementation in the parity
-        # tests, and a looser pin pulls a multi-GB CUDA build.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
+        # tests, and a looser pin pulls a multi-GB CUDA build. trl: tests/losses/test_trl_parity.py
+        # calls TRL's own loss code (pinned: the test checks its exact behaviour).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "trl==1.16.0"],
         # Score with any transformers PyTorch reward model (e.g. OpenAssistant's DeBERTa).
         "torch-scorer": ["torch==2.13.0"],
         # benchmarks/dpo_step.py --impl trl: TRL's DPOTrainer on PyTorch, same model and data.
