@@ -83,6 +83,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
             losses.validate(config.loss.name, loss_hparams(config))
         except ValueError as e:
             raise ConfigError(f"config.loss: {e}") from None
+        if "sampled" in losses.needs(config.loss.name) and config.reference.mode != "in_step":
+            raise ConfigError(f"config.reference.mode: {config.loss.name} re-draws its tokens every step, so its "
+                              f"reference must run in the step: set 'in_step', not {config.reference.mode!r}")
     _choice("model.param_dtype", config.model.param_dtype, DTYPES)
     _choice("model.compute_dtype", config.model.compute_dtype, DTYPES)
     _choice("model.remat", config.model.remat, REMAT)

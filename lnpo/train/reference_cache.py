@@ -2,7 +2,10 @@
 
 One pass of the frozen reference over the training set writes, per pair of
 the tokenized dataset (in dataset order), the reference's summed completion
-log-probs: ``chosen [N] f32`` and ``rejected [N] f32``. The file is named by a
+log-probs: ``chosen [N] f32`` and ``rejected [N] f32``, and whatever else the
+objective needs from the reference (``names``, e.g. LD-DPO's
+``chosen_shared``/``rejected_shared``, ``lnpo.train.steps.cached_reference_names``;
+the fingerprint's numerics then list them). The file is named by a
 fingerprint of the reference weights, the tokenized data and the numerics
 (dtype, chunking), so a hyperparameter sweep pays for the reference once and a
 changed model or dataset never reads a stale cache. Files are written to a
@@ -77,30 +80,36 @@ def cache_path(cache_dir: str, key: str) -> str:
     return os.path.join(cache_dir, f"reference-{key}.npz")
 
 
-def load(cache_dir: str, key: str, num_pairs: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached ``(chosen, rejected)`` arrays, or None when absent."""
+NAMES = ("chosen", "rejected")
+
+
+def load(cache_dir: str, key: str, num_pairs: int, names: tuple = NAMES) -> tuple[np.ndarray, ...] | None:
+    """The cached arrays ``names`` (default ``(chosen, rejected)``), in that order, or None when absent."""
     path = cache_path(cache_dir, key)
     if not os.path.exists(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            chosen, rejected = np.asarray(f["chosen"]), np.asarray(f["rejected"])
+            arrays = tuple(np.asarray(f[name]) for name in names)
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"reference cache {path}: unreadable ({e}); delete it to recompute") from None
-    if chosen.shape != (num_pairs,) or rejected.shape != (num_pairs,):
-        raise ValueError(
-            f"reference cache {path}: holds {chosen.shape[0]} pairs, the dataset has {num_pairs}; delete it to recompute"
-        )
-    if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
+    for a in arrays:
+        if a.shape != (num_pairs,):
+            raise ValueError(f"reference cache {path}: holds {a.shape[0] if a.ndim else 0} pairs, the dataset has "
+                             f"{num_pairs}; delete it to recompute")
+    if not all(np.isfinite(a).all() for a in arrays):
         raise ValueError(f"reference cache {path}: holds non-finite log-probs; delete it to recompute")
-    return chosen, rejected
+    return arrays
 
 
-def save(cache_dir: str, key: str, chosen: np.ndarray, rejected: np.ndarray) -> str:
+def save(cache_dir: str, key: str, *arrays: np.ndarray, names: tuple = NAMES) -> str:
+    """Write ``arrays`` under ``names`` (default ``chosen``, ``rejected``) to the cache file of ``key``."""
+    if len(arrays) != len(names):
+        raise ValueError(f"reference cache: {len(arrays)} arrays for names {names}")
     os.makedirs(cache_dir, exist_ok=True)
     path = cache_path(cache_dir, key)
     tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, chosen=np.asarray(chosen, np.float32), rejected=np.asarray(rejected, np.float32))
+    np.savez(tmp, **{name: np.asarray(a, np.float32) for name, a in zip(names, arrays)})
     os.replace(tmp, path)
     return path
 
@@ -118,19 +127,20 @@ def _agreed_missing(missing_here: bool) -> bool:
 
 
 def load_or_compute(cache_dir: str, key: str, num_pairs: int,
-                    compute: Callable[[], tuple[np.ndarray, np.ndarray]], *, is_writer: bool = True):
-    """Return ``(chosen, rejected, computed)``; ``compute`` runs only when no cache exists.
+                    compute: Callable[[], tuple[np.ndarray, ...]], *, is_writer: bool = True, names: tuple = NAMES):
+    """Return ``(*arrays, computed)``, one array per name (default ``chosen, rejected``); ``compute``
+    (returning the arrays in ``names`` order) runs only when no cache exists.
 
     With several processes, every process runs ``compute`` (it is a collective
     pass over a sharded model) but only ``is_writer`` writes the file.
     """
-    cached = load(cache_dir, key, num_pairs)
+    cached = load(cache_dir, key, num_pairs, names)
     if not _agreed_missing(cached is None):
         if cached is None:
             raise ValueError(f"reference cache {cache_path(cache_dir, key)}: process 0 has it but this process does "
                              "not; reference.cache_dir must be on storage every host reads")
-        return cached[0], cached[1], False
-    chosen, rejected = compute()
+        return (*cached, False)
+    arrays = tuple(compute())
     if is_writer:
-        save(cache_dir, key, chosen, rejected)
-    return chosen, rejected, True
+        save(cache_dir, key, *arrays, names=names)
+    return (*arrays, True)

@@ -114,6 +114,27 @@ def pair_statistics(mb, needs: tuple, counts, policy_tokens, ref_tokens, log_sum
     return out
 
 
+def cached_reference_names(needs: tuple) -> tuple[str, ...]:
+    """What the reference cache stores per pair for an objective with ``needs``: always the summed
+    ``chosen``/``rejected`` log-probs, plus ``chosen_shared``/``rejected_shared`` (LD-DPO's shared-prefix
+    sums) for ``shared``. The batch carries each as ``ref_<name>`` ``[A, L]``. (``sampled`` cannot be
+    cached: it is re-drawn every step; ``aligned`` is the policy's only.)"""
+    return ("chosen", "rejected") + (("chosen_shared", "rejected_shared") if "shared" in needs else ())
+
+
+def reference_sums(model, mb: dict, *, num_pairs: int, chunk_size: int, needs: tuple = ()) -> dict:
+    """One micro-batch's reference values to cache, ``{name: f32 [num_pairs]}`` for
+    :func:`cached_reference_names`; the same numbers the in-step reference gives."""
+    tokens = logprobs.batch_token_logps(model, mb, chunk_size)
+    sums, counts = logprobs.sequence_logps(tokens, mb["seq_index"], 2 * num_pairs)
+    out = dict(zip(("chosen", "rejected"), _pairs(sums)))
+    if "shared" in needs:
+        shared = logprobs.masked_sequence_sums(tokens, logprobs.shared_mask(mb["seq_index"], counts),
+                                               mb["seq_index"], 2 * num_pairs)
+        out["chosen_shared"], out["rejected_shared"] = _pairs(shared)
+    return out
+
+
 def po_micro_sums(model, mb, *, objective: Callable, hparams: dict, num_pairs: int, chunk_size: int,
                   reference=None, seed: int = 0):
     """Sums over one micro-batch's pairs of the objective's loss and metrics.

@@ -126,36 +126,40 @@ def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: i
 
 
 # ----------------------------------------------------------------------------- reference
-def make_reference_logps_fn(graphdef, mesh, *, num_pairs: int, chunk_size: int):
-    """Jitted ``(params, batch) -> [A, 2*num_pairs]`` summed completion log-probs."""
+def make_reference_logps_fn(graphdef, mesh, *, num_pairs: int, chunk_size: int, needs: tuple = ()):
+    """Jitted ``(params, batch) -> {name: [A, num_pairs]}``: what the cache stores (steps.cached_reference_names)."""
 
     def fn(params, batch):
         with parallel.use_rules(mesh):
             model = nnx.merge(graphdef, params)
-            return jax.lax.map(lambda mb: steps.sequence_logps(model, mb, 2 * num_pairs, chunk_size)[0], batch)
+            return jax.lax.map(lambda mb: steps.reference_sums(model, mb, num_pairs=num_pairs, chunk_size=chunk_size,
+                                                               needs=needs), batch)
 
     return jax.jit(fn)
 
 
-def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pairs: int):
-    """Reference log-probs of every pair of ``dataset`` in dataset order: ``(chosen [N], rejected [N])``."""
+def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pairs: int, needs: tuple = ()):
+    """Reference values of every pair of ``dataset`` in dataset order: a tuple of ``[N]`` arrays, one per
+    ``steps.cached_reference_names(needs)`` (``chosen``, ``rejected``, ...)."""
     from lnpo.data import EvalIterator
 
     dp = _data_parallel(mesh)
     iterator = EvalIterator(dataset, global_batch=batch_pairs, layout="padded", seq_len=config.data.max_len,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             row_multiple=max(dp // jax.process_count(), 1))
-    fn = make_reference_logps_fn(graphdef, mesh, num_pairs=batch_pairs, chunk_size=config.train.logprob_chunk)
+    fn = make_reference_logps_fn(graphdef, mesh, num_pairs=batch_pairs, chunk_size=config.train.logprob_chunk,
+                                 needs=needs)
+    names = steps.cached_reference_names(needs)
     n = len(dataset)
-    chosen, rejected = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    out = {name: np.zeros(n, np.float32) for name in names}
     for b, local in enumerate(iterator):
         local = {k: v for k, v in local.items() if k != "pair_valid"}
-        sums = np.asarray(jax.device_get(_replicated(fn(ref_params, to_global(local, mesh)), mesh)))[0]
+        values = jax.device_get(_replicated(fn(ref_params, to_global(local, mesh)), mesh))
         start = b * batch_pairs
         count = min(batch_pairs, n - start)
-        chosen[start:start + count] = sums[0::2][:count]
-        rejected[start:start + count] = sums[1::2][:count]
-    return chosen, rejected
+        for name in names:
+            out[name][start:start + count] = np.asarray(values[name])[0][:count]
+    return tuple(out[name] for name in names)
 
 
 def _replicated(x, mesh):
@@ -286,14 +290,13 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     return out
 
 
-def _cached_reference_slice(ref: tuple[np.ndarray, np.ndarray], indices: np.ndarray, A: int) -> dict:
-    """This host's ``ref_chosen``/``ref_rejected`` ``[A, L]`` for global batch ``indices`` (-1 = dummy)."""
+def _cached_reference_slice(ref: dict, indices: np.ndarray, A: int) -> dict:
+    """This host's ``ref_<name>`` ``[A, L]`` (``ref_chosen``, ``ref_rejected``, ...) for global batch
+    ``indices`` (-1 = dummy); ``ref`` maps the cached names to ``[N]`` arrays."""
     h, H = jax.process_index(), jax.process_count()
     own = indices.reshape(A, H, -1)[:, h, :]
     safe = np.where(own >= 0, own, 0)
-    chosen = np.where(own >= 0, ref[0][safe], 0.0).astype(np.float32)
-    rejected = np.where(own >= 0, ref[1][safe], 0.0).astype(np.float32)
-    return {"ref_chosen": chosen, "ref_rejected": rejected}
+    return {f"ref_{name}": np.where(own >= 0, values[safe], 0.0).astype(np.float32) for name, values in ref.items()}
 
 
 def _reference_from_cache(config, workdir, init_path, params, graphdef, mesh, train_ds, eval_ds, *, batch_pairs):
@@ -301,22 +304,27 @@ def _reference_from_cache(config, workdir, init_path, params, graphdef, mesh, tr
 
     cache_dir = config.reference.cache_dir or os.path.join(runs_root(workdir), "reference_cache")
     weights = reference_cache.weights_fingerprint(init_path)
+    needs = losses_lib.needs(config.loss.name)
+    names = steps.cached_reference_names(needs)
     numerics = {"dtype": config.model.compute_dtype, "seq_len": config.data.max_len,
                 "chunk": config.train.logprob_chunk, "version": 1}
+    if names[2:]:  # more than the sums: the key says so (a sums-only key, and its file, stay as they were)
+        numerics["stored"] = list(names)
     results = []
     for dataset in (train_ds, eval_ds):
         if dataset is None:
             results.append(None)
             continue
         key = reference_cache.cache_key(weights=weights, data=dataset._fingerprint, numerics=numerics)
-        chosen, rejected, computed = reference_cache.load_or_compute(
+        *arrays, computed = reference_cache.load_or_compute(
             cache_dir, key, len(dataset),
-            lambda d=dataset: compute_reference(params, graphdef, d, config, mesh, batch_pairs=batch_pairs),
-            is_writer=jax.process_index() == 0)
+            lambda d=dataset: compute_reference(params, graphdef, d, config, mesh, batch_pairs=batch_pairs,
+                                                needs=needs),
+            is_writer=jax.process_index() == 0, names=names)
         if jax.process_index() == 0:
             verb = "computed" if computed else "reused"
             print(f"lnpo: reference log-probs {verb}: {reference_cache.cache_path(cache_dir, key)}", flush=True)
-        results.append((chosen, rejected))
+        results.append(dict(zip(names, arrays)))
     return results[0], results[1]
 
 

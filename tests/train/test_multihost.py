@@ -30,7 +30,8 @@ assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
 config = small_config(MODEL, TASK)
 train_ds, _ = trainer.prepare_data(config, trainer.load_tokenizer(MODEL), embedded_paths=None)
 mesh = parallel.make_mesh((2, 2, 1))  # data x fsdp = 4 shards of the batch axis, 2 per process
-ref = (np.arange(len(train_ds), dtype=np.float32), -np.arange(len(train_ds), dtype=np.float32) - 0.5)
+ref = {"chosen": np.arange(len(train_ds), dtype=np.float32),
+       "rejected": -np.arange(len(train_ds), dtype=np.float32) - 0.5}
 out = {}
 for layout in ("padded", "packed", "shared_prompt"):
     config.data.layout = layout
@@ -64,7 +65,8 @@ def test_two_hosts_assemble_the_single_process_global_batch(tmp_path, tiny_sft_d
 
     config = small_config(tiny_sft_dir, task_files)
     train_ds, _ = trainer.prepare_data(config, trainer.load_tokenizer(tiny_sft_dir), embedded_paths=None)
-    ref = (np.arange(len(train_ds), dtype=np.float32), -np.arange(len(train_ds), dtype=np.float32) - 0.5)
+    ref = {"chosen": np.arange(len(train_ds), dtype=np.float32),
+           "rejected": -np.arange(len(train_ds), dtype=np.float32) - 0.5}
     checked = 0
     for layout in ("padded", "packed", "shared_prompt"):
         config.data.layout = layout
