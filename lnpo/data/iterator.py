@@ -9,6 +9,7 @@ rows from the dataset. A host-local batch is the dict
 =================  ==========================  ===========================================
 ``input_ids`` ...  int32 ``[A, R, T]``         the :data:`~lnpo.data.layouts.ROW_KEYS` rows
 ``pair_valid``     float32 ``[A, L]``          1.0 for a real pair / example, 0.0 for a dummy
+``pair_label``     float32 ``[A, L]``          unpaired (KTO) data only: 1.0 desirable (lnpo.data.unpaired)
 =================  ==========================  ===========================================
 
 Sequence numbers are global within a micro-batch: on host ``h`` pair ``j`` of the
@@ -109,6 +110,10 @@ class _BatchBuilder:
         self.local = self.micro // process_count  # L: pairs per host per micro-batch
         keys = ("prompt", "chosen", "rejected") if self.kind == "pairs" else ("prompt", "completion")
         lens = [_lengths(dataset, k) for k in keys]
+        # Unpaired (KTO) data laid out as pairs (lnpo.data.unpaired.kto_pairs): its labels, dummy = 0.
+        self.labels = None
+        if self.kind == "pairs" and "label" in dataset.column_names:
+            self.labels = np.append(np.asarray(dataset["label"], np.float32).reshape(-1), 0.0)
         # Row lengths of each example's units, with one extra entry (index -1) for the dummy example.
         dummy = 1
         self.prompt_len = np.append(lens[0], dummy)
@@ -156,6 +161,8 @@ class _BatchBuilder:
             micro.append(build(examples, self.layout, self.seq_len, num_rows=num_rows, seq_offset=offset))
         out = {k: np.stack([mb[k] for mb in micro]) for k in micro[0]}
         out["pair_valid"] = (own >= 0).astype(np.float32)
+        if self.labels is not None:
+            out["pair_label"] = self.labels[own]  # index -1 (a dummy) is the appended 0
         return out
 
 

@@ -56,6 +56,8 @@ def prepare_data(config, tokenizer, *, embedded_paths: dict | None):
         tokenized, tok_report = data.tokenize_sft(raw, tokenizer, source=str(source), **tok_kwargs)
         _print_reports(report, tok_report)
         return tokenized, None
+    if "label" in losses_lib.needs(config.loss.name):  # KTO: unpaired data, laid out as pairs
+        return _prepare_unpaired(config, tokenizer, embedded_paths, tok_kwargs)
     source = embedded_paths["train_prefs"] if d.source == "embedded" else d.source
     raw, report = data.load_preferences(source, schema=d.schema, split=d.split, strict=d.strict,
                                         **_columns(config))
@@ -70,6 +72,31 @@ def prepare_data(config, tokenizer, *, embedded_paths: dict | None):
                                                                     **tok_kwargs)
         _print_reports(eval_report, eval_tok_report)
     return tokenized, eval_tokenized
+
+
+def _prepare_unpaired(config, tokenizer, embedded_paths, tok_kwargs):
+    """``(train, eval or None)`` for an objective on unpaired data: ``data.schema == "unpaired"`` reads
+    prompt / completion / label rows, any other schema reads preference pairs and unpairs them."""
+    from lnpo import data
+    from lnpo.data import unpaired
+
+    d = config.data
+
+    def one(source, split):
+        if d.schema == "unpaired":
+            rows, report = unpaired.load_unpaired(source, split=split, strict=d.strict, **_columns(config))
+        else:
+            pairs, report = data.load_preferences(source, schema=d.schema, split=split, strict=d.strict,
+                                                  **_columns(config))
+            rows = unpaired.unpair_preferences(pairs)
+        tokens, tok_report = unpaired.tokenize_unpaired(rows, tokenizer, source=str(source), **tok_kwargs)
+        _print_reports(report, tok_report)
+        return unpaired.kto_pairs(tokens, max_len=d.max_len)
+
+    train = one(embedded_paths["train_prefs"] if d.source == "embedded" else d.source, d.split)
+    eval_source = d.eval_source or (embedded_paths["eval_prefs"] if d.source == "embedded" else "")
+    evaluation = one(eval_source, d.eval_split) if eval_source and config.train.eval_batches > 0 else None
+    return train, evaluation
 
 
 def _print_reports(loaded, tokenized) -> None:
