@@ -14,18 +14,35 @@ both and adds a ratio line.
 Both sides get the same model shape (Llama: RMSNorm, RoPE, GQA, SwiGLU MLP,
 untied LM head), the same random token pairs (numpy seed) and the same optimizer
 settings (AdamW lr 1e-6, no weight decay, global-norm clip 1.0, linear decay:
-TRL's DPOConfig defaults), DPO sigmoid loss with beta 0.1.
+TRL's DPOConfig defaults), DPO sigmoid loss with beta 0.1, and by default the same
+compute dtype (``--dtype``, passed to TRL as ``bf16=True/False``) and the same kind
+of reference (``--reference``: in-step, or computed before training = TRL's
+``precompute_ref_log_probs``). TRL's line reads its effective settings back from the
+trainer (``bf16``, ``fp16``, ``gradient_checkpointing``, ``precompute_ref_log_probs``,
+``padding_free``) and the dtype its Linear layers computed in during the train steps
+(``observed_compute_dtype``; the run fails if it is not the requested one).
+``--trl-mode best`` runs TRL in every mode it runs here ({float32, bfloat16} x
+{cache, in_step}) and reports the fastest; ``--impl torch`` is a second, minimal
+PyTorch harness (a plain DPO loop on the same ``LlamaForCausalLM``) that
+cross-checks TRL's step time. A ratio line is printed only between sides with the
+same dtype and reference, unless ``--allow-mismatch`` (then it lists the
+differences).
 
-lnpo's step is built as lnpo.train.trainer builds it: ``steps.train_step`` with
-the policy graphdef, ``make_optimizer``'s transformation and DPO's micro-batch
-sums, jitted with explicit shardings on a ``(data, fsdp, tensor)`` mesh and the
-state donated; batches are ``lnpo.data.layouts.layout_pairs`` rows stacked to
+lnpo's step is the trainer's: built by ``lnpo.train.step_builder.build_train_step``
+(the function ``lnpo.train.trainer`` calls) from the policy graphdef,
+``make_optimizer``'s transformation and DPO's micro-batch sums: the state in its
+shardings, jitted with explicit shardings on a ``(data, fsdp, tensor)`` mesh and
+the state donated; batches are ``lnpo.data.layouts.layout_pairs`` rows stacked to
 ``[1, R, T]`` plus ``pair_valid`` (and ``ref_chosen``/``ref_rejected`` with
-``--reference cache``). R is fixed over the run (the most rows any benchmark
-batch needs), so the step compiles once.
+``--reference cache``). R is set per batch as the trainer's iterator sets it:
+the rows the batch needs rounded up to its row bucket
+(``lnpo.data.layouts.row_buckets``; padded: always ``2 x batch``), so the step
+compiles once per bucket the run's batches use (``compiles`` and ``rows`` in
+the line).
 
-lnpo compiles the step once (``jitted.lower(...).compile()``) and runs that
-executable; ``--release-host-memory on`` (default) returns the heap freed by the
+lnpo compiles each of those steps once, before the timed steps
+(``jitted.lower(...).compile()``; ``compile_s`` is their total) and runs the
+executables; ``--release-host-memory on`` (default) returns the heap freed by the
 setup and by the compile to the OS (``lnpo.train.memory``, as the trainer does),
 ``--compile-cache DIR`` uses JAX's persistent compilation cache (a second run of
 the same command loads the step instead of compiling it) and ``--attn-chunk N``
@@ -195,11 +212,12 @@ def run_lnpo(args) -> dict:
 
     from lnpo import losses as losses_lib
     from lnpo import parallel
-    from lnpo.data.layouts import layout_pairs, plan_rows, unit_lengths
+    from lnpo.data.layouts import bucket_rows, layout_pairs, plan_rows, row_buckets, unit_lengths
     from lnpo.models import init_sharded
     from lnpo.train import steps as steps_lib
     from lnpo.train.memory import release_freed_host_memory
     from lnpo.train.optim import make_optimizer
+    from lnpo.train.step_builder import build_train_step
 
     if args.data_stack == "on":  # what the trainer's process also holds: datasets, pyarrow, pandas
         import lnpo.data.sources  # noqa: F401
@@ -215,11 +233,14 @@ def run_lnpo(args) -> dict:
 
     max_len = args.prompt_len + args.response_len
     seq_len = args.seq_len or (2 * max_len if args.layout == "shared_prompt" else max_len)
-    num_rows = 0
+    # R per batch as the trainer's iterator sets it: the rows the batch needs, up to its row bucket
+    units = args.batch * (1 if args.layout == "shared_prompt" else 2)
+    buckets = (units,) if args.layout == "padded" else row_buckets(units)
+    batch_rows = []
     for b in batches:
         lengths = unit_lengths([len(x["prompt_ids"]) for x in b],
                                ([len(x["chosen_ids"]) for x in b], [len(x["rejected_ids"]) for x in b]), args.layout)
-        num_rows = max(num_rows, plan_rows(lengths, seq_len, args.layout).num_rows)
+        batch_rows.append(bucket_rows(plan_rows(lengths, seq_len, args.layout).num_rows, buckets))
 
     # model + parameters, as trainer.build_model builds a fresh one (created in their shardings)
     cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat,
@@ -240,33 +261,20 @@ def run_lnpo(args) -> dict:
                                   eps=1e-8, weight_decay=0.0)
     tx, _ = make_optimizer(optim, steps=max(total_steps, 1))
     replicated = NamedSharding(mesh, P())
-    opt_state = jax.jit(tx.init)(params)
-    state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
-    state_shardings = jax.tree.map(
-        lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
-    state = jax.device_put(state, state_shardings)
-
     chunk = args.logprob_chunk if args.logprob_chunk > 0 else 0
     sums_fn = steps_lib.micro_sums_fn("po", objective=objective, num_pairs=args.batch,
                                       chunk_size=chunk or seq_len)
     if chunk == 0:
         sums_fn = _naive_sums_fn(objective, args.batch)
     step_hparams = jax.device_put(steps_lib.step_hparams(optim.lr, hparams), replicated)
-
-    def step_fn(state, batch, ref_params, hparams):
-        with parallel.use_rules(mesh):
-            return steps_lib.train_step(state, batch, ref_params, hparams, graphdef=graphdef,
-                                        ref_graphdef=ref_graphdef, tx=tx, stage="po", sums_fn=sums_fn)
-
-    ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
-    jitted = jax.jit(step_fn,
-                     in_shardings=(state_shardings, NamedSharding(mesh, steps_lib.BATCH_SPEC), ref_shardings,
-                                   replicated),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    # the trainer's own builder: state in its shardings, jit with in/out shardings, the state donated
+    built = build_train_step(params, graphdef, tx, mesh, stage="po", sums_fn=sums_fn, ref_params=ref_params,
+                             ref_graphdef=ref_graphdef)
+    state, jitted = built.state, built.jitted
 
     rng = np.random.default_rng(args.seed + 1)
     host_batches = []
-    for b in batches:
+    for b, num_rows in zip(batches, batch_rows):
         rows = layout_pairs(b, args.layout, seq_len, num_rows=num_rows)
         local = {k: v[None] for k, v in rows.items()}
         local["pair_valid"] = np.ones((1, args.batch), np.float32)
@@ -280,9 +288,15 @@ def run_lnpo(args) -> dict:
         release_freed_host_memory()
     rss_before_compile = rss_mb()
     t0 = time.perf_counter()
-    # One compile: the AOT executable runs the steps (calling ``jitted`` would compile a second time).
-    compiled = jitted.lower(state, jax.device_put(host_batches[0], sharding), ref_params, step_hparams).compile()
+    # One compile per row bucket the batches use, all before the steps: the AOT executables run the steps
+    # (calling ``jitted`` would compile a second time).
+    executables = {}
+    for local in host_batches:
+        r = local["input_ids"].shape[1]
+        if r not in executables:
+            executables[r] = jitted.lower(state, jax.device_put(local, sharding), ref_params, step_hparams).compile()
     compile_s = time.perf_counter() - t0
+    compiled = executables[max(executables)]
     rss_after_compile = peak_rss_mb()
     rss_now_after_compile = rss_mb()
     if args.release_host_memory == "on":
@@ -301,7 +315,7 @@ def run_lnpo(args) -> dict:
             jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
         t = time.perf_counter()
         batch = jax.device_put(local, sharding)
-        state, metrics = compiled(state, batch, ref_params, step_hparams)
+        state, metrics = executables[local["input_ids"].shape[1]](state, batch, ref_params, step_hparams)
         jax.block_until_ready(metrics)
         if profile:
             jax.profiler.stop_trace()
@@ -319,7 +333,7 @@ def run_lnpo(args) -> dict:
     slots = sum(h["segment_ids"].size for h in host_batches)
     extra = {"reference": args.reference, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
              "remat": args.remat, "attn_chunk": args.attn_chunk, "attn_impl": args.attn_impl, "dtype": args.dtype,
-             "rows": num_rows,
+             "rows": sorted(executables), "compiles": len(executables), "row_buckets": list(buckets),
              "seq_len": seq_len,
              "row_fill": round(real / slots, 3), "params": n_params, "compile_s": round(compile_s, 1),
              "xla_peak_mb": xla_mb, "xla_temp_mb": xla_temp_mb, "peak_rss_after_compile_mb": rss_after_compile,
