@@ -14,18 +14,35 @@ both and adds a ratio line.
 Both sides get the same model shape (Llama: RMSNorm, RoPE, GQA, SwiGLU MLP,
 untied LM head), the same random token pairs (numpy seed) and the same optimizer
 settings (AdamW lr 1e-6, no weight decay, global-norm clip 1.0, linear decay:
-TRL's DPOConfig defaults), DPO sigmoid loss with beta 0.1.
+TRL's DPOConfig defaults), DPO sigmoid loss with beta 0.1, and by default the same
+compute dtype (``--dtype``, passed to TRL as ``bf16=True/False``) and the same kind
+of reference (``--reference``: in-step, or computed before training = TRL's
+``precompute_ref_log_probs``). TRL's line reads its effective settings back from the
+trainer (``bf16``, ``fp16``, ``gradient_checkpointing``, ``precompute_ref_log_probs``,
+``padding_free``) and the dtype its Linear layers computed in during the train steps
+(``observed_compute_dtype``; the run fails if it is not the requested one).
+``--trl-mode best`` runs TRL in every mode it runs here ({float32, bfloat16} x
+{cache, in_step}) and reports the fastest; ``--impl torch`` is a second, minimal
+PyTorch harness (a plain DPO loop on the same ``LlamaForCausalLM``) that
+cross-checks TRL's step time. A ratio line is printed only between sides with the
+same dtype and reference, unless ``--allow-mismatch`` (then it lists the
+differences).
 
-lnpo's step is built as lnpo.train.trainer builds it: ``steps.train_step`` with
-the policy graphdef, ``make_optimizer``'s transformation and DPO's micro-batch
-sums, jitted with explicit shardings on a ``(data, fsdp, tensor)`` mesh and the
-state donated; batches are ``lnpo.data.layouts.layout_pairs`` rows stacked to
+lnpo's step is the trainer's: built by ``lnpo.train.step_builder.build_train_step``
+(the function ``lnpo.train.trainer`` calls) from the policy graphdef,
+``make_optimizer``'s transformation and DPO's micro-batch sums: the state in its
+shardings, jitted with explicit shardings on a ``(data, fsdp, tensor)`` mesh and
+the state donated; batches are ``lnpo.data.layouts.layout_pairs`` rows stacked to
 ``[1, R, T]`` plus ``pair_valid`` (and ``ref_chosen``/``ref_rejected`` with
-``--reference cache``). R is fixed over the run (the most rows any benchmark
-batch needs), so the step compiles once.
+``--reference cache``). R is set per batch as the trainer's iterator sets it:
+the rows the batch needs rounded up to its row bucket
+(``lnpo.data.layouts.row_buckets``; padded: always ``2 x batch``), so the step
+compiles once per bucket the run's batches use (``compiles`` and ``rows`` in
+the line).
 
-lnpo compiles the step once (``jitted.lower(...).compile()``) and runs that
-executable; ``--release-host-memory on`` (default) returns the heap freed by the
+lnpo compiles each of those steps once, before the timed steps
+(``jitted.lower(...).compile()``; ``compile_s`` is their total) and runs the
+executables; ``--release-host-memory on`` (default) returns the heap freed by the
 setup and by the compile to the OS (``lnpo.train.memory``, as the trainer does),
 ``--compile-cache DIR`` uses JAX's persistent compilation cache (a second run of
 the same command loads the step instead of compiling it) and ``--attn-chunk N``
@@ -195,11 +212,12 @@ def run_lnpo(args) -> dict:
 
     from lnpo import losses as losses_lib
     from lnpo import parallel
-    from lnpo.data.layouts import layout_pairs, plan_rows, unit_lengths
+    from lnpo.data.layouts import bucket_rows, layout_pairs, plan_rows, round_up, row_buckets, unit_lengths
     from lnpo.models import init_sharded
     from lnpo.train import steps as steps_lib
     from lnpo.train.memory import release_freed_host_memory
     from lnpo.train.optim import make_optimizer
+    from lnpo.train.step_builder import build_train_step
 
     if args.data_stack == "on":  # what the trainer's process also holds: datasets, pyarrow, pandas
         import lnpo.data.sources  # noqa: F401
@@ -214,12 +232,18 @@ def run_lnpo(args) -> dict:
     batches = [pairs[i * args.batch:(i + 1) * args.batch] for i in range(total_steps)]
 
     max_len = args.prompt_len + args.response_len
-    seq_len = args.seq_len or (2 * max_len if args.layout == "shared_prompt" else max_len)
-    num_rows = 0
+    seq_len = args.seq_len or max_len
+    if args.layout == "shared_prompt" and not args.seq_len:  # the longest unit (P + Cc + Cr + 1), up to 8s
+        seq_len = round_up(max(len(x["prompt_ids"]) + len(x["chosen_ids"]) + len(x["rejected_ids"]) + 1
+                               for x in pairs), 8)
+    # R per batch as the trainer's iterator sets it: the rows the batch needs, up to its row bucket
+    units = args.batch * (1 if args.layout == "shared_prompt" else 2)
+    buckets = (units,) if args.layout == "padded" else row_buckets(units)
+    batch_rows = []
     for b in batches:
         lengths = unit_lengths([len(x["prompt_ids"]) for x in b],
                                ([len(x["chosen_ids"]) for x in b], [len(x["rejected_ids"]) for x in b]), args.layout)
-        num_rows = max(num_rows, plan_rows(lengths, seq_len, args.layout).num_rows)
+        batch_rows.append(bucket_rows(plan_rows(lengths, seq_len, args.layout).num_rows, buckets))
 
     # model + parameters, as trainer.build_model builds a fresh one (created in their shardings)
     cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat,
@@ -240,33 +264,20 @@ def run_lnpo(args) -> dict:
                                   eps=1e-8, weight_decay=0.0)
     tx, _ = make_optimizer(optim, steps=max(total_steps, 1))
     replicated = NamedSharding(mesh, P())
-    opt_state = jax.jit(tx.init)(params)
-    state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
-    state_shardings = jax.tree.map(
-        lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
-    state = jax.device_put(state, state_shardings)
-
     chunk = args.logprob_chunk if args.logprob_chunk > 0 else 0
     sums_fn = steps_lib.micro_sums_fn("po", objective=objective, num_pairs=args.batch,
                                       chunk_size=chunk or seq_len)
     if chunk == 0:
         sums_fn = _naive_sums_fn(objective, args.batch)
     step_hparams = jax.device_put(steps_lib.step_hparams(optim.lr, hparams), replicated)
-
-    def step_fn(state, batch, ref_params, hparams):
-        with parallel.use_rules(mesh):
-            return steps_lib.train_step(state, batch, ref_params, hparams, graphdef=graphdef,
-                                        ref_graphdef=ref_graphdef, tx=tx, stage="po", sums_fn=sums_fn)
-
-    ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
-    jitted = jax.jit(step_fn,
-                     in_shardings=(state_shardings, NamedSharding(mesh, steps_lib.BATCH_SPEC), ref_shardings,
-                                   replicated),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    # the trainer's own builder: state in its shardings, jit with in/out shardings, the state donated
+    built = build_train_step(params, graphdef, tx, mesh, stage="po", sums_fn=sums_fn, ref_params=ref_params,
+                             ref_graphdef=ref_graphdef)
+    state, jitted = built.state, built.jitted
 
     rng = np.random.default_rng(args.seed + 1)
     host_batches = []
-    for b in batches:
+    for b, num_rows in zip(batches, batch_rows):
         rows = layout_pairs(b, args.layout, seq_len, num_rows=num_rows)
         local = {k: v[None] for k, v in rows.items()}
         local["pair_valid"] = np.ones((1, args.batch), np.float32)
@@ -280,9 +291,15 @@ def run_lnpo(args) -> dict:
         release_freed_host_memory()
     rss_before_compile = rss_mb()
     t0 = time.perf_counter()
-    # One compile: the AOT executable runs the steps (calling ``jitted`` would compile a second time).
-    compiled = jitted.lower(state, jax.device_put(host_batches[0], sharding), ref_params, step_hparams).compile()
+    # One compile per row bucket the batches use, all before the steps: the AOT executables run the steps
+    # (calling ``jitted`` would compile a second time).
+    executables = {}
+    for local in host_batches:
+        r = local["input_ids"].shape[1]
+        if r not in executables:
+            executables[r] = jitted.lower(state, jax.device_put(local, sharding), ref_params, step_hparams).compile()
     compile_s = time.perf_counter() - t0
+    compiled = executables[max(executables)]
     rss_after_compile = peak_rss_mb()
     rss_now_after_compile = rss_mb()
     if args.release_host_memory == "on":
@@ -301,7 +318,7 @@ def run_lnpo(args) -> dict:
             jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
         t = time.perf_counter()
         batch = jax.device_put(local, sharding)
-        state, metrics = compiled(state, batch, ref_params, step_hparams)
+        state, metrics = executables[local["input_ids"].shape[1]](state, batch, ref_params, step_hparams)
         jax.block_until_ready(metrics)
         if profile:
             jax.profiler.stop_trace()
@@ -319,7 +336,7 @@ def run_lnpo(args) -> dict:
     slots = sum(h["segment_ids"].size for h in host_batches)
     extra = {"reference": args.reference, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
              "remat": args.remat, "attn_chunk": args.attn_chunk, "attn_impl": args.attn_impl, "dtype": args.dtype,
-             "rows": num_rows,
+             "rows": sorted(executables), "compiles": len(executables), "row_buckets": list(buckets),
              "seq_len": seq_len,
              "row_fill": round(real / slots, 3), "params": n_params, "compile_s": round(compile_s, 1),
              "xla_peak_mb": xla_mb, "xla_temp_mb": xla_temp_mb, "peak_rss_after_compile_mb": rss_after_compile,
@@ -404,7 +421,47 @@ def _offline_tokenizer(vocab: int):
                                    unk_token="<pad>")
 
 
-def run_trl(args) -> dict:
+def trl_settings(args) -> dict:
+    """What TRL is asked to run: ``--trl-dtype``/``--trl-reference`` (``--trl-mode best`` sets them per candidate),
+    else lnpo's ``--dtype``/``--reference``, so that by default both sides run the same precision and reference.
+
+    The dtype is passed explicitly both ways (``bf16``, ``fp16=False``): TRL 1.16's DPOConfig defaults to
+    ``bf16=True`` even with ``use_cpu=True``, which runs the step under bf16 autocast (emulated on a CPU without
+    native bf16 matmul). ``--reference cache`` maps to ``precompute_ref_log_probs=True`` (the reference's log-probs
+    are computed once, in the trainer's constructor, not timed; lnpo's cache is likewise outside the step)."""
+    dtype = args.trl_dtype or args.dtype
+    reference = args.trl_reference or args.reference
+    gc = {"on": True, "off": False, "default": None, "auto": args.remat != "none"}[args.trl_gradient_checkpointing]
+    return {"dtype": dtype, "reference": reference, "bf16": dtype == "bfloat16", "fp16": False,
+            "precompute_ref_log_probs": reference == "cache", "gradient_checkpointing": gc}
+
+
+class _ComputeDtypeProbe:
+    """Forward hooks on every ``nn.Linear`` of a torch model that record the dtypes of their outputs while the
+    model is in training mode: the precision the train step actually computes in (autocast included)."""
+
+    def __init__(self, model):
+        import torch
+
+        self.dtypes: set[str] = set()
+        self.handles = [m.register_forward_hook(self._hook) for m in model.modules()
+                        if isinstance(m, torch.nn.Linear)]
+
+    def _hook(self, module, inputs, output):
+        if module.training:
+            self.dtypes.add(str(output.dtype).removeprefix("torch."))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def run_trl(args, callbacks=()) -> dict:
+    """TRL's DPOTrainer on the benchmark's pairs; ``callbacks``: extra ``TrainerCallback`` s (tests use them to
+    observe the step from outside). The JSON line reads TRL's effective settings back from ``trainer.args`` and
+    the trainer (``padding_free`` is the trainer's own flag: TRL 1.16 turns a requested True back to False), and
+    ``observed_compute_dtype`` (the dtype of the Linear outputs in the training forward); the run fails if that
+    is not the requested dtype."""
     import copy
     import tempfile
 
@@ -412,15 +469,13 @@ def run_trl(args) -> dict:
     import transformers
     import trl
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    if args.dtype != "float32" or args.layout != "padded" or args.reference != "in_step":
-        print("dpo_step: TRL runs float32, padded to the batch's longest pair, in-step reference; "
-              "--dtype/--layout/--reference/--logprob-chunk are lnpo-only and ignored", file=sys.stderr)
-    # TRL's DPOConfig turns gradient checkpointing on by default; --trl-gradient-checkpointing auto follows
-    # --remat (none: off, full/dots: on) so both sides recompute the same, "default" keeps TRL's default.
-    gc = {"on": True, "off": False, "default": None, "auto": args.remat != "none"}[args.trl_gradient_checkpointing]
+    want = trl_settings(args)
+    if args.layout != "padded" or args.logprob_chunk != 128:
+        print("dpo_step: TRL pads each batch to its longest pair; --layout/--logprob-chunk are lnpo-only",
+              file=sys.stderr)
     torch.manual_seed(args.seed)
     peak_before = torch_matmul_peak()
     total_steps = args.warmup + args.steps
@@ -433,18 +488,13 @@ def run_trl(args) -> dict:
             "rejected": [" " + text(x["rejected_ids"][:-1]) for x in pairs]}
     dataset = Dataset.from_dict(rows)
     tokenizer = _offline_tokenizer(args.vocab)
-
-    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=intermediate(args),
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
-                         rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0)
-    model = LlamaForCausalLM(config)
+    model = torch_llama(args)
     # TRL builds the reference by reloading the policy's checkpoint; a random model has none, so pass a
-    # frozen copy (the same thing: an in-step reference with the policy's initial weights).
+    # frozen copy (the same thing: a reference with the policy's initial weights).
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
     times: list[float] = []
+    abandoned = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
@@ -452,39 +502,149 @@ def run_trl(args) -> dict:
 
         def on_step_end(self, a, state, control, **kw):
             times.append(time.perf_counter() - self.t)
+            if args.trl_abandon_above and len(times) > args.warmup and times[-1] > args.trl_abandon_above:
+                abandoned.append(times[-1])  # --trl-mode best: this mode is already far slower than the best
+                control.should_training_stop = True
 
+    probe = _ComputeDtypeProbe(model)
     with tempfile.TemporaryDirectory() as out:
+        kw = {} if want["gradient_checkpointing"] is None else {"gradient_checkpointing": want["gradient_checkpointing"]}
         cfg = DPOConfig(output_dir=out, per_device_train_batch_size=args.batch, max_steps=total_steps,
                         learning_rate=1e-6, beta=0.1, report_to="none", use_cpu=True, save_strategy="no",
-                        eval_strategy="no", logging_strategy="no", precompute_ref_log_probs=False,
+                        eval_strategy="no", logging_strategy="no", bf16=want["bf16"], fp16=want["fp16"],
+                        precompute_ref_log_probs=want["precompute_ref_log_probs"],
                         max_length=args.prompt_len + args.response_len + 8, dataloader_num_workers=0,
-                        seed=args.seed, disable_tqdm=True,
-                        **({} if gc is None else {"gradient_checkpointing": gc}))
+                        seed=args.seed, disable_tqdm=True, **kw)
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=dataset,
-                             processing_class=tokenizer, callbacks=[Timer()])
+                             processing_class=tokenizer, callbacks=[Timer(), *callbacks])
         ds = trainer.train_dataset
         got = sum(2 * len(p) + len(c) + len(r)
                   for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
         if got != pair_tokens(pairs):
             raise RuntimeError(f"TRL tokenized {got} tokens, lnpo's data has {pair_tokens(pairs)}")
+        probe.dtypes.clear()  # the precompute pass ran in eval mode; only the train steps count
         trainer.train()
+    probe.remove()
+    ran = trainer.args
+    observed = sorted(probe.dtypes)
+    effective = "bfloat16" if ran.bf16 else "float16" if ran.fp16 else "float32"
+    if observed != [want["dtype"]] or effective != want["dtype"]:
+        raise RuntimeError(f"TRL was asked for {want['dtype']} but ran bf16={ran.bf16} fp16={ran.fp16} "
+                           f"with Linear outputs in {observed}")
     peak_after = torch_matmul_peak()
     peak = max(peak_before, peak_after)
+    steps_run = len(times)
     tokens_per_step = pair_tokens(pairs) / total_steps  # TRL shuffles: the per-step mean over all pairs
-    extra = {"reference": "in_step", "layout": "padded", "dtype": "float32",
-             "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+    extra = {"reference": "cache" if trainer.precompute_ref_logps else "in_step", "layout": "padded",
+             "dtype": effective, "observed_compute_dtype": observed[0],
+             "bf16": bool(ran.bf16), "fp16": bool(ran.fp16),
+             "gradient_checkpointing": bool(ran.gradient_checkpointing),
+             "precompute_ref_log_probs": bool(ran.precompute_ref_log_probs),
+             "padding_free": bool(trainer.padding_free), "padding_free_requested": bool(ran.padding_free),
+             "use_cpu": bool(ran.use_cpu), "abandoned_after_s": abandoned[0] if abandoned else None,
+             "steps_run": steps_run,
              "params": int(sum(p.numel() for p in model.parameters())), "torch": torch.__version__,
              "trl": trl.__version__, "transformers": transformers.__version__,
              "torch_threads": torch.get_num_threads(),
              "matmul_peak_before_after_gflops": [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)]}
     return summarize(args, "trl", times, args.batch, tokens_per_step,
-                     model_flops_per_pair_token(args, True), peak, extra)
+                     model_flops_per_pair_token(args, not trainer.precompute_ref_logps), peak, extra)
+
+
+def torch_llama(args):
+    """transformers' LlamaForCausalLM with the benchmark's shape (random init from ``torch.manual_seed``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=intermediate(args),
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.kv_heads, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                         rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0)
+    return LlamaForCausalLM(config)
+
+
+def run_torch(args) -> dict:
+    """A second, minimal PyTorch harness: the same DPO step as TRL's written as a plain loop (no Trainer), to
+    cross-check TRL's step time. Each step: the batch's chosen and rejected sequences (prompt + completion) right-
+    padded to the longest, one ``[2B, L]`` policy forward (causal attention, no padding mask: no real token of a
+    right-padded row sees a pad), float32 ``log_softmax`` of the logits gathered at the
+    next tokens and summed over completion tokens; the reference the same under ``no_grad`` (``--reference
+    in_step``) or given per pair (``cache``); loss ``-logsigmoid(beta ((pc - rc) - (pr - rr)))`` averaged over
+    pairs; backward; global-norm clip 1.0; AdamW (lr 1e-6, betas 0.9/0.999, eps 1e-8, no weight decay) with a
+    linear decay. ``--dtype bfloat16`` runs the forward under CPU bf16 autocast (as TRL's bf16=True does)."""
+    import contextlib
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    dtype = args.trl_dtype or args.dtype
+    reference = args.trl_reference or args.reference
+    torch.manual_seed(args.seed)
+    peak_before = torch_matmul_peak()
+    total_steps = args.warmup + args.steps
+    pairs = make_pairs(args, args.batch * total_steps)
+    model = torch_llama(args).train()
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if reference == "in_step" else None
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total_steps))
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" \
+        else contextlib.nullcontext
+    probe = _ComputeDtypeProbe(model)
+
+    def seq_logps(m, ids, completion):
+        # no attention mask: the rows are right-padded and attention is causal, so no real token sees a pad
+        # (a mask sends sdpa to its slower masked path: ~1.8x the step here)
+        logits = m(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        tok = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None])[..., 0]
+        return (tok * completion[:, 1:]).sum(1)
+
+    times = []
+    for s in range(total_steps):
+        batch = pairs[s * args.batch:(s + 1) * args.batch]
+        seqs = [(x["prompt_ids"], x["chosen_ids"]) for x in batch] + [(x["prompt_ids"], x["rejected_ids"])
+                                                                        for x in batch]
+        length = max(len(p) + len(c) for p, c in seqs)
+        ids = torch.zeros((len(seqs), length), dtype=torch.long)
+        completion = torch.zeros((len(seqs), length), dtype=torch.float32)
+        for i, (p, c) in enumerate(seqs):
+            ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+            completion[i, len(p):len(p) + len(c)] = 1.0
+        if ref_model is None:
+            ref = -300 + 10 * torch.randn(len(seqs), generator=gen)
+        t = time.perf_counter()
+        if ref_model is not None:
+            with torch.no_grad(), autocast():
+                ref = seq_logps(ref_model, ids, completion)
+        with autocast():
+            logp = seq_logps(model, ids, completion)
+        n = args.batch
+        margin = (logp[:n] - ref[:n]) - (logp[n:] - ref[n:])
+        loss = -F.logsigmoid(0.1 * margin).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    probe.remove()
+    assert torch.isfinite(loss), loss
+    peak = max(peak_before, torch_matmul_peak())
+    extra = {"harness": "plain PyTorch loop (no Trainer)", "reference": reference, "layout": "padded",
+             "dtype": dtype, "observed_compute_dtype": sorted(probe.dtypes), "gradient_checkpointing": False,
+             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "loss": round(float(loss.detach()), 5)}
+    timed = [x for b in [pairs[s * args.batch:(s + 1) * args.batch] for s in range(args.warmup, total_steps)]
+             for x in b]
+    return summarize(args, "torch", times, args.batch, pair_tokens(timed) / args.steps,
+                     model_flops_per_pair_token(args, reference == "in_step"), peak, extra)
 
 
 # ----------------------------------------------------------------------------- driver
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--impl", choices=("lnpo", "trl", "both"), default="lnpo")
+    ap.add_argument("--impl", choices=("lnpo", "trl", "torch", "both", "all"), default="lnpo",
+                    help="both = lnpo then TRL; all = lnpo, TRL and the plain PyTorch loop (TRL's cross-check)")
     add_model_args(ap)
     ap.add_argument("--batch", type=int, default=8, help="pairs per step")
     ap.add_argument("--prompt-len", type=int, default=96, help="prompt tokens (the maximum for long-tailed)")
@@ -493,17 +653,22 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2, help="untimed first steps (compile, allocator warm-up)")
     # lnpo switches
-    ap.add_argument("--reference", choices=("cache", "in_step"), default="in_step")
+    ap.add_argument("--reference", choices=("cache", "in_step"), default="in_step",
+                    help="both sides: in_step = a frozen reference forward every step; cache = reference log-probs "
+                         "computed before training (lnpo's reference cache, TRL's precompute_ref_log_probs)")
     ap.add_argument("--layout", choices=("padded", "packed", "shared_prompt"), default="padded")
     ap.add_argument("--seq-len", type=int, default=0,
-                    help="row length T (0: prompt+response, 2x that for shared_prompt, as the trainer)")
+                    help="row length T (0: prompt+response; shared_prompt: the longest pair's P + Cc + Cr + 1 "
+                         "rounded up to 8, which a trainer run gets with data.seq_len; the trainer's default "
+                         "2 x max_len leaves rows ~20%% empty and doubles the attention length on the fixed workload)")
     ap.add_argument("--logprob-chunk", type=int, default=128, help="0 = unchunked naive log_softmax")
     ap.add_argument("--attn-chunk", type=int, default=0,
                     help="lnpo: attention query positions per chunk (ModelConfig.attn_query_chunk; 0 = all at once)")
     ap.add_argument("--attn-impl", choices=("xla", "cudnn"), default="xla",
                     help="ModelConfig.attn_implementation (cudnn: flash attention on NVIDIA GPUs, bf16)")
     ap.add_argument("--remat", choices=("none", "full", "dots"), default="none")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="lnpo compute dtype")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="compute dtype of both sides (TRL: bf16=True/False, passed explicitly)")
     ap.add_argument("--release-host-memory", choices=("on", "off"), default="on",
                     help="lnpo: glibc malloc_trim before and after compiling (lnpo.train.memory), as the "
                          "trainer does after its first step")
@@ -516,6 +681,15 @@ def parse_args(argv=None):
                     help="lnpo: JAX persistent compilation cache directory (a warm run loads instead of compiling)")
     ap.add_argument("--trl-gradient-checkpointing", choices=("auto", "on", "off", "default"), default="auto",
                     help="TRL side: auto = on iff --remat is not none; default = TRL's own default (on)")
+    ap.add_argument("--trl-mode", choices=("same", "best"), default="same",
+                    help="same: TRL runs --dtype and --reference; best: TRL runs each of "
+                         "{float32, bfloat16} x {cache, in_step} and the fastest is reported")
+    ap.add_argument("--allow-mismatch", action="store_true",
+                    help="print the lnpo/TRL ratio even when the two sides' dtype or reference differ (the ratio "
+                         "line then names the differences); without it such a ratio is refused")
+    ap.add_argument("--trl-dtype", choices=("float32", "bfloat16"), default="", help=argparse.SUPPRESS)
+    ap.add_argument("--trl-reference", choices=("cache", "in_step"), default="", help=argparse.SUPPRESS)
+    ap.add_argument("--trl-abandon-above", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--trl-python", default=os.environ.get("LNPO_BENCH_TRL_PYTHON", ""),
                     help=f"interpreter with torch + trl (default {DEFAULT_TRL_PYTHON} if present)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -536,11 +710,11 @@ def _without_impl(argv: list[str]) -> list[str]:
 
 def _run_child(impl: str, argv: list[str], args) -> dict:
     python = sys.executable
-    if impl == "trl":
+    if impl in ("trl", "torch"):
         python = args.trl_python or (DEFAULT_TRL_PYTHON if os.path.exists(DEFAULT_TRL_PYTHON) else sys.executable)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     cmd = [python, os.path.abspath(__file__), *argv, "--impl", impl, "--child"]
     out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if out.returncode:
@@ -548,24 +722,71 @@ def _run_child(impl: str, argv: list[str], args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+TRL_BEST_CANDIDATES = (("float32", "cache"), ("float32", "in_step"), ("bfloat16", "cache"), ("bfloat16", "in_step"))
+"""``--trl-mode best``: the (dtype, reference) modes TRL 1.16 runs on a CPU. ``padding_free`` is not among them:
+TRL 1.16's DPOTrainer turns it back to False ("temporarily unavailable"), which every line reads back."""
+
+ABANDON_FACTOR = 2.0
+"""``--trl-mode best``: a candidate whose first timed step is this many times the best median so far stops there."""
+
+
+def run_trl_best(argv: list[str], args) -> tuple[dict, list[dict]]:
+    """Every ``TRL_BEST_CANDIDATES`` mode in its own child (the same steps each); returns the fastest line (with
+    ``trl_mode: best``) and all lines. A mode already ``ABANDON_FACTOR`` x slower than the best one after its
+    first timed step stops early and is listed with ``abandoned_after_s``."""
+    lines = []
+    for dtype, reference in TRL_BEST_CANDIDATES:
+        extra = ["--trl-dtype", dtype, "--trl-reference", reference]
+        done = [x for x in lines if x["abandoned_after_s"] is None]
+        if done:
+            extra += ["--trl-abandon-above", str(ABANDON_FACTOR * min(x["step_s_median"] for x in done))]
+        line = _run_child("trl", argv + extra, args)
+        print(json.dumps({**line, "trl_mode": "best-candidate"}), flush=True)
+        lines.append(line)
+    finished = [x for x in lines if x["abandoned_after_s"] is None]
+    best = min(finished, key=lambda x: x["step_s_median"])
+    summary = [{k: x[k] for k in ("dtype", "reference", "gradient_checkpointing", "step_s_median", "pairs_per_s",
+                                  "peak_rss_mb", "abandoned_after_s")} for x in lines]
+    return {**best, "trl_mode": "best", "candidates": summary}, lines
+
+
+def ratio_line(a: dict, b: dict, allow_mismatch: bool) -> dict:
+    """``a / b`` for pairs/s, peak RSS and MFU, or a refusal: the ratio is printed only when both sides ran the
+    same compute dtype and the same kind of reference (in-step vs computed before training), unless
+    ``allow_mismatch``; then the line lists every difference under ``mismatch``."""
+    mismatch = {k: [a[k], b[k]] for k in ("dtype", "reference") if a[k] != b[k]}
+    line = {"ratio": f"{a['impl']}/{b['impl']}" + (" (TRL best mode)" if b.get("trl_mode") == "best" else ""),
+            "settings": {k: [a[k], b[k]] for k in ("dtype", "reference", "layout")}}
+    if mismatch and not allow_mismatch:
+        return {**line, "refused": "the two sides ran different " + " and ".join(mismatch)
+                + f" ({mismatch}); rerun with matching --dtype/--reference or pass --allow-mismatch"}
+    if mismatch:
+        line["mismatch"] = mismatch
+    return {**line, "pairs_per_s": round(a["pairs_per_s"] / b["pairs_per_s"], 2),
+            "peak_rss_mb": round(a["peak_rss_mb"] / b["peak_rss_mb"], 2), "mfu": round(a["mfu"] / b["mfu"], 2)}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.child:
-        result = run_lnpo(args) if args.impl == "lnpo" else run_trl(args)
+        result = {"lnpo": run_lnpo, "trl": run_trl, "torch": run_torch}[args.impl](args)
         result["loadavg"] = os.getloadavg()[0]
         print(json.dumps(result), flush=True)
         return
-    impls = ("lnpo", "trl") if args.impl == "both" else (args.impl,)
+    impls = {"both": ("lnpo", "trl"), "all": ("lnpo", "trl", "torch")}.get(args.impl, (args.impl,))
+    child_argv = _without_impl(argv)
     results = {}
     for impl in impls:
-        results[impl] = _run_child(impl, _without_impl(argv), args)
+        if impl == "trl" and args.trl_mode == "best":
+            results[impl], _ = run_trl_best(child_argv, args)
+        else:
+            results[impl] = _run_child(impl, child_argv, args)
         print(json.dumps(results[impl]), flush=True)
-    if len(results) == 2:
-        a, b = results["lnpo"], results["trl"]
-        print(json.dumps({"ratio": "lnpo/trl", "pairs_per_s": round(a["pairs_per_s"] / b["pairs_per_s"], 2),
-                          "peak_rss_mb": round(a["peak_rss_mb"] / b["peak_rss_mb"], 2),
-                          "mfu": round(a["mfu"] / b["mfu"], 2)}), flush=True)
+    if "lnpo" in results:
+        for other in ("trl", "torch"):
+            if other in results:
+                print(json.dumps(ratio_line(results["lnpo"], results[other], args.allow_mismatch)), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ _EXPORTS = {
     "embedded": None,  # the embedded synthetic task: materialize(), score()
     "EvalIterator": "iterator", "PairIterator": "iterator", "SFTIterator": "iterator",
     "LAYOUTS": "layouts", "ROW_KEYS": "layouts", "layout_pairs": "layouts", "layout_sft": "layouts",
-    "plan_rows": "layouts", "unit_lengths": "layouts",
+    "plan_rows": "layouts", "unit_lengths": "layouts", "row_buckets": "layouts", "bucket_rows": "layouts",
     "PREFERENCE_SCHEMAS": "sources", "SFT_SCHEMAS": "sources", "load_preferences": "sources",
     "load_sft": "sources", "validate_preferences": "sources", "validate_sft": "sources",
     "PlainTemplate": "tokenize", "TokenizeConfig": "tokenize", "tokenize_preferences": "tokenize",

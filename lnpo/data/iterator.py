@@ -22,8 +22,11 @@ order, numbers the ``2*M`` sequences of each micro-batch consistently.
 it is ``2*L`` (SFT: ``L``); for ``"packed"`` / ``"shared_prompt"`` each host plans
 the packing of *every* host's slice of every micro-batch from the lengths
 columns (O(global batch), plain numpy) and takes the maximum. ``R`` is rounded up
-to a multiple of ``row_multiple`` (the number of local data shards) and may vary
-from step to step (one compilation per distinct ``R``); ``T = seq_len`` is fixed.
+to a multiple of ``row_multiple`` (the number of local data shards) and then up to
+the next of the fixed row buckets :func:`~lnpo.data.layouts.row_buckets` (up to
+the padded row count, ``2*L`` for pairs, ``L`` for SFT or shared_prompt), so it
+varies from step to step over at most ``len(row_buckets(...))`` values and the
+jitted step compiles at most that many times in a run; ``T = seq_len`` is fixed.
 
 Order: epoch ``e`` visits the examples in the permutation
 ``numpy.random.default_rng([seed, e]).permutation(N)`` (the same on every host).
@@ -54,7 +57,8 @@ from collections.abc import Iterator, Mapping
 import datasets
 import numpy as np
 
-from lnpo.data.layouts import LAYOUTS, layout_pairs, layout_sft, plan_rows, round_up, unit_lengths
+from lnpo.data.layouts import (LAYOUTS, bucket_rows, layout_pairs, layout_sft, plan_rows, round_up, row_buckets,
+                               unit_lengths)
 
 log = logging.getLogger(__name__)
 
@@ -128,16 +132,24 @@ class _BatchBuilder:
             raise ValueError(f"{too_long} of {len(dataset)} examples need more than seq_len={seq_len} tokens in "
                              f"layout {layout!r}{hint}; tokenize with a smaller max_len or raise seq_len")
 
-    def num_rows(self, indices: np.ndarray) -> int:
-        """R for a global batch: the most rows any host's slice of any micro-batch needs, rounded up."""
+    @property
+    def row_buckets(self) -> tuple[int, ...]:
+        """Every R a batch can have (:func:`~lnpo.data.layouts.row_buckets` up to the padded row count: a
+        packed row holds at least one unit, so no batch needs more)."""
+        units_per_slice = self.local * (2 if self.kind == "pairs" and self.layout != "shared_prompt" else 1)
         if self.layout == "padded":
-            need = self.local * (2 if self.kind == "pairs" else 1)
-        else:
-            need = 0
-            for part in indices.reshape(self.micro_batches * self.process_count, self.local):
-                units = unit_lengths(self.prompt_len[part], [c[part] for c in self.completion_lens], self.layout)
-                need = max(need, plan_rows(units, self.seq_len, self.layout).num_rows)
-        return round_up(max(need, 1), self.row_multiple)
+            return (round_up(units_per_slice, self.row_multiple),)
+        return row_buckets(units_per_slice, self.row_multiple)
+
+    def num_rows(self, indices: np.ndarray) -> int:
+        """R for a global batch: the most rows any host's slice of any micro-batch needs, up to its row bucket."""
+        if self.layout == "padded":
+            return self.row_buckets[0]
+        need = 0
+        for part in indices.reshape(self.micro_batches * self.process_count, self.local):
+            units = unit_lengths(self.prompt_len[part], [c[part] for c in self.completion_lens], self.layout)
+            need = max(need, plan_rows(units, self.seq_len, self.layout).num_rows)
+        return bucket_rows(max(need, 1), self.row_buckets)
 
     def build(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The host-local batch (module docstring) for ``indices`` ``[global_batch]`` (-1 = dummy)."""
@@ -272,6 +284,11 @@ class PairIterator:
         """The host-local batch for global ``indices`` from :meth:`next_indices` (-1 = dummy)."""
         return self._builder.build(indices)
 
+    @property
+    def row_buckets(self) -> tuple[int, ...]:
+        """Every row count R a batch of this iterator can have (one compilation of the step each)."""
+        return self._builder.row_buckets
+
     def state(self) -> dict:
         """JSON-serializable position: the next batch starts at ``offset`` of epoch ``epoch``'s permutation."""
         return {"version": STATE_VERSION, "epoch": int(self._epoch), "offset": int(self._offset),
@@ -320,6 +337,11 @@ class EvalIterator:
     def __len__(self) -> int:
         n = -(-self.num_examples // self.global_batch)
         return n if self.max_batches is None else min(n, self.max_batches)
+
+    @property
+    def row_buckets(self) -> tuple[int, ...]:
+        """Every row count R a batch of this iterator can have (one compilation of the step each)."""
+        return self._builder.row_buckets
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for b in range(len(self)):

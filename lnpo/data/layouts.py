@@ -134,6 +134,33 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def row_buckets(max_rows: int, row_multiple: int = 1) -> tuple[int, ...]:
+    """The row counts ``R`` a packed batch may have, ascending: the powers of two and three halves of the powers
+    of two (1, 2, 3, 4, 6, 8, 12, ...), each rounded up to a multiple of ``row_multiple``, below ``max_rows``;
+    then ``max_rows`` (rounded up) itself.
+
+    A jitted step compiles once per distinct ``R``, so a run over batches of varying rows compiles at most
+    ``len(row_buckets(...))`` times (about ``2 log2(max_rows)``), and a batch that needs ``n`` rows gets fewer
+    than ``1.5 n`` (each bucket is at most 1.5x the one below it).
+    """
+    if max_rows < 1 or row_multiple < 1:
+        raise ValueError(f"max_rows and row_multiple must be positive, got {max_rows}, {row_multiple}")
+    top = round_up(max_rows, row_multiple)
+    sizes, p = set(), 1
+    while p < top:
+        sizes.update(round_up(s, row_multiple) for s in (p, 3 * p // 2) if s >= 1)
+        p *= 2
+    return tuple(sorted(s for s in sizes if s < top)) + (top,)
+
+
+def bucket_rows(need: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket of ``buckets`` (ascending, :func:`row_buckets`) holding ``need`` rows."""
+    for b in buckets:
+        if b >= need:
+            return b
+    raise ValueError(f"a batch needs {need} rows, more than the largest row bucket {buckets[-1]}")
+
+
 # ----------------------------------------------------------------------------- units
 
 

@@ -15,7 +15,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -27,6 +26,7 @@ from lnpo.train import reference_cache, steps
 from lnpo.train.flops import device_peak_flops, forward_flops_per_token
 from lnpo.train.loop import LoopSpec, fit, real_tokens
 from lnpo.train.optim import make_optimizer
+from lnpo.train.step_builder import build_train_step
 from lnpo.train.steps import BATCH_SPEC
 
 
@@ -253,30 +253,12 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
 
     tx, schedule = make_optimizer(config.optim, steps=config.train.steps)
     replicated = NamedSharding(mesh, P())
-    # Optimizer moments sharded like their parameters (scalars replicated), built in place.
-    param_shardings = jax.tree.map(lambda x: x.sharding, params)
-    opt_shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params),
-                                          param_shardings, transform_non_params=lambda _: replicated)
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
-    # Every leaf on the mesh (scalars replicated) so the step compiles once.
-    state_shardings = jax.tree.map(
-        lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
-    state = jax.device_put(state, state_shardings)
-
     sums_fn = steps.micro_sums_fn(stage, objective=objective, num_pairs=M, chunk_size=chunk, seed=config.seed)
     # Step inputs, not compile-time constants: a sweep's grid points share one compiled step.
     step_hparams = jax.device_put(steps.step_hparams(config.optim.lr, hparams), replicated)
-
-    def step_fn(state, batch, ref_params, hparams):
-        with parallel.use_rules(mesh):
-            return steps.train_step(state, batch, ref_params, hparams, graphdef=graphdef,
-                                    ref_graphdef=ref_graphdef, tx=tx, stage=stage, sums_fn=sums_fn)
-
-    ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
-    jitted = jax.jit(step_fn,
-                     in_shardings=(state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings, replicated),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    built = build_train_step(params, graphdef, tx, mesh, stage=stage, sums_fn=sums_fn, ref_params=ref_params,
+                             ref_graphdef=ref_graphdef)
+    state, jitted = built.state, built.jitted
     train_step = lambda s, b: jitted(s, b, ref_params, step_hparams)  # noqa: E731
 
     iterator_cls = SFTIterator if stage == "sft" else PairIterator

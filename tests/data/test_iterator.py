@@ -251,3 +251,34 @@ def test_configuration_errors():
         PairIterator(ds, global_batch=16, seq_len=32)
     with pytest.raises(ValueError, match="not a tokenized dataset"):
         PairIterator(datasets.Dataset.from_dict({"x": [1]}), global_batch=1, seq_len=8)
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared_prompt"])
+def test_varied_packed_batches_compile_the_step_at_most_once_per_row_bucket(layout):
+    import jax
+    import jax.numpy as jnp
+
+    from lnpo.data.layouts import plan_rows, unit_lengths
+
+    ds = synthetic_pairs(400, seed=3, max_prompt=12, max_completion=12)
+    it = PairIterator(ds, global_batch=16, layout=layout, seq_len=40, seed=1)
+    traces = []
+
+    @jax.jit
+    def step(batch):
+        traces.append(batch["input_ids"].shape)  # runs once per compilation
+        return jnp.sum(batch["input_ids"] * (batch["segment_ids"] > 0))
+
+    exact = set()
+    for _ in range(25):
+        indices = it.next_indices()
+        rows = ds[indices.tolist()]
+        lengths = unit_lengths([len(x) for x in rows["prompt_ids"]],
+                               ([len(x) for x in rows["chosen_ids"]], [len(x) for x in rows["rejected_ids"]]), layout)
+        need = plan_rows(lengths, 40, layout).num_rows
+        exact.add(need)
+        batch = it.build(indices)
+        assert batch["input_ids"].shape[1] in it.row_buckets and batch["input_ids"].shape[1] >= need
+        step({k: jnp.asarray(v) for k, v in batch.items()})
+    assert len(exact) > len(traces)  # without buckets the step would have compiled once per exact row count
+    assert len(traces) <= len(it.row_buckets)

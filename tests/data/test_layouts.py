@@ -158,3 +158,19 @@ def test_sft_layouts():
     for i, ex in enumerate(examples):
         assert [t for _, _, t in reference[3 + i]] == ex["completion_ids"]
     assert visible_targets(packed) == reference
+
+
+@pytest.mark.parametrize("max_rows,multiple", [(1, 1), (2, 1), (7, 1), (16, 1), (16, 2), (12, 4), (100, 1), (3, 2)])
+def test_row_buckets_cover_every_row_count_within_one_and_a_half(max_rows, multiple):
+    from lnpo.data.layouts import bucket_rows, round_up, row_buckets
+
+    buckets = row_buckets(max_rows, multiple)
+    assert list(buckets) == sorted(set(buckets)) and all(b % multiple == 0 for b in buckets)
+    assert buckets[-1] == round_up(max_rows, multiple)
+    assert len(buckets) <= 2 * np.log2(max(max_rows, 2)) + 1
+    for need in range(1, buckets[-1] + 1):
+        got = bucket_rows(need, buckets)
+        smallest = min(b for b in buckets if b >= need)  # brute force
+        assert got == smallest and (got < 1.5 * need or got <= multiple or got == 2 * multiple)
+    with pytest.raises(ValueError, match="largest row bucket"):
+        bucket_rows(buckets[-1] + 1, buckets)

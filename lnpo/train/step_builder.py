@@ -1,0 +1,70 @@
+"""The one builder of the jitted train step: the trainer and ``benchmarks/dpo_step.py`` both call it, so the
+benchmark measures the trainer's own step.
+
+``build_train_step(params, graphdef, tx, mesh, ...)`` returns a :class:`BuiltStep`: the initial
+:class:`~lnpo.train.steps.TrainState` placed in its shardings (AdamW moments sharded like their parameters,
+scalars replicated, every leaf on the mesh so the step compiles once per batch shape), those shardings, and
+``jitted(state, batch, ref_params, hparams) -> (state, metrics)``: the pure
+:func:`lnpo.train.steps.train_step` under the mesh's logical axis rules, jitted with explicit
+``in_shardings`` (state, the batch split along rows by :data:`~lnpo.train.steps.BATCH_SPEC`, the reference's
+own shardings, replicated hyperparameters), ``out_shardings`` (the state's, replicated metrics) and the state
+donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lnpo import parallel
+from lnpo.train import steps
+from lnpo.train.steps import BATCH_SPEC
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltStep:
+    """The initial state (in ``state_shardings``), its shardings, and the jitted step."""
+
+    state: steps.TrainState
+    state_shardings: steps.TrainState
+    jitted: Callable
+
+
+def initial_state(params, tx: optax.GradientTransformation, mesh) -> tuple[steps.TrainState, steps.TrainState]:
+    """``(state, shardings)``: step 0, ``params`` and ``tx.init(params)`` built in place with the optimizer's
+    moments sharded like their parameters; scalars (step, counts) replicated on ``mesh``."""
+    replicated = NamedSharding(mesh, P())
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    opt_shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params),
+                                          param_shardings, transform_non_params=lambda _: replicated)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+    shardings = jax.tree.map(lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
+    return jax.device_put(state, shardings), shardings
+
+
+def build_train_step(params, graphdef, tx: optax.GradientTransformation, mesh, *, stage: str, sums_fn: Callable,
+                     ref_params=None, ref_graphdef=None) -> BuiltStep:
+    """The initial state and the jitted step for ``stage`` ("sft", "po", "rm"); see the module docstring.
+
+    ``sums_fn``: :func:`lnpo.train.steps.micro_sums_fn` (or any function of the same contract);
+    ``ref_params``/``ref_graphdef``: an in-step reference (None: none, or cached log-probs in the batch)."""
+    state, state_shardings = initial_state(params, tx, mesh)
+    replicated = NamedSharding(mesh, P())
+
+    def step_fn(state, batch, ref_params, hparams):
+        with parallel.use_rules(mesh):
+            return steps.train_step(state, batch, ref_params, hparams, graphdef=graphdef,
+                                    ref_graphdef=ref_graphdef, tx=tx, stage=stage, sums_fn=sums_fn)
+
+    ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
+    jitted = jax.jit(step_fn,
+                     in_shardings=(state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings, replicated),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    return BuiltStep(state=state, state_shardings=state_shardings, jitted=jitted)
