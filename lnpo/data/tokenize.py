@@ -12,7 +12,7 @@ column             type             meaning
 ``prompt_len``     int32            ``len(prompt_ids)`` (and likewise below)
 ``chosen_len``     int32
 ``rejected_len``   int32
-``source_row``     int64            the row's index in the loaded split (when present)
+``source_row``     int64            the row's index in the loaded split (a JSON Lines file: line - 1)
 =================  ===============  ===================================================
 
 and :func:`tokenize_sft` turns ``prompt`` / ``completion`` rows into
@@ -61,7 +61,8 @@ Rows whose chosen and rejected tokens are equal after this are skipped as
 ``identical_tokens``; a template that raises on a row skips it as
 ``template_error``; a prompt that renders to no tokens is ``empty_prompt``; a
 completion that renders to no tokens is ``empty_response``. ``strict=True``
-raises ``ValueError("<source> row <source_row>: <detail>")`` instead of skipping.
+raises :class:`~lnpo.errors.DataError` ``"<source> row <source_row>: <detail>"`` instead of skipping
+(``"<source> line <source_row + 1>: ..."`` when ``source`` is a JSON Lines file).
 
 Caching: the ``Dataset.map`` is fingerprinted from the input dataset's fingerprint,
 the tokenizer (its serialized backend, chat template and special tokens), the
@@ -85,6 +86,7 @@ import datasets
 import numpy as np
 
 from lnpo.data import validate as validate_module
+from lnpo.data.files import rows_are_lines
 from lnpo.data.validate import LoadReport, RowIssue, code_hash, fingerprint_of, make_report, strict_error
 
 log = logging.getLogger(__name__)
@@ -371,7 +373,7 @@ def _tokenize(kind: str, dataset: datasets.Dataset, tokenizer, config: TokenizeC
     bad = np.flatnonzero(reasons != "")
     if strict and len(bad):
         first = out[int(bad[0])]
-        raise strict_error(source, first["source_row"], first[_DETAIL])
+        raise strict_error(source, first["source_row"], first[_DETAIL], lines=rows_are_lines(source))
     adjusted = Counter(a for row in out[_ADJUST] for a in row) if len(out) else Counter()
     report = make_report(source, reasons.tolist(), adjusted=adjusted)
     if len(bad):
