@@ -131,6 +131,33 @@ class PlainTemplate:
         return "".join(self._render(m) for m in messages[:-1]) + messages[-1]["content"]
 
 
+def template_for(tokenizer, chat_template: "PlainTemplate | str | None") -> "PlainTemplate | None":
+    """The template setting ``data.chat_template`` (training and evaluation alike) -> ``plain_template``.
+
+    ``None`` or ``""``: the tokenizer's own chat template (``None`` is returned); a tokenizer without
+    one is a :class:`~lnpo.errors.ConfigError` naming the field. ``"plain"``: the default
+    :class:`PlainTemplate`. Any other string: ``PlainTemplate(user=<it>)`` (it must contain
+    ``{content}``). A :class:`PlainTemplate` is returned as is.
+    """
+    from lnpo.errors import ConfigError
+
+    if isinstance(chat_template, PlainTemplate):
+        return chat_template
+    if not chat_template:
+        if getattr(tokenizer, "chat_template", None):
+            return None
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ConfigError(f"config.data.chat_template: the tokenizer {name!r} has no chat template (usual for base "
+                          "models); set data.chat_template=plain (lnpo.evaluate: --chat_template=plain) or a "
+                          "user-turn format containing '{content}'")
+    if chat_template == "plain":
+        return PlainTemplate()
+    try:
+        return PlainTemplate(user=chat_template)
+    except ValueError as e:
+        raise ConfigError(f"config.data.chat_template: {e}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizeConfig:
     """Tokenization settings (see the module docstring)."""
@@ -189,7 +216,7 @@ class Encoder:
         self.config = config
         self.use_chat = config.plain_template is None
         if self.use_chat and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat_template: pass plain_template=PlainTemplate(...)")
+            template_for(tokenizer, None)  # raises: the ConfigError naming data.chat_template
         self.eos_id = tokenizer.eos_token_id
         self.bos_id = tokenizer.bos_token_id
         if config.add_eos and self.eos_id is None:
