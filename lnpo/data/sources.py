@@ -96,6 +96,7 @@ from lnpo.data.validate import (
     make_report,
     check_preference_row,
     check_sft_row,
+    reasons_of,
     strict_error,
 )
 from lnpo.errors import DataError
@@ -398,7 +399,7 @@ _REQUIRED = {
 def _finish(ds: datasets.Dataset, source: str, strict: bool, *, lines: bool, schema: str,
             detected: bool) -> tuple[datasets.Dataset, LoadReport]:
     """Count the skip reasons, raise in strict mode, drop skipped rows and the bookkeeping columns."""
-    reasons = np.asarray(ds[_REASON], dtype=object) if len(ds) else np.zeros(0, dtype=object)
+    reasons = reasons_of(ds, _REASON)
     bad = np.flatnonzero(reasons != "")
     if strict and len(bad):
         first = ds[int(bad[0])]

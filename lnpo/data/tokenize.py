@@ -87,7 +87,8 @@ import numpy as np
 
 from lnpo.data import validate as validate_module
 from lnpo.data.files import rows_are_lines
-from lnpo.data.validate import LoadReport, RowIssue, code_hash, fingerprint_of, make_report, strict_error
+from lnpo.data.validate import (LoadReport, RowIssue, code_hash, fingerprint_of, make_report, reasons_of,
+                                 strict_error)
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +397,7 @@ def _tokenize(kind: str, dataset: datasets.Dataset, tokenizer, config: TokenizeC
         remove_columns=dataset.column_names, features=_features(kind), num_proc=use_procs,
         new_fingerprint=fingerprint, desc=f"tokenize {kind}s",
     )
-    reasons = np.asarray(out[_REASON], dtype=object) if len(out) else np.zeros(0, dtype=object)
+    reasons = reasons_of(out, _REASON)
     bad = np.flatnonzero(reasons != "")
     if strict and len(bad):
         first = out[int(bad[0])]

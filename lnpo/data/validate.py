@@ -47,6 +47,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from lnpo.errors import DataError
 
 # reason -> what it means (the text of a strict-mode error starts with the row's detail,
@@ -137,6 +139,12 @@ def strict_error(source: str, row: int, detail: str, *, lines: bool = False) -> 
     the line number an editor shows."""
     where = f"line {row + 1}" if lines else f"row {row}"
     return DataError(f"{source} {where}: {detail}")
+
+
+def reasons_of(dataset, column: str) -> np.ndarray:
+    """The skip-reason column of a ``datasets.Dataset`` as an object array, read through Arrow in one go
+    (``dataset[column]`` decodes row by row)."""
+    return np.asarray(dataset.with_format("arrow")[column].to_pylist() if len(dataset) else [], dtype=object)
 
 
 def make_report(source: str, reasons: Iterable[str], *, adjusted: Mapping[str, int] | None = None,
