@@ -50,7 +50,14 @@ def get_base() -> ml_collections.ConfigDict:
     c.data.eval_source = ""  # held-out preference data; "" = the embedded task's
     c.data.eval_split = "train"
     c.data.ood_prompts = ""  # evaluation prompts (a preference file whose chosen is the reference); "" = embedded
-    c.data.columns = ml_collections.ConfigDict()  # column mapping, e.g. prompt="question"
+    # Column mapping: the source column that holds each canonical input column, e.g.
+    # --config.data.columns.prompt=question --config.data.columns.rejected=answer_b; "" = the
+    # column of that name (lnpo.data.sources lists the schemas and their columns).
+    c.data.columns = ml_collections.ConfigDict()
+    for column in ("prompt", "chosen", "rejected", "system", "completion", "messages", "response_0", "response_1",
+                   "better_response_id", "safer_response_id", "score_chosen", "score_rejected"):
+        c.data.columns[column] = ""
+    c.data.pku_preference = "better"  # PKU-SafeRLHF label: "better" (better_response_id) or "safer" (safer_response_id)
     c.data.max_prompt_len = 32
     c.data.max_len = 64  # prompt + one response, in tokens
     c.data.truncation = "keep_end"  # "keep_end" | "drop"
@@ -61,6 +68,11 @@ def get_base() -> ml_collections.ConfigDict:
     c.data.num_proc = 1
     c.data.strict = False  # True: a malformed row is an error naming the row, not a counted skip
     c.data.tokenizer = ""  # default: the model directory's tokenizer
+    # How conversations become tokens, in training and in evaluation alike: "" = the tokenizer's
+    # chat template (an error if it has none); "plain" = lnpo's plain-text template
+    # ("User: {content}\nAssistant: ", for base models); or a user-turn format of your own that
+    # contains "{content}" (lnpo.data.tokenize.PlainTemplate).
+    c.data.chat_template = ""
 
     # The objective, picked by name from lnpo.losses; its other fields are the
     # objective's hyperparameters.
@@ -89,6 +101,7 @@ def get_base() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 50
     c.train.keep_checkpoints = 2
     c.train.export = True
+    c.train.export_dtype = ""  # "" = the starting model's own dtype (config.json); "float32" | "bfloat16" | "float16"
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 = the rest of the devices

@@ -21,6 +21,7 @@ TRUNCATIONS = ("keep_end", "drop")
 REFERENCE_MODES = ("cache", "in_step")
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "full", "dots")
+EXPORT_DTYPES = ("", "float32", "bfloat16", "float16")  # "" = the starting model's own dtype
 
 
 def _choice(field: str, value, allowed) -> None:
@@ -57,12 +58,88 @@ def _check_attention(config: ml_collections.ConfigDict) -> None:
                           f"{jax.devices()[0].platform}; use 'xla'")
 
 
+def check_unit_interval(field: str, value) -> None:
+    """ConfigError naming ``config.<field>`` unless ``0 <= value < 1`` (an Adam decay rate)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and 0 <= value < 1):
+        raise ConfigError(f"config.{field}: must be a number in [0, 1), got {value!r}")
+
+
+def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+    from lnpo.train.optim import SCHEDULES
+
+    o = config.optim
+    _choice("optim.schedule", o.schedule, SCHEDULES)
+    check_unit_interval("optim.b1", o.b1)
+    check_unit_interval("optim.b2", o.b2)
+    check_positive("optim.eps", o.eps)
+    check_positive("optim.lr", o.lr)
+    check_positive("optim.warmup_steps", o.warmup_steps, integer=True, allow_zero=True)
+    check_positive("optim.weight_decay", o.weight_decay, allow_zero=True)
+    check_positive("optim.clip_norm", o.clip_norm, allow_zero=True)
+    check_positive("sft.lr", config.sft.lr)
+    check_positive("sft.warmup_steps", config.sft.warmup_steps, integer=True, allow_zero=True)
+    for field in ("seed", "eval.seed"):
+        section, _, key = field.rpartition(".")
+        check_positive(field, (config[section] if section else config)[key], integer=True, allow_zero=True)
+
+
+def _check_tiny_model(config: ml_collections.ConfigDict) -> None:
+    """``config.model.tiny`` (the embedded model's architecture): whole sizes > 0 that make a model lnpo can
+    build and export; checked before any data is loaded."""
+    from lnpo.models.config import ModelConfig
+
+    t = config.model.tiny
+    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+        check_positive(f"model.tiny.{key}", t[key], integer=True)
+    if t.hidden_size % t.num_heads:
+        raise ConfigError(f"config.model.tiny.num_heads: {t.num_heads} does not divide model.tiny.hidden_size "
+                          f"({t.hidden_size})")
+    if t.num_heads % t.num_kv_heads:
+        raise ConfigError(f"config.model.tiny.num_kv_heads: {t.num_kv_heads} does not divide model.tiny.num_heads "
+                          f"({t.num_heads})")
+    if (t.hidden_size // t.num_heads) % 2:
+        raise ConfigError(f"config.model.tiny.num_heads: head size hidden_size / num_heads = "
+                          f"{t.hidden_size // t.num_heads} must be even (rotary embeddings)")
+    try:
+        ModelConfig.tiny(hidden_size=t.hidden_size, intermediate_size=t.intermediate_size, num_layers=t.num_layers,
+                         num_heads=t.num_heads, num_kv_heads=t.num_kv_heads, **model_runtime(config)).to_hf()
+    except ValueError as e:
+        raise ConfigError(f"config.model.tiny: {str(e).replace('ModelConfig', 'the tiny model')}") from None
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+    from lnpo.data.sources import PKU_PREFERENCES, PREFERENCE_COLUMNS, SFT_COLUMNS
+
+    d = config.data
+    _choice("data.pku_preference", d.pku_preference, tuple(PKU_PREFERENCES))
+    allowed = SFT_COLUMNS if config.stage == "sft" else PREFERENCE_COLUMNS
+    for key, column in d.columns.items():
+        if not isinstance(column, str):
+            raise ConfigError(f"config.data.columns.{key}: must be a column name (a string), got {column!r}")
+        if column and key not in allowed:
+            raise ConfigError(f"config.data.columns.{key}: not an input column of {config.stage} data; "
+                              f"allowed: {', '.join(allowed)}")
+    if data_columns(config) and d.source == "embedded":
+        raise ConfigError(f"config.data.columns.{next(iter(data_columns(config)))}: a column mapping needs data.source "
+                          "to be your data (the embedded task's columns are already canonical)")
+    template = d.chat_template
+    if not isinstance(template, str) or template not in ("", "plain") and "{content}" not in template:
+        raise ConfigError(f"config.data.chat_template: {template!r} is not '' (the tokenizer's chat template), "
+                          "'plain' (lnpo's plain-text template) or a user-turn format containing '{content}'")
+
+
 def model_runtime(config: ml_collections.ConfigDict) -> dict:
     """How the run builds its model (``lnpo.models.config.RUNTIME_FIELDS`` from ``config.model``:
     dtypes, remat, attention), the same for a fresh, a loaded and a planned model."""
     from lnpo.models.config import RUNTIME_FIELDS
 
     return {name: config.model[name] for name in RUNTIME_FIELDS}
+
+
+def data_columns(config: ml_collections.ConfigDict) -> dict:
+    """The column mapping of ``config.data.columns``: canonical column -> source column, set fields only."""
+    return {key: column for key, column in config.data.columns.items() if column}
 
 
 def loss_hparams(config: ml_collections.ConfigDict) -> dict:
@@ -94,6 +171,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
     _choice("reference.dtype", config.reference.dtype, DTYPES)
     _choice("data.layout", config.data.layout, LAYOUTS)
     _choice("data.truncation", config.data.truncation, TRUNCATIONS)
+    _check_data(config)
+    _choice("train.export_dtype", config.train.export_dtype, EXPORT_DTYPES)
+    _check_optimizer(config)
     if config.model.path:
         if not os.path.isdir(config.model.path):
             raise ConfigError(f"config.model.path: {config.model.path!r} is not a directory")
@@ -106,11 +186,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
         section, key = field.split(".")
         check_positive(field, config[section][key], integer=True)
     check_positive("train.eval_batches", config.train.eval_batches, integer=True, allow_zero=True)
-    check_positive("optim.lr", config.optim.lr)
-    check_positive("sft.lr", config.sft.lr)
-    check_positive("optim.warmup_steps", config.optim.warmup_steps, integer=True, allow_zero=True)
-    check_positive("optim.weight_decay", config.optim.weight_decay, allow_zero=True)
-    check_positive("optim.clip_norm", config.optim.clip_norm, allow_zero=True)
     check_positive("data.seq_len", config.data.seq_len, integer=True, allow_zero=True)
     check_positive("model.attn_query_chunk", config.model.attn_query_chunk, integer=True, allow_zero=True)
     if config.data.seq_len and config.data.seq_len < config.data.max_len:
@@ -119,6 +194,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
         raise ConfigError(
             f"config.data.max_prompt_len: {config.data.max_prompt_len} must be < data.max_len ({config.data.max_len})"
         )
+    if not config.model.path:
+        _check_tiny_model(config)
     try:
         mesh_shape = parallel.resolve_mesh_shape(config.mesh.shape, num_devices)
     except ValueError as e:

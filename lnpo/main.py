@@ -55,6 +55,33 @@ def _fail(message: str, code: int, hint: str = "") -> None:
     sys.exit(code)
 
 
+def _unknown_field_message(error: Exception, argv: list[str]) -> str:
+    """One line for ml_collections' "no such field" error while parsing ``--config.<path>`` overrides.
+
+    Its message is ``'<key>'`` and, when a field is close, ``Did you mean "<field>" instead of "<key>"?``.
+    """
+    while isinstance(error, BaseException) and error.args:  # AttributeError(KeyError(message))
+        error = error.args[0]
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    key = lines[0].strip("'\"") if lines else "?"
+    paths = [arg[len("--config."):].split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+    field = next((p for p in paths if key in p.split(".")), key)
+    hint = " ".join(lines[1:])
+    return f"config.{field}: no such config field" + (f"; {hint[0].lower()}{hint[1:]}" if hint else "")
+
+
+def _parse_flags(argv: list[str]):
+    """absl's flag parser; a misspelt ``--config.<field>`` override is one line (exit 2), not a traceback."""
+    from absl import app
+
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        print(f"lnpo: error: {_unknown_field_message(e, argv)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
@@ -96,7 +123,7 @@ def main(argv=None):
             sys.exit(EXIT_PREEMPTED)
 
     _config_root_on_path(argv)
-    app.run(_run, argv=argv)
+    app.run(_run, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

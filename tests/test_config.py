@@ -89,3 +89,78 @@ def test_cli_prints_one_error_line_and_no_traceback(tmp_path, override, field):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("lnpo: error:")]
     assert len(lines) == 1 and lines[0].startswith(f"lnpo: error: {field}:"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _set(config, dotted: str, value) -> None:
+    *parents, key = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[key] = value
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"optim.b1": 1.5}, r"^config\.optim\.b1: must be a number in \[0, 1\), got 1\.5$"),
+    ({"optim.b1": -0.1}, r"^config\.optim\.b1: must be a number in \[0, 1\)"),
+    ({"optim.b2": -0.1}, r"^config\.optim\.b2: must be a number in \[0, 1\), got -0\.1$"),
+    ({"optim.b2": 1.0}, r"^config\.optim\.b2: must be a number in \[0, 1\)"),
+    ({"optim.eps": -1.0}, r"^config\.optim\.eps: must be a number > 0, got -1\.0$"),
+    ({"optim.eps": 0.0}, r"^config\.optim\.eps: must be a number > 0"),
+    ({"optim.schedule": "cosin"}, r"^config\.optim\.schedule: 'cosin' is not one of cosine, linear, constant$"),
+    ({"seed": -1}, r"^config\.seed: must be an integer >= 0, got -1$"),
+    ({"eval.seed": -3}, r"^config\.eval\.seed: must be an integer >= 0"),
+    ({"sft.warmup_steps": -1}, r"^config\.sft\.warmup_steps: must be an integer >= 0"),
+    ({"model.tiny.num_heads": 3}, r"^config\.model\.tiny\.num_heads: 3 does not divide model\.tiny\.hidden_size"),
+    ({"model.tiny.hidden_size": 0}, r"^config\.model\.tiny\.hidden_size: must be an integer > 0, got 0$"),
+    ({"model.tiny.num_kv_heads": 3}, r"^config\.model\.tiny\.num_kv_heads: 3 does not divide model\.tiny\.num_heads"),
+    ({"model.tiny.num_layers": -2}, r"^config\.model\.tiny\.num_layers: must be an integer > 0"),
+    ({"model.tiny.hidden_size": 12, "model.tiny.num_heads": 4, "model.tiny.num_kv_heads": 2},
+     r"^config\.model\.tiny\.num_heads: head size hidden_size / num_heads = 3 must be even"),
+    ({"data.pku_preference": "nicer"}, r"^config\.data\.pku_preference: 'nicer' is not one of better, safer$"),
+    ({"data.chat_template": "User:"}, r"^config\.data\.chat_template: 'User:' is not ''"),
+    ({"train.export_dtype": "int8"}, r"^config\.train\.export_dtype: 'int8' is not one of , float32, bfloat16"),
+    ({"data.columns.rejected": "answer_b"}, r"^config\.data\.columns\.rejected: a column mapping needs data\.source"),
+    ({"data.source": "x.jsonl", "stage": "sft", "data.columns.chosen": "good"},
+     r"^config\.data\.columns\.chosen: not an input column of sft data; allowed: prompt, completion"),
+])
+def test_optimizer_seed_tiny_model_and_data_fields_are_checked_naming_the_field(changes, message):
+    config = load("lndpo")
+    for key, value in changes.items():
+        _set(config, key, value)
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(config, num_devices=1)
+    assert "\n" not in str(info.value)
+
+
+def test_tiny_model_sizes_are_checked_only_for_the_tiny_model(tmp_path):
+    config = load("lndpo")
+    config.model.tiny.num_heads = 3
+    config.model.path = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"^config\.model\.path: .* has no config\.json"):  # not model.tiny
+        validate(config, num_devices=1)
+
+
+def test_column_mapping_and_pku_label_are_settable_from_the_command_line():
+    from absl import flags
+    from ml_collections import config_flags
+
+    from lnpo.config import data_columns
+
+    argv = ["prog", f"--config={REPO}/configs/lndpo.py", "--config.data.columns.rejected=answer_b",
+            "--config.data.columns.prompt=question", "--config.data.pku_preference=safer"]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+    values(argv)
+    config = values.config
+    assert data_columns(config) == {"prompt": "question", "rejected": "answer_b"}
+    assert config.data.pku_preference == "safer"
+    assert data_columns(load("lndpo")) == {}
+
+
+def test_misspelt_config_field_is_one_line_with_the_suggestion(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lnpo.main", "--config=configs/lndpo.py", "--config.loss.bta=1",
+                           f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == 'lnpo: error: config.loss.bta: no such config field; did you mean "beta" instead ' \
+                                  'of "bta"?', proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -4,7 +4,8 @@ Public entry points:
 
 - :func:`load_preferences` -> ``(Dataset, LoadReport)`` with columns
   ``prompt``, ``chosen``, ``rejected`` (lists of ``{"role", "content"}`` messages)
-  and ``source_row`` (the row's 0-based index in the loaded split);
+  and ``source_row`` (the row's 0-based index in the loaded split; for a JSON Lines
+  file its 0-based line index, so line ``source_row + 1`` as an editor counts);
 - :func:`load_sft` -> ``(Dataset, LoadReport)`` with ``prompt``, ``completion``
   and ``source_row``;
 - :func:`validate_preferences` / :func:`validate_sft`: the same validation for a
@@ -24,10 +25,11 @@ Sources (``source`` argument):
 - otherwise a Hugging Face Hub dataset name (``name`` = its config, ``revision``),
   which needs network access. Dataset loading scripts are never run.
 
-A JSON Lines file that the Arrow JSON reader rejects as a whole (a line that is
-not UTF-8 or not JSON) is re-read line by line, so such lines are skipped and
-counted (``undecodable_text``, ``malformed_json``) instead of failing the load
-(uncompressed single files only; blank lines are not rows).
+JSON files are read by :mod:`lnpo.data.files`, line by line with Python's ``json``:
+every line of a JSON Lines file is a row, so a line that is not UTF-8, not JSON, not an
+object, nested too deeply, or blank is skipped and counted (``undecodable_text``,
+``malformed_json``, ``blank_line``) and never costs another row; a column may mix text
+and message lists from row to row. An empty source is a :class:`~lnpo.errors.DataError`.
 
 Caching: the adapter pass is a ``Dataset.map`` fingerprinted from the input
 dataset, the schema, the column mapping, the options and the code of this module
@@ -80,9 +82,10 @@ from typing import Any
 
 import datasets
 import numpy as np
-import pyarrow as pa
 
+from lnpo.data import files as files_module
 from lnpo.data import validate as validate_module
+from lnpo.data.files import LINE, RAW, open_source, parse_line
 from lnpo.data.validate import (
     LoadReport,
     code_hash,
@@ -93,8 +96,10 @@ from lnpo.data.validate import (
     make_report,
     check_preference_row,
     check_sft_row,
+    reasons_of,
     strict_error,
 )
+from lnpo.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -116,136 +121,11 @@ SFT_FEATURES = datasets.Features(
 )
 
 _REASON, _DETAIL = "_lnpo_reason", "_lnpo_detail"
-_RAW = "_lnpo_raw"  # one undecoded JSON Lines line (fallback reader)
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
-_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
-_SAMPLE_ROWS = 64
-
-
-# ----------------------------------------------------------------------------- opening a source
-
-
-def _jsonl_lines(files):
-    """Generator for :meth:`datasets.Dataset.from_generator`: one row per non-blank line, undecoded.
-
-    ``files`` is a list of ``(path, mtime_ns, size)``; mtime and size are there only
-    so that the generator's cache fingerprint changes when a file does.
-    """
-    for path, _mtime, _size in files:
-        with open(path, "rb") as f:
-            for line in f:
-                line = line.rstrip(b"\r\n")
-                if line.strip():
-                    yield {_RAW: line}
-
-
-def _looks_like_json_lines(path: str) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(4096).lstrip()
-    return not head.startswith(b"[")
-
-
-def _split_base(split: str) -> str:
-    return re.split(r"[\[+]", split, maxsplit=1)[0].strip() or "train"
-
-
-def _open_file(path: str, *, split: str, cache_dir, num_proc) -> datasets.Dataset:
-    stem, ext = os.path.splitext(path.lower())
-    compressed = ext in _COMPRESSIONS
-    if compressed:  # prefs.jsonl.gz: the builder reads it; the line-by-line fallback does not
-        ext = os.path.splitext(stem)[1]
-    if ext not in _FILE_BUILDERS:
-        raise ValueError(f"{path}: unsupported file type {ext!r}; expected one of {', '.join(_FILE_BUILDERS)}")
-    builder = _FILE_BUILDERS[ext]
-    data_files = {_split_base(split): [path]}
-    try:
-        return datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir,
-                                     num_proc=num_proc)
-    except datasets.exceptions.DatasetGenerationError as e:
-        if builder != "json" or compressed or not _looks_like_json_lines(path):
-            raise
-        log.warning("%s: the JSON reader failed (%s); re-reading it line by line", path, e.__cause__ or e)
-    stat = os.stat(path)
-    ds = datasets.Dataset.from_generator(
-        _jsonl_lines,
-        features=datasets.Features({_RAW: datasets.Value("binary")}),
-        gen_kwargs={"files": [(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)]},
-        cache_dir=cache_dir,
-    )
-    return _apply_slice(ds, split, path)
-
-
-def _apply_slice(ds: datasets.Dataset, split: str, what: str) -> datasets.Dataset:
-    """``ds`` sliced as ``split`` says (``"train[:100]"``, ``"test[10%:20%]"``); as is without a slice."""
-    base = _split_base(split)
-    if split.strip() == base:
-        return ds
-    spans = datasets.ReadInstruction.from_spec(split).to_absolute({base: len(ds)})
-    if len(spans) != 1:
-        raise ValueError(f"{what}: split {split!r} is not a single slice of one split")
-    return ds.select(range(spans[0].from_, spans[0].to))
-
-
-def _pick_split(ds, split: str, what: str) -> datasets.Dataset:
-    if isinstance(ds, datasets.DatasetDict):
-        base = _split_base(split)
-        if base not in ds:
-            raise KeyError(f"{what}: split {base!r} not found (splits: {', '.join(ds)})")
-        ds = ds[base]
-    return _apply_slice(ds, split, what)
-
-
-def _is_saved_dataset(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
-
-
-def open_source(source: Any, *, split: str = "train", name: str | None = None, data_files=None,
-                revision: str | None = None, cache_dir: str | None = None,
-                num_proc: int | None = None) -> tuple[datasets.Dataset, str]:
-    """Open ``source`` (see the module docstring) as a raw ``datasets.Dataset``; returns ``(dataset, display name)``."""
-    if isinstance(source, datasets.Dataset):
-        return _apply_slice(source, split, "<Dataset>"), "<Dataset>"
-    if isinstance(source, datasets.DatasetDict):
-        return _pick_split(source, split, "<DatasetDict>"), f"<DatasetDict>[{_split_base(split)}]"
-    if isinstance(source, (list, tuple)) and all(isinstance(r, Mapping) for r in source):
-        try:
-            return datasets.Dataset.from_list([dict(r) for r in source]), "<list>"
-        except (pa.ArrowException, TypeError, ValueError):  # mixed types across rows: keep each row as JSON
-            lines = [json.dumps(dict(r), ensure_ascii=False).encode("utf-8") for r in source]
-            return datasets.Dataset.from_dict({_RAW: lines}, features=datasets.Features(
-                {_RAW: datasets.Value("binary")})), "<list>"
-    if isinstance(source, datasets.IterableDataset):
-        raise TypeError("streaming datasets are not supported: load a map-style datasets.Dataset")
-    path = os.fspath(source)
-    if data_files is None and os.path.isfile(path):
-        return _open_file(path, split=split, cache_dir=cache_dir, num_proc=num_proc), path
-    if data_files is None and os.path.isdir(path):
-        if _is_saved_dataset(path):
-            return _pick_split(datasets.load_from_disk(path), split, path), path
-        return datasets.load_dataset(path, split=split, cache_dir=cache_dir, num_proc=num_proc), path
-    # A builder name with data_files ("json", "parquet", ...) or a Hub dataset.
-    ds = datasets.load_dataset(path, name, data_files=data_files, split=split, revision=revision,
-                               cache_dir=cache_dir, num_proc=num_proc)
-    if not isinstance(ds, datasets.Dataset):
-        raise TypeError(f"{path}: expected a map-style Dataset for split {split!r}, got {type(ds).__name__}")
-    return ds, path if name is None else f"{path}/{name}"
+_SAMPLE_ROWS = 64  # parsed rows that schema detection looks at
+_SAMPLE_SCAN = 4096  # raw rows scanned for them at most
 
 
 # ----------------------------------------------------------------------------- reading rows
-
-
-def _parse_raw(raw: bytes) -> dict:
-    try:
-        text = bytes(raw).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RowIssue("undecodable_text", f"line is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    try:
-        obj = json.loads(text)
-    except ValueError as e:
-        raise RowIssue("malformed_json", f"line is not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise RowIssue("malformed_json", f"line is a JSON {type(obj).__name__}, not an object")
-    return obj
 
 
 def _get(row: Mapping, columns: Mapping[str, str], key: str) -> Any:
@@ -410,9 +290,11 @@ class _Adapter:
 
     def __call__(self, row: dict, index: int) -> dict:
         empty = ("prompt", "chosen", "rejected") if self.kind == "preference" else ("prompt", "completion")
+        if LINE in row:  # a JSON Lines file: the row is its line
+            index = row[LINE] - 1
         try:
             if self.raw:
-                row = _parse_raw(row[_RAW])
+                row = parse_line(row[RAW])
             if self.kind == "preference":
                 out = check_preference_row(_PREFERENCE_ADAPTERS[self.schema](row, self.columns, self.options))
             else:
@@ -429,19 +311,18 @@ class _Adapter:
 
 
 def _sample_rows(ds: datasets.Dataset, raw: bool) -> list[dict]:
-    n = min(len(ds), _SAMPLE_ROWS)
-    if n == 0:
-        return []
-    batch = ds[:n]
-    rows = [{key: batch[key][i] for key in batch} for i in range(n)]
+    """Up to ``_SAMPLE_ROWS`` rows from the start of ``ds`` (raw rows: the first that parse)."""
     if not raw:
-        return rows
+        batch = ds[:min(len(ds), _SAMPLE_ROWS)]
+        return [{key: batch[key][i] for key in batch} for i in range(len(next(iter(batch.values()), [])))]
     parsed = []
-    for row in rows:
+    for raw_line in ds.select_columns([RAW])[:min(len(ds), _SAMPLE_SCAN)][RAW]:
         try:
-            parsed.append(_parse_raw(row[_RAW]))
+            parsed.append(parse_line(raw_line))
         except RowIssue:
-            pass
+            continue
+        if len(parsed) == _SAMPLE_ROWS:
+            break
     return parsed
 
 
@@ -451,7 +332,7 @@ def _canonical_columns(available: set[str], mapping: dict[str, str], allowed: Se
         raise TypeError(f"unknown column mapping key(s) {unknown}; allowed: {', '.join(allowed)}")
     for key, column in mapping.items():
         if column not in available:
-            raise ValueError(f"{source}: column mapping {key}={column!r} names a column that does not exist "
+            raise DataError(f"{source}: column mapping {key}={column!r} names a column that does not exist "
                              f"(columns: {', '.join(sorted(available))})")
     mapped_sources = set(mapping.values())
     present = {key for key in allowed if key in mapping or (key in available and key not in mapped_sources)}
@@ -466,7 +347,8 @@ def _first_value(rows: list[dict], columns: Mapping[str, str], key: str) -> Any:
     return None
 
 
-def detect_preference_schema(present: set[str], rows: list[dict], columns: Mapping[str, str]) -> str:
+def detect_preference_schema(present: set[str], rows: list[dict], columns: Mapping[str, str],
+                             source: str = "the data") -> str:
     """The preference schema of data with canonical columns ``present`` (see the module docstring).
 
     ``rows`` are sample raw rows and ``columns`` maps canonical names to their source
@@ -484,18 +366,20 @@ def detect_preference_schema(present: set[str], rows: list[dict], columns: Mappi
             return "hh_rlhf"
         if isinstance(value, (list, tuple)):
             return "conversational"
-    raise ValueError(f"cannot detect the preference schema from columns {sorted(present)}; pass schema= one of "
-                     f"{', '.join(PREFERENCE_SCHEMAS)} and/or a column mapping (e.g. prompt='question')")
+    raise DataError(f"{source}: cannot detect the preference schema from columns {sorted(present)}; set the schema "
+                    f"(data.schema: one of {', '.join(PREFERENCE_SCHEMAS)}) and/or a column mapping "
+                    f"(e.g. data.columns.prompt=question)")
 
 
-def detect_sft_schema(present: set[str]) -> str:
+def detect_sft_schema(present: set[str], source: str = "the data") -> str:
     """The SFT schema of data with canonical columns ``present``."""
     if "messages" in present:
         return "messages"
     if {"prompt", "completion"} <= present:
         return "prompt_completion"
-    raise ValueError(f"cannot detect the SFT schema from columns {sorted(present)}; pass schema= one of "
-                     f"{', '.join(SFT_SCHEMAS)} and/or a column mapping (e.g. messages='conversations')")
+    raise DataError(f"{source}: cannot detect the SFT schema from columns {sorted(present)}; set the schema "
+                    f"(data.schema: one of {', '.join(SFT_SCHEMAS)}) and/or a column mapping "
+                    f"(e.g. data.columns.messages=conversations)")
 
 
 _REQUIRED = {
@@ -512,14 +396,15 @@ _REQUIRED = {
 # ----------------------------------------------------------------------------- the pass
 
 
-def _finish(ds: datasets.Dataset, source: str, strict: bool) -> tuple[datasets.Dataset, LoadReport]:
+def _finish(ds: datasets.Dataset, source: str, strict: bool, *, lines: bool, schema: str,
+            detected: bool) -> tuple[datasets.Dataset, LoadReport]:
     """Count the skip reasons, raise in strict mode, drop skipped rows and the bookkeeping columns."""
-    reasons = np.asarray(ds[_REASON], dtype=object) if len(ds) else np.zeros(0, dtype=object)
+    reasons = reasons_of(ds, _REASON)
     bad = np.flatnonzero(reasons != "")
     if strict and len(bad):
         first = ds[int(bad[0])]
-        raise strict_error(source, first["source_row"], first[_DETAIL])
-    report = make_report(source, reasons.tolist())
+        raise strict_error(source, first["source_row"], first[_DETAIL], lines=lines)
+    report = make_report(source, reasons.tolist(), schema=schema, schema_detected=detected)
     if len(bad):
         ds = ds.select(np.flatnonzero(reasons == ""))
     ds = ds.remove_columns([_REASON, _DETAIL])
@@ -532,33 +417,40 @@ def _load(kind: str, source, *, schema, split, strict, name, data_files, revisio
     ds, opened = open_source(source, split=split, name=name, data_files=data_files, revision=revision,
                              cache_dir=cache_dir, num_proc=num_proc)
     display = display or opened
-    raw = ds.column_names == [_RAW]
+    if len(ds) == 0:
+        raise DataError(f"{display}: no rows (empty data)")
+    raw = RAW in ds.column_names
+    lines = LINE in ds.column_names
     rows = _sample_rows(ds, raw)
     available = set().union(*(r.keys() for r in rows)) if raw else set(ds.column_names)
     allowed = PREFERENCE_COLUMNS if kind == "preference" else SFT_COLUMNS
     schemas = PREFERENCE_SCHEMAS if kind == "preference" else SFT_SCHEMAS
     present = _canonical_columns(available, columns, allowed, display)
     resolved = {key: columns.get(key, key) for key in sorted(present)}
-    if schema == "auto":
-        schema = (detect_preference_schema(present, rows, resolved) if kind == "preference"
-                  else detect_sft_schema(present))
+    detected = schema == "auto"
+    unparsed = raw and not rows  # no line is a JSON object: every line is skipped with its reason
+    if detected and unparsed:
+        schema = PREFERENCE_SCHEMAS[0] if kind == "preference" else SFT_SCHEMAS[-1]
+    elif detected:
+        schema = (detect_preference_schema(present, rows, resolved, display) if kind == "preference"
+                  else detect_sft_schema(present, display))
     elif schema not in schemas:
-        raise ValueError(f"unknown {kind} schema {schema!r}; expected 'auto' or one of {', '.join(schemas)}")
+        raise DataError(f"unknown {kind} schema {schema!r}; expected 'auto' or one of {', '.join(schemas)}")
     missing = [key for key in _REQUIRED[schema] if key not in present]
     if schema == "pku_saferlhf" and PKU_PREFERENCES[options["pku_preference"]] not in present:
         missing.append(PKU_PREFERENCES[options["pku_preference"]])
     if missing and rows:
-        raise ValueError(f"{display}: schema {schema!r} needs column(s) {missing}; columns: {sorted(available)}")
+        raise DataError(f"{display}: schema {schema!r} needs column(s) {missing}; columns: {sorted(available)}")
     log.info("%s: %s schema %r, %d rows", display, kind, schema, len(ds))
     adapter = _Adapter(kind, schema, resolved, dict(options), raw)
     features = PREFERENCE_FEATURES if kind == "preference" else SFT_FEATURES
     features = datasets.Features({**features, _REASON: datasets.Value("string"), _DETAIL: datasets.Value("string")})
-    fingerprint = fingerprint_of(ds._fingerprint, code_hash(__file__, validate_module.__file__), kind, schema,
-                                 resolved, options, raw)
+    code = code_hash(__file__, validate_module.__file__, files_module.__file__)
+    fingerprint = fingerprint_of(ds._fingerprint, code, kind, schema, resolved, options, raw)
     ds = ds.map(adapter, with_indices=True, remove_columns=ds.column_names, features=features,
                 num_proc=num_proc if num_proc and num_proc > 1 and len(ds) >= 2 * num_proc else None,
                 new_fingerprint=fingerprint, desc=f"{kind} rows ({schema})")
-    return _finish(ds, display, strict)
+    return _finish(ds, display, strict, lines=lines, schema="" if unparsed else schema, detected=detected)
 
 
 def load_preferences(source, *, schema: str = "auto", split: str = "train", strict: bool = False,

@@ -12,7 +12,7 @@ column             type             meaning
 ``prompt_len``     int32            ``len(prompt_ids)`` (and likewise below)
 ``chosen_len``     int32
 ``rejected_len``   int32
-``source_row``     int64            the row's index in the loaded split (when present)
+``source_row``     int64            the row's index in the loaded split (a JSON Lines file: line - 1)
 =================  ===============  ===================================================
 
 and :func:`tokenize_sft` turns ``prompt`` / ``completion`` rows into
@@ -61,7 +61,8 @@ Rows whose chosen and rejected tokens are equal after this are skipped as
 ``identical_tokens``; a template that raises on a row skips it as
 ``template_error``; a prompt that renders to no tokens is ``empty_prompt``; a
 completion that renders to no tokens is ``empty_response``. ``strict=True``
-raises ``ValueError("<source> row <source_row>: <detail>")`` instead of skipping.
+raises :class:`~lnpo.errors.DataError` ``"<source> row <source_row>: <detail>"`` instead of skipping
+(``"<source> line <source_row + 1>: ..."`` when ``source`` is a JSON Lines file).
 
 Caching: the ``Dataset.map`` is fingerprinted from the input dataset's fingerprint,
 the tokenizer (its serialized backend, chat template and special tokens), the
@@ -85,7 +86,9 @@ import datasets
 import numpy as np
 
 from lnpo.data import validate as validate_module
-from lnpo.data.validate import LoadReport, RowIssue, code_hash, fingerprint_of, make_report, strict_error
+from lnpo.data.files import rows_are_lines
+from lnpo.data.validate import (LoadReport, RowIssue, code_hash, fingerprint_of, make_report, reasons_of,
+                                 strict_error)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,33 @@ class PlainTemplate:
 
     def render_completion(self, messages: Sequence[Mapping[str, str]]) -> str:
         return "".join(self._render(m) for m in messages[:-1]) + messages[-1]["content"]
+
+
+def template_for(tokenizer, chat_template: "PlainTemplate | str | None") -> "PlainTemplate | None":
+    """The template setting ``data.chat_template`` (training and evaluation alike) -> ``plain_template``.
+
+    ``None`` or ``""``: the tokenizer's own chat template (``None`` is returned); a tokenizer without
+    one is a :class:`~lnpo.errors.ConfigError` naming the field. ``"plain"``: the default
+    :class:`PlainTemplate`. Any other string: ``PlainTemplate(user=<it>)`` (it must contain
+    ``{content}``). A :class:`PlainTemplate` is returned as is.
+    """
+    from lnpo.errors import ConfigError
+
+    if isinstance(chat_template, PlainTemplate):
+        return chat_template
+    if not chat_template:
+        if getattr(tokenizer, "chat_template", None):
+            return None
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ConfigError(f"config.data.chat_template: the tokenizer {name!r} has no chat template (usual for base "
+                          "models); set data.chat_template=plain (lnpo.evaluate: --chat_template=plain) or a "
+                          "user-turn format containing '{content}'")
+    if chat_template == "plain":
+        return PlainTemplate()
+    try:
+        return PlainTemplate(user=chat_template)
+    except ValueError as e:
+        raise ConfigError(f"config.data.chat_template: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +217,7 @@ class Encoder:
         self.config = config
         self.use_chat = config.plain_template is None
         if self.use_chat and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat_template: pass plain_template=PlainTemplate(...)")
+            template_for(tokenizer, None)  # raises: the ConfigError naming data.chat_template
         self.eos_id = tokenizer.eos_token_id
         self.bos_id = tokenizer.bos_token_id
         if config.add_eos and self.eos_id is None:
@@ -367,11 +397,11 @@ def _tokenize(kind: str, dataset: datasets.Dataset, tokenizer, config: TokenizeC
         remove_columns=dataset.column_names, features=_features(kind), num_proc=use_procs,
         new_fingerprint=fingerprint, desc=f"tokenize {kind}s",
     )
-    reasons = np.asarray(out[_REASON], dtype=object) if len(out) else np.zeros(0, dtype=object)
+    reasons = reasons_of(out, _REASON)
     bad = np.flatnonzero(reasons != "")
     if strict and len(bad):
         first = out[int(bad[0])]
-        raise strict_error(source, first["source_row"], first[_DETAIL])
+        raise strict_error(source, first["source_row"], first[_DETAIL], lines=rows_are_lines(source))
     adjusted = Counter(a for row in out[_ADJUST] for a in row) if len(out) else Counter()
     report = make_report(source, reasons.tolist(), adjusted=adjusted)
     if len(bad):

@@ -2,9 +2,11 @@
 
 Every row that reaches the trainer has passed these checks; every row that did
 not is counted under a stable snake_case *reason* (the keys of :data:`REASONS`)
-in a :class:`LoadReport`. In strict mode the first bad row raises instead::
+in a :class:`LoadReport`. In strict mode the first bad row raises a
+:class:`~lnpo.errors.DataError` instead, naming the file and, for a JSON Lines file,
+the 1-based line as an editor shows it (otherwise the 0-based row)::
 
-    ValueError: prefs.jsonl row 17: chosen is identical to rejected
+    DataError: prefs.jsonl line 18: chosen is identical to rejected
 
 Canonical rows (the output of :mod:`lnpo.data.sources`):
 
@@ -45,13 +47,18 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from lnpo.errors import DataError
+
 # reason -> what it means (the text of a strict-mode error starts with the row's detail,
 # which is more specific; these are the documentation of the keys).
 REASONS: dict[str, str] = {
     "missing_field": "a required field is missing or null",
     "wrong_type": "a field or message has the wrong type",
     "undecodable_text": "text is not valid UTF-8 (undecodable bytes or lone surrogates)",
-    "malformed_json": "a JSON Lines line is not a JSON object",
+    "malformed_json": "a JSON Lines line is not a JSON object (not JSON, or nested too deeply to parse)",
+    "blank_line": "a JSON Lines line is empty or whitespace only",
     "empty_prompt": "the prompt is empty",
     "invalid_role": "a completion does not start with an assistant message (SFT messages: do not end with one), "
                     "or a role is empty",
@@ -96,15 +103,23 @@ class LoadReport:
     skipped: dict[str, int]
     source: str
     adjusted: dict[str, int] = dataclasses.field(default_factory=dict)
+    schema: str = ""  # the schema the rows were read with ("" for a tokenization pass)
+    schema_detected: bool = dataclasses.field(default=False, compare=False)  # whether schema="auto" picked it
 
     @property
     def total(self) -> int:
         return self.kept + sum(self.skipped.values())
 
     def summary(self) -> str:
-        """One line, e.g. ``prefs.jsonl: kept 95 of 100 rows; skipped 5 (identical_responses=2, missing_field=3)``."""
+        """One line, e.g. ``prefs.jsonl: kept 95 of 100 rows; skipped 5 (identical_responses=2, missing_field=3)``.
+
+        With a schema: ``prefs.jsonl: schema 'generic' (auto-detected); kept ...``.
+        """
         n_skipped = sum(self.skipped.values())
-        line = f"{self.source}: kept {self.kept} of {self.total} rows"
+        line = f"{self.source}: "
+        if self.schema:
+            line += f"schema {self.schema!r}{' (auto-detected)' if self.schema_detected else ''}; "
+        line += f"kept {self.kept} of {self.total} rows"
         if n_skipped:
             parts = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
             line += f"; skipped {n_skipped} ({parts})"
@@ -118,17 +133,27 @@ class LoadReport:
         return dataclasses.asdict(self)
 
 
-def strict_error(source: str, row: int, detail: str) -> ValueError:
-    """The one-line strict-mode error: ``"<source> row <row>: <detail>"``."""
-    return ValueError(f"{source} row {row}: {detail}")
+def strict_error(source: str, row: int, detail: str, *, lines: bool = False) -> DataError:
+    """The one-line strict-mode error: ``"<source> row <row>: <detail>"`` (``row`` 0-based), or for a JSON
+    Lines file (``lines``, where ``row`` is the 0-based line index) ``"<source> line <row + 1>: <detail>"``,
+    the line number an editor shows."""
+    where = f"line {row + 1}" if lines else f"row {row}"
+    return DataError(f"{source} {where}: {detail}")
 
 
-def make_report(source: str, reasons: Iterable[str], *, adjusted: Mapping[str, int] | None = None) -> LoadReport:
+def reasons_of(dataset, column: str) -> np.ndarray:
+    """The skip-reason column of a ``datasets.Dataset`` as an object array, read through Arrow in one go
+    (``dataset[column]`` decodes row by row)."""
+    return np.asarray(dataset.with_format("arrow")[column].to_pylist() if len(dataset) else [], dtype=object)
+
+
+def make_report(source: str, reasons: Iterable[str], *, adjusted: Mapping[str, int] | None = None,
+                schema: str = "", schema_detected: bool = False) -> LoadReport:
     """A report from one reason per row (``""`` = kept)."""
     counts = Counter(reasons)
     kept = counts.pop("", 0)
     return LoadReport(kept=kept, skipped=dict(sorted(counts.items())), source=source,
-                      adjusted=dict(sorted((adjusted or {}).items())))
+                      adjusted=dict(sorted((adjusted or {}).items())), schema=schema, schema_detected=schema_detected)
 
 
 # ----------------------------------------------------------------------------- checks

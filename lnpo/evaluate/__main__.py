@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_prompt_len", type=int)
     p.add_argument("--stop", action="append", dest="stop_strings", help="a stop string (repeatable)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"))
+    p.add_argument("--chat_template", dest="plain_template",
+                   help="as the training config's data.chat_template: 'plain' or a user-turn format with {content} "
+                        "for a tokenizer without a chat template (workdir mode: run.json's)")
     return p
 
 
@@ -42,7 +45,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     settings = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "num_samples",
                                               "seed", "max_prompts", "batch_size", "max_prompt_len",
-                                              "stop_strings", "dtype")}
+                                              "stop_strings", "dtype", "plain_template")}
     from lnpo.evaluate.evaluate import DEFAULT_SETTINGS, evaluate_run, evaluate_workdir
 
     try:
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
             missing = [f"--{k}" for k in ("model", "prompts", "out") if not getattr(args, k)]
             if missing:
                 raise ValueError(f"without --workdir, {', '.join(missing)} required")
-            kw = {k: (DEFAULT_SETTINGS[k] if v is None else v) for k, v in settings.items() if k != "dtype"}
+            kw = {k: (DEFAULT_SETTINGS.get(k) if v is None else v) for k, v in settings.items() if k != "dtype"}
             summary = evaluate_run(args.model, args.sft, args.prompts, args.out, scorer=args.scorer or None,
                                    dtype=args.dtype or "float32", **kw)
     except (ValueError, OSError) as e:  # OSError: missing files, and datasets' ConnectionError

@@ -104,17 +104,18 @@ def load_eval_prompts(source, *, max_prompts: int | None = None, cache_dir: str 
 
 
 def _load_tokenizer(*dirs: str | None):
-    from transformers import AutoTokenizer
+    from lnpo.errors import ModelError
+    from lnpo.models.preflight import load_tokenizer
 
     errors = []
     for d in dirs:
         if not d:
             continue
         try:
-            return AutoTokenizer.from_pretrained(d, trust_remote_code=False)
-        except (OSError, ValueError) as e:
-            errors.append(f"{d}: {e}")
-    raise FileNotFoundError("no tokenizer found in the model directories: " + "; ".join(errors))
+            return load_tokenizer(d)
+        except ModelError as e:
+            errors.append(str(e))
+    raise ModelError("no tokenizer found in the model directories: " + "; ".join(errors))
 
 
 def _load_lm(path: str, *, dtype: str, mesh):
@@ -220,8 +221,9 @@ def evaluate_run(
     generation / log-prob batch. dtype: parameter and compute dtype of the loaded
     models; mesh: place their parameters on this mesh (``from_pretrained``);
     logprob_chunk: positions per log-softmax block (default: automatic);
-    cache_dir: the ``datasets`` cache; plain_template: for tokenizers without a
-    chat template. Returns the summary dict (module docstring).
+    cache_dir: the ``datasets`` cache; plain_template: the training run's
+    ``data.chat_template`` setting (:func:`lnpo.data.tokenize.template_for`; ``None`` = the
+    tokenizer's chat template, an error for a tokenizer without one). Returns the summary dict (module docstring).
     """
     from lnpo.models.hf import read_config
 
@@ -395,6 +397,7 @@ def evaluate_workdir(workdir: str, *, out_dir: str | None = None, **overrides) -
     eval_cfg = run.get("eval") or {}
     known = set(DEFAULT_SETTINGS) | {"dtype", "logprob_chunk"}
     settings.update({k: v for k, v in eval_cfg.items() if k in known and v is not None})
+    settings["plain_template"] = run.get("chat_template") or None  # the template the run trained with
     settings.update({k: v for k, v in overrides.items() if v is not None})
     out = out_dir or os.path.join(workdir, "eval")
     return evaluate_run(policy, sft, prompts, out, scorer=scorer, **settings)

@@ -289,14 +289,14 @@ def _as_messages(prompt: Any) -> list[dict]:
 def prompt_encoder(tokenizer, *, plain_template=None, max_prompt_len: int | None = None):
     """The :class:`lnpo.data.tokenize.Encoder` used for prompts (the training token contract).
 
-    Without a chat template and without ``plain_template`` the default
-    :class:`lnpo.data.PlainTemplate` is used.
+    ``plain_template`` is the ``data.chat_template`` setting of training
+    (:func:`lnpo.data.tokenize.template_for`): ``None``/``""`` = the tokenizer's chat
+    template (a tokenizer without one is an error naming the setting, as in training),
+    ``"plain"``, a user-turn format, or a :class:`lnpo.data.PlainTemplate`.
     """
-    from lnpo.data.tokenize import Encoder, PlainTemplate, TokenizeConfig
+    from lnpo.data.tokenize import Encoder, TokenizeConfig, template_for
 
-    if plain_template is None and not getattr(tokenizer, "chat_template", None):
-        log.warning("the tokenizer has no chat template: rendering prompts with the default PlainTemplate")
-        plain_template = PlainTemplate()
+    plain_template = template_for(tokenizer, plain_template)
     budget = int(max_prompt_len) if max_prompt_len else 1 << 30
     return Encoder(tokenizer, TokenizeConfig(max_len=budget + 1, max_prompt_len=budget,
                                              plain_template=plain_template))

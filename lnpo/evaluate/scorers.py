@@ -16,8 +16,9 @@ user message); a response is its text. Three scorers:
   (:func:`lnpo.models.sequence_scores`).
 - :class:`TorchRewardModelScorer` (spec ``"torch:/path"``; needs the
   ``torch-scorer`` extra): any ``transformers`` PyTorch
-  ``AutoModelForSequenceClassification`` from a local directory
-  (``trust_remote_code`` is never enabled). Tokenizers with a chat template get the
+  ``AutoModelForSequenceClassification`` from a local directory, read from safetensors
+  only (``use_safetensors=True``; a folder holding only ``pytorch_model.bin`` is refused,
+  nothing is unpickled; ``trust_remote_code`` is never enabled). Tokenizers with a chat template get the
   rendered conversation; others (e.g. OpenAssistant's DeBERTa reward models) get
   ``(question, answer)`` text pairs.
 
@@ -107,9 +108,23 @@ class EmbeddedScorer(Scorer):
 
 
 def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from lnpo.models.preflight import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    return load_tokenizer(path, field=None)
+
+
+def _require_safetensors(path: str) -> None:
+    """A :class:`~lnpo.errors.ModelError` unless ``path`` holds safetensors weights: lnpo never unpickles,
+    so a folder with only ``pytorch_model.bin`` (or other pickle files) is refused."""
+    from lnpo.errors import ModelError
+    from lnpo.models.hf import INDEX_FILE, SINGLE_FILE
+
+    if os.path.isfile(os.path.join(path, SINGLE_FILE)) or os.path.isfile(os.path.join(path, INDEX_FILE)):
+        return
+    pickles = sorted(f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")))
+    found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights"
+    raise ModelError(f"{path}: {found}; lnpo loads reward models from safetensors only ({SINGLE_FILE} or "
+                     f"{INDEX_FILE}) and never unpickles: convert the checkpoint to safetensors")
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -227,9 +242,10 @@ class TorchRewardModelScorer(Scorer):
             raise ValueError(f"input_format must be auto, chat or pair, got {input_format!r}")
         self.spec = f"torch:{path}"
         self.torch = torch
+        _require_safetensors(path)
         self.tokenizer = _load_tokenizer(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=False, dtype=getattr(torch, torch_dtype)).to(device).eval()
+            path, trust_remote_code=False, use_safetensors=True, dtype=getattr(torch, torch_dtype)).to(device).eval()
         if input_format == "auto":
             input_format = "chat" if getattr(self.tokenizer, "chat_template", None) else "pair"
         self.input_format = input_format

@@ -287,9 +287,10 @@ def from_pretrained(
     Raises FileNotFoundError (no directory / config.json / safetensors, or
     pickle-only checkpoints) or ValueError naming the field, file or tensor.
     """
-    hf = read_config(path)
-    config = ModelConfig.from_hf(
-        hf,
+    from lnpo.models.preflight import model_config
+
+    config = model_config(  # a ModelError naming <path>/config.json for what lnpo cannot map
+        path,
         param_dtype=_dtype_name(dtype),
         compute_dtype=_dtype_name(compute_dtype if compute_dtype is not None else dtype),
         **config_overrides,

@@ -15,13 +15,25 @@ import jax
 import numpy as np
 
 from lnpo.train.checkpoint import Checkpointer, abstract_like
+from lnpo.train.health import ZeroGradientWatch
 from lnpo.train.logger import RunLogger
 from lnpo.train.memory import release_freed_host_memory
 from lnpo.train.preemption import PreemptionFlag
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+    """The loss or gradient became NaN/inf; the last good checkpoint (if any) is kept."""
+
+
+class VanishedGradients(NonFiniteLoss):
+    """The gradients vanished for good (:mod:`lnpo.train.health`); the run stops without exporting."""
+
+
+def _kept_checkpoint(checkpointer) -> str:
+    latest = checkpointer.latest_step()
+    if latest is None:
+        return f"no checkpoint was written yet in {checkpointer.directory}"
+    return f"the last good checkpoint (step {latest}) in {checkpointer.directory} is kept"
 
 
 @dataclasses.dataclass
@@ -80,6 +92,7 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
     window_time, window_steps, window_tokens = 0.0, 0, 0.0
     preempted = False
     compiled = False
+    zero_grads = ZeroGradientWatch()
     try:
         while step < spec.total_steps:
             if flag.should_stop():
@@ -99,10 +112,14 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
             if not metrics.get("finite", 1.0):
                 raise NonFiniteLoss(
                     f"non-finite loss or gradient at step {step + 1} (loss={float(metrics['loss'])}, "
-                    f"grad_norm={float(metrics['grad_norm'])}); the update was not applied and the last good "
-                    f"checkpoint in {checkpointer.directory} is kept"
+                    f"grad_norm={float(metrics['grad_norm'])}); the update was not applied and "
+                    f"{_kept_checkpoint(checkpointer)}"
                 )
             step += 1
+            stuck = zero_grads.update(step, float(metrics["loss"]), float(metrics.get("grad_norm", "nan")))
+            if stuck:
+                raise VanishedGradients(f"step {step}: {stuck}; stopped without exporting; "
+                                        f"{_kept_checkpoint(checkpointer)}")
             logger.advance()
             row = None
             if step % spec.log_every == 0 or step == spec.total_steps:

@@ -21,7 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 from lnpo import losses as losses_lib
 from lnpo import parallel
-from lnpo.config import ConfigError, loss_hparams, model_runtime
+from lnpo.config import ConfigError, data_columns, loss_hparams, model_runtime
+from lnpo.models import preflight
 from lnpo.train import reference_cache, steps
 from lnpo.train.flops import device_peak_flops, forward_flops_per_token
 from lnpo.train.loop import LoopSpec, fit, real_tokens
@@ -31,28 +32,22 @@ from lnpo.train.steps import BATCH_SPEC
 
 
 # ----------------------------------------------------------------------------- data
-def _columns(config) -> dict:
-    return {k: v for k, v in config.data.columns.items()}
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
-    return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
+load_tokenizer = preflight.load_tokenizer
 
 
 def prepare_data(config, tokenizer, *, embedded_paths: dict | None):
     """``(train, eval or None)`` tokenized datasets for ``config.stage``; prints the load reports."""
     from lnpo import data
+    from lnpo.data.tokenize import template_for
 
     stage, d = config.stage, config.data
     tok_kwargs = dict(max_len=d.max_len, max_prompt_len=d.max_prompt_len, truncation=d.truncation,
-                      num_proc=d.num_proc if d.num_proc > 1 else None, strict=d.strict)
+                      num_proc=d.num_proc if d.num_proc > 1 else None, strict=d.strict,
+                      plain_template=template_for(tokenizer, d.chat_template))
+    columns = data_columns(config)
     if stage == "sft":
         source = embedded_paths["sft"] if d.source == "embedded" else d.source
-        raw, report = data.load_sft(source, schema=d.schema, split=d.split, strict=d.strict, **_columns(config))
+        raw, report = data.load_sft(source, schema=d.schema, split=d.split, strict=d.strict, **columns)
         tokenized, tok_report = data.tokenize_sft(raw, tokenizer, source=str(source), **tok_kwargs)
         _print_reports(report, tok_report)
         return tokenized, None
@@ -60,14 +55,14 @@ def prepare_data(config, tokenizer, *, embedded_paths: dict | None):
         return _prepare_unpaired(config, tokenizer, embedded_paths, tok_kwargs)
     source = embedded_paths["train_prefs"] if d.source == "embedded" else d.source
     raw, report = data.load_preferences(source, schema=d.schema, split=d.split, strict=d.strict,
-                                        **_columns(config))
+                                        pku_preference=d.pku_preference, **columns)
     tokenized, tok_report = data.tokenize_preferences(raw, tokenizer, source=str(source), **tok_kwargs)
     _print_reports(report, tok_report)
     eval_tokenized = None
     eval_source = d.eval_source or (embedded_paths["eval_prefs"] if d.source == "embedded" else "")
     if eval_source and config.train.eval_batches > 0:
         raw_eval, eval_report = data.load_preferences(eval_source, schema=d.schema, split=d.eval_split,
-                                                      strict=d.strict, **_columns(config))
+                                                      strict=d.strict, pku_preference=d.pku_preference, **columns)
         eval_tokenized, eval_tok_report = data.tokenize_preferences(raw_eval, tokenizer, source=str(eval_source),
                                                                     **tok_kwargs)
         _print_reports(eval_report, eval_tok_report)
@@ -217,6 +212,8 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
         from lnpo.train.run import embedded_task_dir
 
         embedded_paths = materialize(embedded_task_dir(config, workdir), seed=config.seed)
+    if init_path is not None:  # the model first: an unusable config.json fails before any data is read
+        preflight.model_config(init_path, **model_runtime(config))
     tokenizer_dir = config.data.tokenizer or init_path or embedded_paths["tokenizer"]
     tokenizer = load_tokenizer(tokenizer_dir)
     train_ds, eval_ds = prepare_data(config, tokenizer, embedded_paths=embedded_paths)
@@ -228,6 +225,8 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     graphdef, params = nnx.split(model, nnx.Param)
     model_cfg = model.config
     del model
+    preflight.check_token_ids(tokenizer, model_cfg.vocab_size, [train_ds, eval_ds], tokenizer_dir=tokenizer_dir,
+                              model_dir=init_path or "(the tiny model)")
 
     # objective and reference
     objective, hparams, uses_reference = None, {}, False
@@ -374,13 +373,15 @@ def export(config, workdir: str, model, tokenizer, *, init_path, embedded_paths)
     from lnpo.models import save_pretrained
 
     path = os.path.join(workdir, "export")
-    save_pretrained(model, path, tokenizer=tokenizer)
+    dtype = config.train.export_dtype or preflight.own_dtype(init_path) or config.model.param_dtype
+    save_pretrained(model, path, tokenizer=tokenizer, dtype=dtype)
     if jax.process_index() == 0:
         info = {
             "name": config.name, "stage": config.stage, "method": config.loss.name,
             "loss": loss_hparams(config), "lr": config.optim.lr, "seed": config.seed,
             "steps": config.train.steps, "export": os.path.abspath(path),
             "sft_path": os.path.abspath(init_path) if init_path else None,
+            "chat_template": config.data.chat_template,
             "eval_prompts": config.data.ood_prompts or (embedded_paths or {}).get("ood_prompts", ""),
             "scorer": config.eval.scorer or ("embedded" if config.data.source == "embedded" else ""),
             "eval": {k: config.eval[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k", "num_samples",

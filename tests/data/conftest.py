@@ -156,10 +156,10 @@ def write_undecodable(directory) -> Fixture:
         f.write(b'{"prompt": "thanks", "chosen": "you are welcome", "rejected": "whatever"}\n')
         f.write(b'{"prompt": "hello", "chosen": "caf\xe9", "rejected": "b"}\n')  # latin-1 byte, not UTF-8
         f.write(b'{"prompt": "hello", "chosen": "a", "rejected": \n')  # truncated line
-        f.write(b'\n')  # blank line: not a row
+        f.write(b'\n')  # blank line: counted (every line of the file is accounted for)
         f.write(b'["not", "an", "object"]\n')
         f.write(b'{"prompt": "Tell me a joke.", "chosen": "Why did the chicken cross the road?", "rejected": "No."}\n')
-    return Fixture(path, kept=3, skipped={"undecodable_text": 2, "malformed_json": 2})
+    return Fixture(path, kept=3, skipped={"undecodable_text": 2, "malformed_json": 2, "blank_line": 1})
 
 
 def write_parquet_mapped(directory) -> Fixture:

@@ -160,14 +160,14 @@ def test_explicit_prompt_with_messages_and_system(tmp_path, cache_dir):
     assert report.skipped == {"invalid_role": 1}
 
 
-def test_strict_mode_names_row_and_reason(fixtures, cache_dir):
-    expected = {
-        "generic": r"row 0: missing field 'rejected'",
-        "conversational": r"row 2: chosen and rejected first differ at message 0",
-        "hh_rlhf": r"row 1: chosen has text before the first",
-        "undecodable": r"row 1: prompt is not valid UTF-8",
+def test_strict_mode_names_line_of_json_lines_and_row_of_others(fixtures, cache_dir):
+    expected = {  # JSON Lines: the 1-based line an editor shows; parquet: the 0-based row
+        "generic": r"line 1: missing field 'rejected'",
+        "conversational": r"line 3: chosen and rejected first differ at message 0",
+        "hh_rlhf": r"line 2: chosen has text before the first",
+        "undecodable": r"line 2: prompt is not valid UTF-8",
         "pku_saferlhf": r"row 4: better_response_id must be 0 or 1, got 2",
-        "sft_messages": r"row 2: messages ends with a 'user' message",
+        "sft_messages": r"line 3: messages ends with a 'user' message",
     }
     for name, message in expected.items():
         fx = fixtures[name]

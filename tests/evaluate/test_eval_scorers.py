@@ -96,3 +96,39 @@ def test_reward_model_rejects_causal_lm(tmp_path, task, tiny_config):
         JaxRewardModelScorer(str(tmp_path))
     with pytest.raises(FileNotFoundError):
         make_scorer(f"jax:{tmp_path}/missing")
+
+
+def test_torch_scorer_refuses_a_pickle_only_folder_and_never_unpickles(torch_rm_dir, tmp_path, monkeypatch):
+    """A folder with only pytorch_model.bin is refused in one line; torch.load is never called."""
+    import shutil
+
+    import torch
+
+    from lnpo.errors import ModelError
+
+    path, model = torch_rm_dir
+    pickled = tmp_path / "pickled_rm"
+    shutil.copytree(path, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load (unpickling) was called"))
+    with pytest.raises(ModelError) as e:
+        make_scorer(f"torch:{pickled}")
+    text = str(e.value)
+    assert "\n" not in text and text.startswith(f"{pickled}: only pickle weights (pytorch_model.bin)")
+    assert "never unpickles" in text
+
+
+def test_torch_scorer_loads_with_use_safetensors(torch_rm_dir, monkeypatch):
+    import transformers
+
+    seen = {}
+    original = transformers.AutoModelForSequenceClassification.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", spy)
+    make_scorer(f"torch:{torch_rm_dir[0]}")
+    assert seen.get("use_safetensors") is True and seen.get("trust_remote_code") is False

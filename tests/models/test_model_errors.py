@@ -63,8 +63,9 @@ def test_unknown_model_type(ckpt):
     _edit_config(ckpt, model_type="bert")
     with pytest.raises(ValueError) as e:
         M.from_pretrained(ckpt)
-    assert _one_line(e) == (
-        "config.json: model_type 'bert' is not supported; supported: gemma, gemma2, llama, mistral, phi3, qwen2, qwen3"
+    assert _one_line(e) == (  # the file is named in full
+        f"{ckpt}/config.json: model_type 'bert' is not supported; supported: gemma, gemma2, llama, mistral, phi3, "
+        "qwen2, qwen3"
     )
 
 
@@ -72,7 +73,7 @@ def test_unsupported_rope_type(ckpt):
     _edit_config(ckpt, rope_scaling={"rope_type": "yarn", "factor": 4.0}, rope_parameters=None)
     with pytest.raises(ValueError) as e:
         M.from_pretrained(ckpt)
-    assert _one_line(e).startswith("config.json: rope_scaling.rope_type 'yarn' is not supported")
+    assert _one_line(e).startswith(f"{ckpt}/config.json: rope_scaling.rope_type 'yarn' is not supported")
 
 
 def test_unsupported_activation(ckpt):

@@ -138,7 +138,7 @@ def test_malformed_rows_are_counted_or_strictly_rejected(tmp_path, tiny_sft_dir,
     out = capsys.readouterr().out
     assert "kept 62 of 64 rows; skipped 2 (identical_responses=1, missing_field=1)" in out
     config.data.strict = True
-    with pytest.raises(ValueError, match=r"prefs\.jsonl row 3: .*identical"):
+    with pytest.raises(ValueError, match=r"prefs\.jsonl line 4: .*identical"):
         run(config, str(tmp_path / "strict"))
 
 
