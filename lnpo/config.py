@@ -43,7 +43,7 @@ def check_positive(field: str, value, *, integer: bool = False, allow_zero: bool
 
 def _check_attention(config: ml_collections.ConfigDict) -> None:
     """The attention kernel: the model's own rule (``lnpo.models.config.attention_problem``), and
-    cuDNN only where the run's devices are NVIDIA GPUs."""
+    cuDNN only where the run's devices are NVIDIA GPUs, splash only on TPUs."""
     import jax
 
     from lnpo.models.config import attention_problem
@@ -54,6 +54,9 @@ def _check_attention(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.attn_implementation: {problem}")
     if m.attn_implementation == "cudnn" and jax.devices()[0].platform != "gpu":
         raise ConfigError(f"config.model.attn_implementation: 'cudnn' needs NVIDIA GPUs; this run's devices are "
+                          f"{jax.devices()[0].platform}; use 'xla'")
+    if m.attn_implementation == "splash" and jax.devices()[0].platform != "tpu":
+        raise ConfigError(f"config.model.attn_implementation: 'splash' needs TPUs; this run's devices are "
                           f"{jax.devices()[0].platform}; use 'xla'")
 
 
