@@ -189,7 +189,10 @@ class Attention(nnx.Module):
                                            window=window, scale=self.scale, softcap=self.softcap)
             out = constrain(out, ("batch", "length", "act_heads", None))
             return self.o_proj(out), None
-        mask = attention_mask(q_info, k_info, window)
+        if kv_cache is None:  # the whole row's keys for this shard's queries (context parallelism)
+            k = constrain(k, ("batch", None, "act_heads", None))
+            v = constrain(v, ("batch", None, "act_heads", None))
+        mask = constrain(attention_mask(q_info, k_info, window), ("batch", "length", None))
         if kv_cache is None and self.implementation != "xla":
             out = fused_attention(q, k, v, mask, scale=self.scale, implementation=self.implementation)
         else:
