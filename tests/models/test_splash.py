@@ -126,7 +126,8 @@ def test_decoder_with_splash_attention_matches_the_einsum_model(kind, monkeypatc
     args = (ids, jnp.asarray(seg), None if br is None else jnp.asarray(br), jnp.asarray(pos))
     h_ref, g_ref = _hidden_and_grads(cfg, *args)
     calls = []
-    monkeypatch.setattr(S, "splash_attention", lambda *a, **kw: calls.append(kw["window"]) or splash_attention(*a, **kw))
+    monkeypatch.setattr(S, "splash_attention",
+                        lambda *a, **kw: calls.append(kw["window"]) or splash_attention(*a, **kw))
     h, g = _hidden_and_grads(cfg.replace(attn_implementation="splash"), *args)
     assert sorted(set(calls)) == sorted(set(cfg.layer_windows))  # each layer's own static mask
     np.testing.assert_allclose(h, h_ref, rtol=1e-4, atol=1e-5)
