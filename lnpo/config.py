@@ -44,7 +44,7 @@ def check_positive(field: str, value, *, integer: bool = False, allow_zero: bool
 
 def _check_attention(config: ml_collections.ConfigDict) -> None:
     """The attention kernel: the model's own rule (``lnpo.models.config.attention_problem``), and
-    cuDNN only where the run's devices are NVIDIA GPUs."""
+    cuDNN only where the run's devices are NVIDIA GPUs, splash only on TPUs."""
     import jax
 
     from lnpo.models.config import attention_problem
@@ -56,6 +56,24 @@ def _check_attention(config: ml_collections.ConfigDict) -> None:
     if m.attn_implementation == "cudnn" and jax.devices()[0].platform != "gpu":
         raise ConfigError(f"config.model.attn_implementation: 'cudnn' needs NVIDIA GPUs; this run's devices are "
                           f"{jax.devices()[0].platform}; use 'xla'")
+    if m.attn_implementation == "splash" and jax.devices()[0].platform != "tpu":
+        raise ConfigError(f"config.model.attn_implementation: 'splash' needs TPUs; this run's devices are "
+                          f"{jax.devices()[0].platform}; use 'xla'")
+
+
+def _check_context(config: ml_collections.ConfigDict, context: int) -> None:
+    """A context axis splits every row's positions evenly, through the einsum attention."""
+    if context == 1:
+        return
+    from lnpo.train.trainer import row_length
+
+    length = row_length(config)
+    if length % context:
+        raise ConfigError(f"config.mesh.shape: the context axis ({context}) must divide the row length {length} "
+                          f"(data.seq_len, else data.max_len, doubled for shared_prompt)")
+    if config.model.attn_implementation != "xla":
+        raise ConfigError(f"config.model.attn_implementation: {config.model.attn_implementation!r} does not split a "
+                          f"row over the context axis ({context}); use 'xla'")
 
 
 def check_unit_interval(field: str, value) -> None:
@@ -147,7 +165,7 @@ def loss_hparams(config: ml_collections.ConfigDict) -> dict:
     return {k: v for k, v in config.loss.items() if k != "name"}
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[int, int, int]:
+def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[int, ...]:
     """Check ``config`` for ``num_devices`` devices; returns the resolved mesh shape."""
     from lnpo import losses, parallel
 
@@ -200,6 +218,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
         mesh_shape = parallel.resolve_mesh_shape(config.mesh.shape, num_devices)
     except ValueError as e:
         raise ConfigError(f"config.mesh.shape: {e}") from None
+    _check_context(config, parallel.full_mesh_shape(mesh_shape)[3])
     data_parallel = mesh_shape[0] * mesh_shape[1]
     batch, micro = config.train.global_batch, config.train.micro_batches
     if batch % micro:

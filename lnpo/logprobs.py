@@ -1,6 +1,7 @@
 """Per-token and per-sequence log-probs without materializing ``[B, T, V]`` float32 logits.
 
-``token_logps`` splits the sequence into chunks of ``chunk_size`` positions and
+``token_logps`` splits the sequence into chunks of ``chunk_size`` positions (strided:
+chunk i holds positions ``i, i + n, i + 2n, ...``) and
 runs each chunk's unembed + log-softmax under ``jax.checkpoint`` inside a
 ``jax.lax.map`` loop: the forward pass holds one chunk's ``[B, C, V]`` logits at a
 time, and the backward pass recomputes them chunk by chunk instead of storing
@@ -54,11 +55,13 @@ def token_logps(
     targets = jnp.asarray(targets_BxT, jnp.int32)
     h = jnp.pad(hidden_BxTxD, ((0, 0), (0, pad), (0, 0)))
     t = jnp.pad(targets, ((0, 0), (0, pad)))
-    h_chunks = h.reshape(B, n, C, D).transpose(1, 0, 2, 3)  # [n, B, C, D]
-    t_chunks = t.reshape(B, n, C).transpose(1, 0, 2)  # [n, B, C]
+    # Chunk i holds positions i, n + i, 2n + i, ...: a chunk takes C / context positions from
+    # each context shard of a row split over the context axis, so no chunk gathers the row.
+    h_chunks = h.reshape(B, C, n, D).transpose(2, 0, 1, 3)  # [n, B, C, D]
+    t_chunks = t.reshape(B, C, n).transpose(2, 0, 1)  # [n, B, C]
     f = _chunk_logps(unembed, with_log_sum_sq)
     out = jax.lax.map(lambda xs: f(*xs), (h_chunks, t_chunks))  # [n, B, C] (each output)
-    unchunk = lambda o: o.transpose(1, 0, 2).reshape(B, n * C)[:, :T]  # noqa: E731
+    unchunk = lambda o: o.transpose(1, 2, 0).reshape(B, n * C)[:, :T]  # noqa: E731
     return tuple(unchunk(o) for o in out) if with_log_sum_sq else unchunk(out)
 
 

@@ -2,15 +2,25 @@
 
 Parameters and activations are annotated with *logical* axis names
 (``"embed"``, ``"vocab"``, ``"heads"``, ...). A rule table maps each logical
-name to zero, one or several *mesh* axes of the ``(data, fsdp, tensor)`` mesh,
-so one model definition shards data-parallel, FSDP or tensor-parallel without
-code changes:
+name to zero, one or several *mesh* axes of the ``(data, fsdp, tensor, context)``
+mesh, so one model definition shards data-parallel, FSDP, tensor-parallel or
+context-parallel without code changes:
 
     spec = logical_to_spec(("embed", "mlp"), DEFAULT_RULES)  # P("fsdp", "tensor")
 
 Inside :func:`use_rules`, :func:`constrain` applies
 ``jax.lax.with_sharding_constraint`` to activations; outside it is the identity,
 so the same model code runs unsharded on one CPU.
+
+Context parallelism: activations' ``"length"`` (a row's sequence axis) is split over
+the ``context`` axis, so each chip holds ``T / context`` positions of every row of its
+batch shard. Attention gathers the keys and values of the whole row (its inputs are
+constrained to a replicated length; XLA inserts one all-gather per layer and its
+reduce-scatter in the backward pass) while the queries, the scores
+``[B, H, T / context, T]``, the MLP and the log-probs stay split. The mask is built from
+the row's ``[B, T]`` ids, so packed and shared-prompt rows keep it exactly across shards.
+A mesh shape may be given as ``(data, fsdp, tensor)`` (context 1) or
+``(data, fsdp, tensor, context)``.
 """
 
 from __future__ import annotations
@@ -25,13 +35,13 @@ from jax.experimental import mesh_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "tensor", "context")
 
 # logical name -> mesh axis, tuple of mesh axes, or None (replicated).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # activations
     ("batch", ("data", "fsdp")),
-    ("length", None),
+    ("length", "context"),
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_mlp", "tensor"),
@@ -111,12 +121,13 @@ def uneven_dims(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Ma
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     """Resolve a mesh shape where at most one entry is -1 ("the rest").
 
-    Raises ValueError naming the problem when the shape cannot cover exactly
-    ``num_devices`` devices.
+    ``shape`` is ``(data, fsdp, tensor)`` or ``(data, fsdp, tensor, context)``; the result
+    has the same number of entries. Raises ValueError naming the problem when the shape
+    cannot cover exactly ``num_devices`` devices.
     """
     shape = tuple(int(s) for s in shape)
-    if len(shape) != len(MESH_AXES):
-        raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
+    if len(shape) not in (len(MESH_AXES) - 1, len(MESH_AXES)):
+        raise ValueError(f"mesh shape {shape} must have 3 entries {MESH_AXES[:3]} or 4 entries {MESH_AXES}")
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
     if any(s == 0 or s < -1 for s in shape):
@@ -135,10 +146,17 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     return shape
 
 
+def full_mesh_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """A resolved 3- or 4-entry mesh shape as all four axes ``(data, fsdp, tensor, context)``."""
+    shape = tuple(int(s) for s in shape)
+    return shape + (1,) * (len(MESH_AXES) - len(shape))
+
+
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
-    """Build a ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all)."""
+    """Build a ``(data, fsdp, tensor, context)`` mesh over ``devices`` (default: all) from a
+    3-entry (context 1) or 4-entry shape."""
     devices = jax.devices() if devices is None else list(devices)
-    resolved = resolve_mesh_shape(shape, len(devices))
+    resolved = full_mesh_shape(resolve_mesh_shape(shape, len(devices)))
     try:
         device_array = mesh_utils.create_device_mesh(resolved, devices=devices)
     except Exception:  # non-physical topologies (CPU, odd shapes): plain reshape

@@ -26,7 +26,7 @@ What the numbers are:
   reference holds no parameters during training (a few bytes per pair).
 - activations: an estimate of the peak of one micro-batch's forward and
   backward pass: the layer residuals the remat policy saves for every layer
-  (counted from the decoder's saved residuals, see ``_layer_bytes_per_token``),
+  (counted from the decoder's saved residuals, see ``lnpo.plan_activations``),
   plus one layer's full set (the layer being recomputed and differentiated),
   plus the chunked log-softmax's logits; the attention scores as the model's
   ``attn_implementation`` and ``attn_query_chunk`` hold them. Checked in
@@ -43,12 +43,16 @@ What the numbers are:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import math
 import os
 import sys
 from typing import Any
+
+from lnpo.plan_activations import activation_bytes, layer_bytes_per_token  # noqa: F401  (the planner's API)
 
 GIB = 1024**3
 
@@ -64,7 +68,7 @@ CHIPS: dict[str, tuple[float, float]] = {
 }
 USABLE_FRACTION = 0.9  # of HBM: XLA's runtime, fragmentation and the unplanned rest
 EMBEDDED_VOCAB = 4096  # upper bound of the embedded task's tokenizer (lnpo.data.embedded)
-_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+from lnpo.plan_activations import ITEMSIZE as _ITEMSIZE  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -120,6 +124,7 @@ class ParamInfo:
     itemsize: int
 
 
+@functools.lru_cache(maxsize=8)
 def param_infos(cfg) -> tuple[list[ParamInfo], Any]:
     """Shapes, logical axes and itemsizes of the model's parameters, and the abstract
     parameter state (``jax.ShapeDtypeStruct`` leaves: nothing is allocated)."""
@@ -184,91 +189,12 @@ def optimizer_bytes(config, abstract_params, infos, counts) -> int:
     return total
 
 
-# ----------------------------------------------------------------------------- activations
-def _layer_bytes_per_token(cfg, tensor: int, seq_len: int) -> dict[str, float]:
-    """Bytes per token of one layer's saved activations on one chip, by remat policy
-    (and ``"working"``: what the layer being differentiated holds at once).
-
-    Counted from the decoder's saved residuals (``jax.ad_checkpoint.print_saved_residuals``
-    of a loss over ``Decoder.hidden_states`` + ``lnpo.logprobs.token_logps``), per token
-    of one layer, ``s`` the compute dtype's bytes:
-
-    - ``"none"``: 5 hidden-sized tensors in compute dtype and 4 in float32 (the
-      RMSNorms), 6 MLP-sized, 2 of q's width and 2 of k's and v's, the float32 norm
-      and softmax statistics, and the attention probabilities: with the einsum
-      attention the float32 scores, the softmax in compute dtype and the boolean
-      mask (``5 + s`` bytes per head and key); with ``attn_query_chunk`` only the
-      boolean mask (1 byte per key: each chunk's scores are recomputed); with
-      ``attn_implementation="cudnn"`` only the mask as a compute-dtype bias
-      (``s`` bytes per key, one head);
-    - ``"full"``: the layer input only;
-    - ``"dots"`` / ``"minimal"``: the outputs of the weight matmuls (q, k, v, o,
-      gate, up, down);
-    - ``"dots_saveable"``: also the attention matmuls (float32 scores and the
-      attention output) where the einsum attention writes them unchunked.
-
-    ``"working"`` is ``"none"`` with the whole layer's scores for the einsum
-    attention, one query chunk's with ``attn_query_chunk``. Heads, MLP and
-    vocabulary are split over ``tensor``; the hidden size is not.
-    """
-    s = _ITEMSIZE[cfg.compute_dtype]
-    D, Dh = cfg.hidden_size, cfg.head_dim
-    H, K, F = cfg.num_heads / tensor, cfg.num_kv_heads / tensor, cfg.intermediate_size / tensor
-    S = seq_len
-    norms = 4 + (2 if cfg.post_norms else 0)
-    base = s * (5 * D + 6 * F + 2 * H * Dh + 2 * K * Dh) + 4 * D * norms + 4 * (norms + 2 * H)
-    scores = (5 + s) * H * S  # per token: float32 scores, the softmax and the mask, for every key
-    dots = s * (2 * D + 2 * F + (H + 2 * K) * Dh)
-    if cfg.attn_implementation == "cudnn":
-        saved_probs, working_probs, dots_attention = s * S, s * S, 0.0
-    elif 0 < cfg.attn_query_chunk < S:
-        saved_probs, working_probs, dots_attention = 1.0 * S, scores * cfg.attn_query_chunk / S, 0.0
-    else:
-        saved_probs, working_probs, dots_attention = scores, scores, s * H * Dh + 4 * H * S
-    return {
-        "none": base + saved_probs,
-        "working": base + working_probs,
-        "full": s * D,
-        "dots": dots,
-        "minimal": dots,
-        "dots_with_no_batch_dims_saveable": dots,
-        "dots_saveable": dots + dots_attention,
-    }
-
-
-def activation_bytes(cfg, *, remat: str, rows: int, seq_len: int, tensor: int, chunk: int,
-                     layer_weight_elements: float = 0) -> dict[str, float]:
-    """Peak activation bytes of one micro-batch of ``rows`` rows (per chip), by part.
-
-    ``saved``: what the remat policy keeps for every layer; ``working``: one
-    layer's full set (the layer being recomputed and differentiated);
-    ``logits``: the chunked log-softmax's float32 logits (recomputed in the
-    backward pass) and their gradient; ``hidden``: the final hidden states and
-    their gradient; ``casts``: with remat "none" and a compute dtype narrower
-    than the parameters, autodiff also keeps every layer's weights cast to the
-    compute dtype (``layer_weight_elements`` per chip per layer).
-    """
-    per_layer = _layer_bytes_per_token(cfg, tensor, seq_len)
-    tokens = rows * seq_len
-    saved = cfg.num_layers * per_layer[remat] * tokens
-    working = per_layer["working"] * tokens
-    C = max(1, min(chunk, seq_len))
-    logits = 3 * 4 * rows * C * cfg.vocab_size / tensor
-    hidden = 2 * 4 * tokens * cfg.hidden_size
-    casts = 0.0
-    if remat == "none" and cfg.compute_dtype != cfg.param_dtype:
-        casts = cfg.num_layers * layer_weight_elements * _ITEMSIZE[cfg.compute_dtype]
-    parts = {"saved": saved, "working": working, "logits": logits, "hidden": hidden, "casts": casts}
-    parts["total"] = sum(parts.values())
-    return parts
-
-
 # ----------------------------------------------------------------------------- the plan
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """The knobs the planner varies when suggesting changes."""
 
-    mesh: tuple[int, int, int]
+    mesh: tuple[int, int, int, int]  # (data, fsdp, tensor, context)
     micro_batches: int
     remat: str
     reference: str  # "none" | "cache" | "in_step"
@@ -278,7 +204,9 @@ class Settings:
 def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str, Any]:
     """Per-chip bytes by part, the problems (batch divisibility) and the parameter dimensions
     replicated over a mesh axis that does not divide them, for settings ``st``."""
-    mesh = dict(zip(("data", "fsdp", "tensor"), st.mesh))
+    from lnpo.parallel import MESH_AXES
+
+    mesh = dict(zip(MESH_AXES, st.mesh))
     counts, replicated = _per_chip_param_elements(infos, mesh)
     problems = []
     params = sum(n * i.itemsize for n, i in zip(counts, infos))
@@ -299,8 +227,11 @@ def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str,
     rows_chip = max(1, -(-rows // dp))
     T = row_length(config)
     layer_chip = sum(n for n, i in zip(counts, infos) if i.axes[:1] == ("layers",)) / cfg.num_layers
+    if T % mesh["context"]:
+        problems.append(f"the context axis {mesh['context']} does not divide the row length {T}")
     acts = activation_bytes(cfg, remat=st.remat, rows=rows_chip, seq_len=T, tensor=mesh["tensor"],
-                            chunk=int(config.train.logprob_chunk), layer_weight_elements=layer_chip)
+                            chunk=int(config.train.logprob_chunk), layer_weight_elements=layer_chip,
+                            context=mesh["context"])
 
     # FSDP gathers: two layers' weights in compute dtype in flight and one layer's unsharded gradient.
     s = _ITEMSIZE[cfg.compute_dtype]
@@ -362,7 +293,8 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
         if -1 in shape:
             notes.append(f"mesh {shape} has a -1 and no chip count was given: planned for {chips} chip(s) "
                          "(pass --chips)")
-    mesh = tuple(parallel.resolve_mesh_shape(shape, chips))
+    given = tuple(parallel.resolve_mesh_shape(shape, chips))
+    mesh = parallel.full_mesh_shape(given)
     peak, hbm = _resolve_chip(chip_type, hbm_gib, peak_tflops)
     infos, abstract = param_infos(cfg)
 
@@ -394,13 +326,14 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
                      "(about a third of an epoch's training compute), reused by every run with the same data")
 
     out = {
-        "name": config.name, "stage": config.stage, "loss": config.loss.name if config.stage == "po" else None,
+        "name": config.name, "stage": config.stage, "layout": config.data.layout,
+        "loss": config.loss.name if config.stage == "po" else None,
         "model": {"source": config.model.path or "embedded tiny", "model_type": cfg.model_type,
                   "params": sum(math.prod(i.shape) for i in infos), "matmul_params": matmul_params(cfg),
                   "layers": cfg.num_layers, "hidden": cfg.hidden_size, "heads": cfg.num_heads,
                   "kv_heads": cfg.num_kv_heads, "vocab": cfg.vocab_size, "param_dtype": cfg.param_dtype,
                   "compute_dtype": cfg.compute_dtype, "remat": cfg.remat},
-        "chips": chips, "mesh": mesh, "chip": {"type": chip_type, "hbm_gib": hbm, "peak_flops": peak},
+        "chips": chips, "mesh": given, "chip": {"type": chip_type, "hbm_gib": hbm, "peak_flops": peak},
         "reference": {"mode": ref_mode, "dtype": config.reference.dtype if ref_mode == "in_step" else None},
         "batch": {"pairs_per_step": G, "micro_batches": A, "pairs_per_micro_batch": mem["pairs_per_micro_batch"],
                   "rows_per_micro_batch": mem["rows_per_micro_batch"], "seq_len": T,
@@ -415,9 +348,40 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
     return out
 
 
+def with_row_length(config, length: int):
+    """A copy of ``config`` whose rows are ``length`` tokens: ``data.seq_len = length`` and
+    ``data.max_len`` the longest pair the layout fits in it (half a shared-prompt row)."""
+    c = copy.deepcopy(config)
+    c.data.seq_len = int(length)
+    c.data.max_len = int(length) // 2 if config.data.layout == "shared_prompt" else int(length)
+    c.data.max_prompt_len = min(int(c.data.max_prompt_len), c.data.max_len - 1)
+    return c
+
+
+def longest_row(config, chips: int | None = None, *, multiple: int = 128, limit: int = 1 << 21, **plan_kwargs) -> int:
+    """The longest row length T (a multiple of ``multiple`` x the context axis) at which
+    ``config`` fits per :func:`plan` with everything else as configured, or 0 if none does.
+    A pair is 2 rows of T (padded) or one shared-prompt row of T (prompt + both responses)."""
+    from lnpo import parallel
+
+    shape = tuple(int(x) for x in config.mesh.shape)
+    n = chips if chips is not None else math.prod(x for x in shape if x != -1)
+    step = int(multiple) * parallel.full_mesh_shape(parallel.resolve_mesh_shape(shape, n))[3]
+    fits = lambda k: plan(with_row_length(config, k * step), chips, **plan_kwargs)["fits"]  # noqa: E731
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi * step <= limit and fits(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:  # fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo * step
+
+
 def _knobs(config, cfg, st: Settings, chips: int) -> list[tuple[str, str, Settings]]:
     """(name, how to set it, settings) for each knob that can lower memory from ``st``."""
-    d, f, t = st.mesh
+    d, f, t, c = st.mesh
     out = []
     if st.reference == "in_step":
         out.append(("reference cache", "--config.reference.mode=cache", dataclasses.replace(st, reference="cache")))
@@ -425,7 +389,8 @@ def _knobs(config, cfg, st: Settings, chips: int) -> list[tuple[str, str, Settin
             out.append(("bf16 reference", "--config.reference.dtype=bfloat16",
                         dataclasses.replace(st, reference_dtype="bfloat16")))
     if d > 1:
-        out.append(("more fsdp", f"--config.mesh.shape='(1,{d * f},{t})'", dataclasses.replace(st, mesh=(1, d * f, t))))
+        shape = f"(1,{d * f},{t})" if c == 1 else f"(1,{d * f},{t},{c})"
+        out.append(("more fsdp", f"--config.mesh.shape='{shape}'", dataclasses.replace(st, mesh=(1, d * f, t, c))))
     if st.remat != "full":
         out.append(("remat full", "--config.model.remat=full", dataclasses.replace(st, remat="full")))
     G, dp = int(config.train.global_batch), d * f
@@ -466,7 +431,7 @@ def _suggestions(config, cfg, infos, st: Settings, chips: int, usable: int, abst
         total = _memory(config, cfg, infos, cur, chips, abstract)["bytes"]["total"]
         out.append({"knob": "combined", "set": " ".join(applied), "total_bytes": total, "fits": total <= usable})
     # the state alone (params + optimizer + gradients) at full fsdp: chips needed
-    fixed = _memory(config, cfg, infos, dataclasses.replace(st, mesh=(1, chips, 1)), chips, abstract)["bytes"]
+    fixed = _memory(config, cfg, infos, dataclasses.replace(st, mesh=(1, chips, 1, 1)), chips, abstract)["bytes"]
     state = fixed["params"] + fixed["optimizer"] + fixed["gradients"]
     if state > usable / 2:
         need = math.ceil(state * chips / (usable / 2))
@@ -489,7 +454,7 @@ def format_plan(p: dict) -> str:
         f"  model: {m['source']} ({m['model_type']}, {m['params'] / 1e9:.3f}B params, {m['layers']} layers, "
         f"hidden {m['hidden']}, heads {m['heads']}/{m['kv_heads']} kv, vocab {m['vocab']}); "
         f"params {m['param_dtype']}, compute {m['compute_dtype']}, remat {m['remat']}",
-        f"  mesh (data, fsdp, tensor) = {p['mesh']} on {p['chips']} chips "
+        f"  mesh (data, fsdp, tensor{', context' * (len(p['mesh']) == 4)}) = {p['mesh']} on {p['chips']} chips "
         f"({chip['type'] or 'custom'}: {chip['hbm_gib']:g} GiB HBM, {chip['peak_flops'] / 1e12:g} TFLOP/s peak)",
         f"  batch: {b['pairs_per_step']} {'examples' if p['stage'] == 'sft' else 'pairs'}/step = "
         f"{b['micro_batches']} micro-batches x {b['pairs_per_micro_batch']}; {b['rows_per_micro_batch']} rows x "
@@ -525,6 +490,10 @@ def format_plan(p: dict) -> str:
             else:
                 verdict = "fits" if s["fits"] else "still too big"
                 lines.append(f"    {s['knob']:20s} {s['total_bytes'] / GIB:8.2f} GiB  {verdict:14s} {s['set']}")
+    if "longest_row" in p:
+        per_pair = "one shared-prompt row" if p["layout"] == "shared_prompt" else "two rows"
+        lines.append(f"  longest row that fits: {p['longest_row']} tokens (a pair is {per_pair}; "
+                     f"--config.data.seq_len={p['longest_row']})")
     for n in p["notes"]:
         lines.append(f"  note: {n}")
     return "\n".join(lines)
@@ -558,13 +527,16 @@ def main(argv=None):
     flags.DEFINE_float("peak_tflops", None, "peak dense bf16 TFLOP/s per chip (default: from --chip_type)")
     flags.DEFINE_float("mfu", 0.4, "model-FLOPs utilization assumed for the step time")
     flags.DEFINE_bool("json", False, "print the plan as JSON")
+    flags.DEFINE_bool("longest", False, "also find the longest row (tokens) that fits with these settings")
     flags.mark_flags_as_required(["config"])
 
     def _run(_):
         F = flags.FLAGS
         try:
-            p = plan(F.config, chips=F.chips, hbm_gib=F.hbm_gib, chip_type=F.chip_type, mfu=F.mfu,
-                     peak_tflops=F.peak_tflops)
+            kw = dict(hbm_gib=F.hbm_gib, chip_type=F.chip_type, mfu=F.mfu, peak_tflops=F.peak_tflops)
+            p = plan(F.config, chips=F.chips, **kw)
+            if F.longest:
+                p["longest_row"] = longest_row(F.config, F.chips, **kw)
         except (ValueError, FileNotFoundError) as e:
             print(f"lnpo.plan: error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -45,6 +45,9 @@ def test_the_study_methods_have_config_files():
         ({"loss.beta": 0.0}, 1, r"^config\.loss: .*beta must be > 0"),
         ({"mesh.shape": (2, 2, 2)}, 1, r"^config\.mesh\.shape: .*needs 8 devices but 1"),
         ({"mesh.shape": (3, -1, 1)}, 8, r"^config\.mesh\.shape: .*does not divide the 8"),
+        ({"mesh.shape": (1, 1, 1, 3), "data.seq_len": 64}, 3,
+         r"^config\.mesh\.shape: the context axis \(3\) must divide the row length 64 \(data\.seq_len"),
+        ({"mesh.shape": (1, 1, 1, 3), "data.layout": "shared_prompt", "data.max_len": 50}, 3, r"row length 100 "),
         ({"train.global_batch": 30, "train.micro_batches": 4}, 1,
          r"^config\.train\.global_batch: 30 is not divisible by train\.micro_batches \(4\)"),
         ({"train.global_batch": 12}, 8, r"^config\.train\.global_batch: .*not divisible by the data-parallel size 8"),
@@ -52,11 +55,13 @@ def test_the_study_methods_have_config_files():
         ({"data.layout": "zigzag"}, 1, r"^config\.data\.layout: 'zigzag' is not one of padded, packed, shared_prompt"),
         ({"optim.lr": -1e-5}, 1, r"^config\.optim\.lr: must be a number > 0"),
         ({"model.attn_query_chunk": -8}, 1, r"^config\.model\.attn_query_chunk: "),
-        ({"model.attn_implementation": "flash"}, 1, r"^config\.model\.attn_implementation: 'flash' is not supported; supported: xla, cudnn"),
+        ({"model.attn_implementation": "flash"}, 1, r"^config\.model\.attn_implementation: 'flash' is not supported; supported: xla, cudnn, splash"),
         ({"model.attn_implementation": "cudnn"}, 1,
          r"^config\.model\.attn_implementation: 'cudnn' needs compute_dtype bfloat16"),
         ({"model.attn_implementation": "cudnn", "model.compute_dtype": "bfloat16", "model.attn_query_chunk": 64}, 1,
          r"^config\.model\.attn_implementation: 'cudnn' never writes the scores; attn_query_chunk must be 0"),
+        ({"model.attn_implementation": "splash"}, 1,
+         r"^config\.model\.attn_implementation: 'splash' needs TPUs; this run's devices are cpu; use 'xla'$"),
         ({"model.attn_implementation": "cudnn", "model.compute_dtype": "bfloat16"}, 1,
          r"^config\.model\.attn_implementation: 'cudnn' needs NVIDIA GPUs; this run's devices are cpu"),
     ],
@@ -69,6 +74,12 @@ def test_bad_configs_fail_with_one_line_naming_the_field(changes, devices, messa
     with pytest.raises(ConfigError, match=message) as info:
         validate(config, num_devices=devices)
     assert "\n" not in str(info.value)
+
+
+def test_a_four_entry_mesh_shape_is_a_context_axis():
+    config = load("lndpo")
+    config.mesh.shape = (2, 1, 1, -1)
+    assert validate(config, num_devices=8) == (2, 1, 1, 4)
 
 
 def test_missing_model_directory_config_json(tmp_path):

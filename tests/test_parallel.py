@@ -15,7 +15,7 @@ def test_parameter_axes_map_to_fsdp_and_tensor():
 
 def test_a_mesh_axis_is_used_once_per_spec():
     # batch claims data and fsdp; a later "embed" must not reuse fsdp.
-    assert parallel.logical_to_spec(("batch", "length", "embed")) == P(("data", "fsdp"), None, None)
+    assert parallel.logical_to_spec(("batch", "length", "embed")) == P(("data", "fsdp"), "context", None)
     assert parallel.logical_to_spec(("heads", "mlp")) == P("tensor", None)
 
 
@@ -32,10 +32,25 @@ def test_resolve_mesh_shape(shape, devices, expected):
     assert parallel.resolve_mesh_shape(shape, devices) == expected
 
 
+@pytest.mark.parametrize("shape, devices, expected", [((2, 1, 1, 4), 8, (2, 1, 1, 4)), ((-1, 1, 1, 4), 8, (2, 1, 1, 4)),
+                                                      ((1, 1, 2, -1), 8, (1, 1, 2, 4))])
+def test_a_four_entry_mesh_shape_adds_the_context_axis(shape, devices, expected):
+    assert parallel.resolve_mesh_shape(shape, devices) == expected
+    assert parallel.full_mesh_shape(expected) == expected
+    assert parallel.full_mesh_shape((8, 1, 1)) == (8, 1, 1, 1)  # the 3-entry form: context 1
+
+
+def test_the_mesh_has_a_context_axis_and_row_length_shards_over_it():
+    mesh = parallel.make_mesh((1, 1, 1))
+    assert mesh.axis_names == ("data", "fsdp", "tensor", "context") and mesh.shape["context"] == 1
+    assert parallel.logical_to_spec(("batch", "length", "act_embed")) == P(("data", "fsdp"), "context", None)
+
+
 @pytest.mark.parametrize(
     "shape, devices, message",
     [((2, 2, 2), 4, "needs 8 devices but 4"), ((3, -1, 1), 8, "does not divide"), ((-1, -1, 1), 8, "at most one"),
-     ((2, 2), 4, "3 entries"), ((0, 1, 1), 1, "positive")],
+     ((2, 2), 4, "3 entries"), ((1, 1, 1, 1, 1), 1, "or 4 entries"), ((0, 1, 1), 1, "positive"),
+     ((2, 1, 1, 2), 8, "needs 4 devices but 8")],
 )
 def test_bad_mesh_shapes_name_the_problem(shape, devices, message):
     with pytest.raises(ValueError, match=message):

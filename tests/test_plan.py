@@ -296,3 +296,58 @@ def test_cli(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     p = json.loads(proc.stdout)
     assert p["fits"] is False and p["chip"]["hbm_gib"] == 0.0001 and p["suggestions"]
+
+
+# ----------------------------------------------------------------------------- long rows
+LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                 num_kv_heads=8, rope_theta=500000.0, max_position_embeddings=131072, model_type="llama")
+
+
+def _long_config(model_dir, attn, mesh, layout="shared_prompt"):
+    dp = mesh[0] * mesh[1]
+    return _config(model_dir, **{"model.compute_dtype": "bfloat16", "model.remat": "full",
+                                 "model.attn_implementation": attn, "data.layout": layout, "mesh.shape": mesh,
+                                 "train.global_batch": 64, "train.micro_batches": 64 // dp,
+                                 "reference.mode": "cache"})
+
+
+def test_longest_row_fits_and_one_step_more_does_not(tmp_path):
+    model = _model_dir(tmp_path, **LLAMA3_8B)
+    config = _long_config(model, "xla", (1, 8, 1, 4))
+    longest = planlib.longest_row(config, 32, chip_type="v6e")
+    assert longest % (128 * 4) == 0 and longest > 0
+    assert planlib.plan(planlib.with_row_length(config, longest), 32, chip_type="v6e")["fits"]
+    assert not planlib.plan(planlib.with_row_length(config, longest + 512), 32, chip_type="v6e")["fits"]
+    shorter = planlib.longest_row(_long_config(model, "xla", (1, 32, 1)), 32, chip_type="v6e")
+    assert 0 < shorter < longest  # one row per chip either way; the context axis splits each row 4 ways
+
+
+def test_an_8b_dpo_with_32k_shared_prompt_rows_fits_a_v5p_64_slice(tmp_path):
+    """The issue's target: Llama-3-8B, shared-prompt rows of 32768 tokens (prompt + both
+    responses), v5p-64 = 32 chips of 95 GiB: fits with splash (fsdp 32) and with the einsum
+    over a context axis of 4 (fsdp 8), not with the einsum alone."""
+    model = _model_dir(tmp_path, **LLAMA3_8B)
+    at_32k = lambda attn, mesh: planlib.plan(planlib.with_row_length(_long_config(model, attn, mesh), 32768),  # noqa: E731
+                                             32, chip_type="v5p")
+    splash, context, einsum = at_32k("splash", (1, 32, 1)), at_32k("xla", (1, 8, 1, 4)), at_32k("xla", (1, 32, 1))
+    assert splash["fits"] and context["fits"] and not einsum["fits"]
+    assert splash["batch"]["seq_len"] == 32768 and splash["batch"]["rows_per_chip"] == 1
+    assert splash["bytes"]["total"] < context["bytes"]["total"] < einsum["bytes"]["total"]
+    assert "longest row" not in planlib.format_plan(splash)
+
+
+def test_cli_reports_the_longest_row(tmp_path):
+    model = _model_dir(tmp_path)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "lnpo.plan", "--config=configs/lndpo.py", f"--config.model.path={model}",
+           "--chips=8", "--chip-type=v6e", "--config.mesh.shape=(1,2,1,4)", "--config.data.layout=shared_prompt",
+           "--longest"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mesh (data, fsdp, tensor, context) = (1, 2, 1, 4) on 8 chips" in proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if "longest row that fits" in x)
+    assert "a pair is one shared-prompt row" in line
+    length = int(line.split("fits: ")[1].split()[0])
+    config = get_config()  # as the CLI builds it
+    config.model.path, config.mesh.shape, config.data.layout = model, (1, 2, 1, 4), "shared_prompt"
+    assert length == planlib.longest_row(config, 8, chip_type="v6e") and length % 512 == 0

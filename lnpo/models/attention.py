@@ -18,6 +18,7 @@ from flax import nnx
 from lnpo.models.config import ModelConfig
 from lnpo.models.layers import Proj, RMSNorm
 from lnpo.models.rope import apply_rope
+from lnpo.models.splash import sharded_splash_attention
 from lnpo.parallel import constrain
 
 
@@ -149,6 +150,7 @@ class Attention(nnx.Module):
         self.softcap = c.attn_logit_softcap
         self.query_chunk = c.attn_query_chunk
         self.implementation = c.attn_implementation
+        self.windows = tuple(sorted(set(c.layer_windows)))
 
     def __call__(
         self,
@@ -182,7 +184,15 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
             new_cache = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        mask = attention_mask(q_info, k_info, window)
+        if kv_cache is None and self.implementation == "splash":
+            out = sharded_splash_attention(q, k, v, q_info.segments, q_info.branches, windows=self.windows,
+                                           window=window, scale=self.scale, softcap=self.softcap)
+            out = constrain(out, ("batch", "length", "act_heads", None))
+            return self.o_proj(out), None
+        if kv_cache is None:  # the whole row's keys for this shard's queries (context parallelism)
+            k = constrain(k, ("batch", None, "act_heads", None))
+            v = constrain(v, ("batch", None, "act_heads", None))
+        mask = constrain(attention_mask(q_info, k_info, window), ("batch", "length", None))
         if kv_cache is None and self.implementation != "xla":
             out = fused_attention(q, k, v, mask, scale=self.scale, implementation=self.implementation)
         else:

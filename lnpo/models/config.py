@@ -19,7 +19,7 @@ ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
 REMAT_POLICIES = ("none", "full", "dots", "minimal", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
 LAYER_TYPES = ("full_attention", "sliding_attention")
-ATTN_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTN_IMPLEMENTATIONS = ("xla", "cudnn", "splash")
 # How a model runs, not what it is: not in an HF config.json, set when a model is built or loaded.
 RUNTIME_FIELDS = ("param_dtype", "compute_dtype", "remat", "attn_query_chunk", "attn_implementation")
 ROPE_TYPES = ("linear", "llama3", "longrope")
@@ -32,8 +32,8 @@ def attention_problem(implementation: str, compute_dtype: str, query_chunk: int)
         return f"{implementation!r} is not supported; supported: {', '.join(ATTN_IMPLEMENTATIONS)}"
     if implementation == "cudnn" and compute_dtype not in ("bfloat16", "float16"):
         return f"'cudnn' needs compute_dtype bfloat16 or float16, got {compute_dtype!r}"
-    if implementation == "cudnn" and query_chunk:
-        return f"'cudnn' never writes the scores; attn_query_chunk must be 0, got {query_chunk!r}"
+    if implementation in ("cudnn", "splash") and query_chunk:
+        return f"{implementation!r} never writes the scores; attn_query_chunk must be 0, got {query_chunk!r}"
     return None
 
 # HF activation name -> ours.
@@ -146,8 +146,12 @@ class ModelConfig:
     head_dim a multiple of 8, <= 128 before Hopper, <= 256 from Hopper on): the
     causal part of the mask is its causal mode and the rest (segments, branches,
     windows) an additive bias, and the ``[B, H, T, S]`` scores are never written
-    to memory. Decoding with a KV cache always uses ``"xla"``. ``"cudnn"``
-    supports neither ``attn_logit_softcap`` nor ``attn_query_chunk``.
+    to memory. ``"splash"`` is the Pallas TPU splash-attention kernel
+    (``lnpo.models.splash``: causal / local static masks with segment ids; shared-prompt
+    branches as two key sets merged by log-sum-exp; GQA, soft-capping and any head_dim;
+    not with sliding windows and branches together; off TPU it runs in Pallas' interpret
+    mode). Decoding with a KV cache always uses ``"xla"``. ``"cudnn"`` supports
+    neither ``attn_logit_softcap`` nor ``attn_query_chunk``; ``"splash"`` not the latter.
 
     ``num_labels`` > 0 adds a sequence-classification score head
     ``[hidden, num_labels]`` (HF ``*ForSequenceClassification``) and drops the LM

@@ -17,7 +17,8 @@ from train_helpers import small_config, losses_of
 from lnpo.train.run import run
 assert jax.device_count() == 8, jax.devices()
 out = {}
-for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]:  # (1, 2, 4): 2 KV heads on a tensor axis of 4
+# (1, 2, 4): 2 KV heads on a tensor axis of 4; (2, 1, 1, 4): each row split over a context axis of 4
+for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4), (2, 1, 1, 4)]:
     mode = "in_step" if shape == (2, 2, 2) else "cache"
     config = small_config(MODEL, TASK, **{"mesh.shape": shape, "train.steps": 3, "reference.mode": mode,
                                           "train.checkpoint_every": 100})
