@@ -227,7 +227,7 @@ def test_smoke_sweep_runs_records_failures_skips_finished_and_reports(tmp_path, 
     assert os.path.isfile(os.path.join(root, bad, "error.log"))
     # The reference log-probs were computed once (training + held-out pairs) for both DPO runs;
     # SimPO is reference-free.
-    assert len(os.listdir(os.path.join(root, "reference_cache"))) == 2 and len(ref_calls) == 2
+    assert len(glob.glob(os.path.join(root, "reference_cache", "reference-*.npz"))) == 2 and len(ref_calls) == 2
     # The report: 4 evaluated runs, the failed one listed.
     assert out["report"]["ok"] == 4 and out["report"]["failed"] == [bad]
     report = open(os.path.join(root, "report.md")).read()
@@ -323,7 +323,7 @@ def test_paper_sweep_end_to_end_on_local_fixture_files(tmp_path, tiny_sft_dir, t
         assert summary["scorer"] == f"torch:{rm}" and summary["num_prompts"] == 4
         assert summary["score_mean"] is not None and summary["kl_seq_mean"] is not None
     # DPO and LN-DPO share one reference (the SFT checkpoint) on the same data: 2 cache files.
-    assert len(os.listdir(os.path.join(root, "reference_cache"))) == 2
+    assert len(glob.glob(os.path.join(root, "reference_cache", "reference-*.npz"))) == 2
     assert out["report"]["ok"] == 3 and os.path.isfile(os.path.join(root, "report.html"))
 
 
@@ -349,7 +349,7 @@ def test_paper_embedded_sweep_shrunk_trains_the_sft_model_once(tmp_path, monkeyp
     for name in ("dpo-beta0.1-lr0.0001-seed0", "lndpo-beta1-lr0.0001-seed0", "simpo-beta2.5-gamma0.5-lr0.0001-seed0"):
         assert _json(os.path.join(root, name, "run.json"))["sft_path"] == os.path.join(sft_dirs[0], "export")
         assert _json(os.path.join(root, name, "eval", "summary.json"))["scorer"] == "embedded"
-    assert len(os.listdir(os.path.join(root, "reference_cache"))) == 2  # one reference, train + held-out pairs
+    assert len(glob.glob(os.path.join(root, "reference_cache", "reference-*.npz"))) == 2  # one reference, train + held-out pairs
     assert out["report"]["ok"] == 3
 
 

@@ -79,11 +79,11 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
     so the caller must not use them afterwards.
     """
     checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=spec.keep_checkpoints)
-    start = checkpointer.latest_step()
-    if start is not None:
+    start = None
+    if checkpointer.all_steps():
         abstract = abstract_like(state)
         delete_arrays(state)  # the fresh state's buffers go before the checkpoint's arrive: never two states
-        state, data_state = checkpointer.restore(start, abstract)
+        start, state, data_state = checkpointer.restore_latest(abstract)
         spec.restore_iterator(data_state)
     step = int(start or 0)
     logger = RunLogger(workdir, total_steps=spec.total_steps, start_step=step, desc=desc)
@@ -95,6 +95,7 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
     zero_grads = ZeroGradientWatch()
     try:
         while step < spec.total_steps:
+            checkpointer.check()  # a failed asynchronous save stops the run at once
             if flag.should_stop():
                 preempted = True
                 break

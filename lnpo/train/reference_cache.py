@@ -9,7 +9,9 @@ the fingerprint's numerics then list them). The file is named by a
 fingerprint of the reference weights, the tokenized data and the numerics
 (dtype, chunking), so a hyperparameter sweep pays for the reference once and a
 changed model or dataset never reads a stale cache. Files are written to a
-temporary name and renamed, and read with ``allow_pickle=False``.
+temporary name and renamed, carry a SHA-256 of their arrays (checked on every
+load: a cache that fails it is recomputed, never used) and are read with
+``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import zipfile
 from typing import Callable
 
 import numpy as np
+
+from lnpo.errors import CheckpointError
 
 _HASH_CHUNK = 1 << 24
 
@@ -32,17 +38,33 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def weights_fingerprint(model_dir: str) -> str:
-    """SHA-256 over the config and every safetensors file of an HF directory.
+MEMO_NAME = "weights_sha256.json"
 
-    File hashes are memoized in ``<model_dir>/.lnpo_hashes.json`` keyed by
-    (size, mtime) when the directory is writable, so later runs do not re-read
-    large checkpoints.
+
+def _file_identity(stat: os.stat_result) -> str:
+    """What must be unchanged for a memoized content hash to be reused: size, mtime, inode, device and ctime.
+
+    ``ctime`` is set by the kernel on every write or rename onto the file and cannot be set back
+    by ``touch``/``cp -p``/``os.utime``, so weights replaced with their size and mtime preserved
+    still get a new identity (and are hashed again).
     """
-    memo_path = os.path.join(model_dir, ".lnpo_hashes.json")
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_dev}:{stat.st_ctime_ns}"
+
+
+def weights_fingerprint(model_dir: str, memo_dir: str) -> str:
+    """SHA-256 over the content of ``config.json`` and every safetensors file of an HF directory.
+
+    Each file's SHA-256 is memoized in ``<memo_dir>/weights_sha256.json`` (the reference cache's
+    own directory, never the model directory: an input is only read), keyed by the file's real
+    path and :func:`_file_identity`, so later runs do not re-read large checkpoints. A file whose
+    identity changed is hashed again.
+    """
+    memo_path = os.path.join(memo_dir, MEMO_NAME)
     try:
         with open(memo_path, encoding="utf-8") as f:
             memo = json.load(f)
+        if not isinstance(memo, dict):
+            memo = {}
     except (OSError, ValueError):
         memo = {}
     digest = hashlib.sha256()
@@ -50,23 +72,29 @@ def weights_fingerprint(model_dir: str) -> str:
     for name in sorted(os.listdir(model_dir)):
         if not (name.endswith(".safetensors") or name == "config.json"):
             continue
-        path = os.path.join(model_dir, name)
-        stat = os.stat(path)
-        key = f"{stat.st_size}:{stat.st_mtime_ns}"
-        entry = memo.get(name)
-        if not entry or entry.get("key") != key:
-            entry = {"key": key, "sha256": _file_sha256(path)}
-            memo[name] = entry
+        path = os.path.realpath(os.path.join(model_dir, name))
+        identity = _file_identity(os.stat(path))
+        entry = memo.get(path)
+        if not isinstance(entry, dict) or entry.get("identity") != identity or "sha256" not in entry:
+            entry = {"identity": identity, "sha256": _file_sha256(path)}
+            memo[path] = entry
             changed = True
         digest.update(name.encode())
-        digest.update(entry["sha256"].encode())
+        digest.update(str(entry["sha256"]).encode())
     if changed:
         try:
-            with open(memo_path, "w", encoding="utf-8") as f:
-                json.dump(memo, f)
+            _write_json_atomically(memo_path, memo)
         except OSError:
-            pass
+            pass  # a read-only cache directory only costs re-hashing next time
     return digest.hexdigest()
+
+
+def _write_json_atomically(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # hosts sharing the directory never collide
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
 
 
 def cache_key(*, weights: str, data: str, numerics: dict) -> str:
@@ -83,23 +111,50 @@ def cache_path(cache_dir: str, key: str) -> str:
 NAMES = ("chosen", "rejected")
 
 
+def arrays_sha256(key: str, *arrays: np.ndarray) -> str:
+    """SHA-256 of the cache key and the arrays' float32 little-endian bytes, in that order."""
+    digest = hashlib.sha256(key.encode())
+    for values in arrays:
+        digest.update(np.ascontiguousarray(values, dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def _read(path: str, key: str, num_pairs: int, names: tuple) -> tuple[np.ndarray, ...]:
+    """The verified arrays ``names`` of ``path``; raises ``ValueError`` with the reason when they cannot be trusted."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = tuple(np.asarray(f[name]) for name in names)
+            recorded = str(f["sha256"]) if "sha256" in f.files else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if recorded is None:
+        raise ValueError("no checksum")
+    for a in arrays:
+        if a.shape != (num_pairs,):
+            raise ValueError(f"holds {a.shape} log-probs, the dataset has {num_pairs} pairs")
+    if arrays_sha256(key, *arrays) != recorded:
+        raise ValueError("its arrays do not match their checksum")
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise ValueError("holds non-finite log-probs")
+    return tuple(a.astype(np.float32) for a in arrays)
+
+
 def load(cache_dir: str, key: str, num_pairs: int, names: tuple = NAMES) -> tuple[np.ndarray, ...] | None:
-    """The cached arrays ``names`` (default ``(chosen, rejected)``), in that order, or None when absent."""
+    """The cached arrays ``names`` (default ``(chosen, rejected)``), in that order, or None when
+    absent or not trustworthy.
+
+    A cache that is unreadable (truncated, empty), of the wrong size, or whose arrays differ
+    from the SHA-256 stored with them (:func:`arrays_sha256`: altered values, chosen and
+    rejected swapped, a file copied under another key) is reported in one line and recomputed.
+    """
     path = cache_path(cache_dir, key)
     if not os.path.exists(path):
         return None
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = tuple(np.asarray(f[name]) for name in names)
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"reference cache {path}: unreadable ({e}); delete it to recompute") from None
-    for a in arrays:
-        if a.shape != (num_pairs,):
-            raise ValueError(f"reference cache {path}: holds {a.shape[0] if a.ndim else 0} pairs, the dataset has "
-                             f"{num_pairs}; delete it to recompute")
-    if not all(np.isfinite(a).all() for a in arrays):
-        raise ValueError(f"reference cache {path}: holds non-finite log-probs; delete it to recompute")
-    return arrays
+        return _read(path, key, num_pairs, names)
+    except ValueError as e:
+        print(f"lnpo: reference cache {path}: {e}; recomputing it", flush=True)
+        return None
 
 
 def save(cache_dir: str, key: str, *arrays: np.ndarray, names: tuple = NAMES) -> str:
@@ -109,7 +164,8 @@ def save(cache_dir: str, key: str, *arrays: np.ndarray, names: tuple = NAMES) ->
     os.makedirs(cache_dir, exist_ok=True)
     path = cache_path(cache_dir, key)
     tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, **{name: np.asarray(a, np.float32) for name, a in zip(names, arrays)})
+    arrays = tuple(np.asarray(a, np.float32) for a in arrays)
+    np.savez(tmp, **dict(zip(names, arrays)), sha256=np.array(arrays_sha256(key, *arrays)))
     os.replace(tmp, path)
     return path
 
@@ -137,7 +193,7 @@ def load_or_compute(cache_dir: str, key: str, num_pairs: int,
     cached = load(cache_dir, key, num_pairs, names)
     if not _agreed_missing(cached is None):
         if cached is None:
-            raise ValueError(f"reference cache {cache_path(cache_dir, key)}: process 0 has it but this process does "
+            raise CheckpointError(f"reference cache {cache_path(cache_dir, key)}: process 0 has it but this process does "
                              "not; reference.cache_dir must be on storage every host reads")
         return (*cached, False)
     arrays = tuple(compute())

@@ -311,7 +311,7 @@ def _reference_from_cache(config, workdir, init_path, params, graphdef, mesh, tr
     from lnpo.train.run import runs_root
 
     cache_dir = config.reference.cache_dir or os.path.join(runs_root(workdir), "reference_cache")
-    weights = reference_cache.weights_fingerprint(init_path)
+    weights = reference_cache.weights_fingerprint(init_path, cache_dir)
     needs = losses_lib.needs(config.loss.name)
     names = steps.cached_reference_names(needs)
     numerics = {"dtype": config.model.compute_dtype, "seq_len": config.data.max_len,
