@@ -214,7 +214,8 @@ def _single_split_file(directory: str, split: str) -> str | None:
     try:
         files = DataFilesDict.from_patterns(get_data_patterns(directory), base_path=directory)
     except (FileNotFoundError, ValueError):
-        raise DataError(f"{directory}: no data files (.jsonl, .json, .parquet, .csv, .arrow) in this directory") from None
+        raise DataError(f"{directory}: no data files (.jsonl, .json, .parquet, .csv, .arrow) in this directory"
+                        ) from None
     found = files.get(split_base(split), [])
     return str(found[0]) if len(found) == 1 and os.path.isfile(str(found[0])) else None
 

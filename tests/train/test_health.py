@@ -47,7 +47,9 @@ def _spec(metrics_of_step, total_steps=30, checkpoint_every=1000):
 
 def test_vanished_gradients_stop_the_run_in_one_line_before_the_end(tmp_path):
     # the lr=1e6 run: a finite loss near log 2, the gradient norm exactly 0 from step 2 on
-    metrics = lambda s: {"loss": 0.69 + 0.01 * (s % 3), "grad_norm": 0.5 if s == 1 else 0.0, "finite": 1.0}  # noqa
+    def metrics(s):
+        return {"loss": 0.69 + 0.01 * (s % 3), "grad_norm": 0.5 if s == 1 else 0.0, "finite": 1.0}
+
     with pytest.raises(VanishedGradients) as e:
         fit(_state(), _spec(metrics), workdir=str(tmp_path / "run"))
     text = str(e.value)
@@ -56,7 +58,9 @@ def test_vanished_gradients_stop_the_run_in_one_line_before_the_end(tmp_path):
 
 
 def test_non_finite_stop_without_a_checkpoint_does_not_claim_one_is_kept(tmp_path):
-    metrics = lambda s: {"loss": math.nan if s == 3 else 1.0, "grad_norm": 1.0, "finite": 0.0 if s == 3 else 1.0}  # noqa
+    def metrics(s):
+        return {"loss": math.nan if s == 3 else 1.0, "grad_norm": 1.0, "finite": 0.0 if s == 3 else 1.0}
+
     with pytest.raises(NonFiniteLoss) as e:
         fit(_state(), _spec(metrics), workdir=str(tmp_path / "run"))
     assert "last good checkpoint" not in str(e.value) and "no checkpoint was written yet" in str(e.value)
