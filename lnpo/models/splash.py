@@ -193,8 +193,9 @@ def sharded_splash_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segments_BxT, bran
     B, T, H, D = q_BxTxHxD.shape
     spec = logical_to_spec(("batch", "length", "act_heads", None), rules, shape=q_BxTxHxD.shape,
                            mesh_shape=dict(mesh.shape))
-    if spec[1] is not None:
+    if np.prod([mesh.shape[a] for a in spec_entry_axes(spec[1])]) > 1:
         raise ModelError("attn_implementation 'splash' does not shard a row's length (a context axis); use 'xla'")
+    spec = jax.sharding.PartitionSpec(spec[0], None, spec[2], None)
     parts = int(np.prod([mesh.shape[a] for a in spec_entry_axes(spec[2])]))
     k, v = k_BxTxKxD, v_BxTxKxD
     if k.shape[2] % parts:  # kv heads the axis does not divide: one copy per query head
