@@ -151,7 +151,8 @@ from lnpo.models import attention as A
 from lnpo.models.splash import sharded_splash_attention
 assert jax.device_count() == 8
 out = {}
-for mesh_shape, heads, kv in (((2, 1, 2), 4, 2), ((2, 2, 2), 4, 1)):  # (2, 2, 2): 1 kv head over tensor 2
+# (2, 2, 2): 1 kv head over tensor 2; (2, 1, 1, 4): each row's queries over a context axis of 4
+for mesh_shape, heads, kv in (((2, 1, 2), 4, 2), ((2, 2, 2), 4, 1), ((2, 1, 1, 4), 4, 2)):
     for kind in ("packed", "shared_prompt"):
         seg, br, pos = _rows(kind)
         seg, pos = np.concatenate([seg, seg[::-1]]), np.concatenate([pos, pos[::-1]])
@@ -181,16 +182,17 @@ print("RESULT" + json.dumps(out))
 
 
 @pytest.mark.slow
-def test_sharded_splash_equals_einsum_on_a_data_by_tensor_mesh(simulated_devices):
+def test_sharded_splash_equals_einsum_on_data_tensor_and_context_meshes(simulated_devices):
     """Under a mesh (lnpo.parallel.use_rules) the kernel runs per shard (shard_map over rows and
-    heads, kv heads repeated when the tensor axis does not divide them; the size-1 context axis
-    left out): the loss and the gradients of q, k, v equal the einsum's, packed and shared-prompt."""
+    heads, kv heads repeated when the tensor axis does not divide them; over a context axis each
+    shard's queries against the row's gathered keys with its slice of the block mask): the loss
+    and the gradients of q, k, v equal the einsum's, packed (with a window) and shared-prompt."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, **simulated_devices(8), PYTHONPATH=repo)
     proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=repo, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert len(result) == 4
+    assert len(result) == 6
     for case, errors in result.items():
         assert max(errors) < 1e-5, (case, errors)
