@@ -24,6 +24,13 @@ maps onto it exactly:
 - GQA: the kernel's MHA mode maps query head ``h`` to kv head ``h // (H / K)``, lnpo's
   grouping.
 
+Under a mesh (:func:`sharded_splash_attention`) the kernel runs per shard under
+``shard_map``: rows over the batch axes, heads over the tensor axis, and over a context axis
+each shard's queries against the row's gathered keys and values (the kernel's
+``q_seq_shards``). The merge above calls the kernel module's private
+``_splash_attention_forward`` / ``_splash_attention_bwd`` (jax 0.10.2): the public entry
+point does not differentiate its log-sum-exp.
+
 Scores are never materialized: memory is the kernel's blocks, O(T) per head. Off TPU the
 kernel runs in Pallas' interpret mode (slow; used by the tests); runs refuse it there.
 Queries with no visible key (padding) get a finite output that every consumer ignores.
