@@ -104,7 +104,7 @@ def get_base() -> ml_collections.ConfigDict:
     c.train.export_dtype = ""  # "" = the starting model's own dtype (config.json); "float32" | "bfloat16" | "float16"
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 = the rest of the devices
+    c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor[, context]); -1 = the rest of the devices
 
     # Multi-process jobs (lnpo.train.distributed): bounded waits, so a dead worker stops the job.
     c.distributed = ml_collections.ConfigDict()

@@ -62,7 +62,7 @@ def _check_attention(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_context(config: ml_collections.ConfigDict, context: int) -> None:
-    """A context axis splits every row's positions evenly, through the einsum attention."""
+    """A context axis splits every row's positions evenly (einsum or splash attention)."""
     if context == 1:
         return
     from lnpo.train.trainer import row_length
@@ -71,7 +71,7 @@ def _check_context(config: ml_collections.ConfigDict, context: int) -> None:
     if length % context:
         raise ConfigError(f"config.mesh.shape: the context axis ({context}) must divide the row length {length} "
                           f"(data.seq_len, else data.max_len, doubled for shared_prompt)")
-    if config.model.attn_implementation != "xla":
+    if config.model.attn_implementation == "cudnn":
         raise ConfigError(f"config.model.attn_implementation: {config.model.attn_implementation!r} does not split a "
                           f"row over the context axis ({context}); use 'xla'")
 

@@ -63,8 +63,9 @@ def dot_product_attention(
     every consumer (its targets are masked).
 
     ``query_chunk`` > 0 (and < T) computes the queries in chunks of that many
-    positions, one chunk at a time under ``jax.checkpoint`` (the backward pass
-    recomputes each chunk's scores): the float32 scores / probabilities are
+    positions (strided: chunk i holds queries ``i, i + n, ...``), one chunk at a time
+    under ``jax.checkpoint`` (the backward pass recomputes each chunk's scores): the
+    float32 scores / probabilities are
     ``[B, H, chunk, S]`` instead of ``[B, H, T, S]``. Each query's softmax is its
     own, so the result is the same computation, in pieces."""
     T = q_BxTxHxD.shape[1]
@@ -105,11 +106,13 @@ def _chunked_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, scale, so
     B, T, H, D = q_BxTxHxD.shape
     n = -(-T // chunk)
     pad = n * chunk - T  # padded queries see no key (mask False): finite, sliced off below
-    q = jnp.pad(q_BxTxHxD, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, n, chunk, H, D).swapaxes(0, 1)
-    m = jnp.pad(mask_BxTxS, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, -1).swapaxes(0, 1)
+    # Chunk i holds queries i, n + i, 2n + i, ...: with the queries split over a context axis
+    # every chunk takes chunk / context of them from each shard, so no chunk gathers the row.
+    q = jnp.pad(q_BxTxHxD, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, chunk, n, H, D).transpose(2, 0, 1, 3, 4)
+    m = jnp.pad(mask_BxTxS, ((0, 0), (0, pad), (0, 0))).reshape(B, chunk, n, -1).transpose(2, 0, 1, 3)
     f = jax.checkpoint(lambda qm: _attention(qm[0], k_BxSxKxD, v_BxSxKxD, qm[1], scale=scale, softcap=softcap))
     out = jax.lax.map(f, (q, m))  # [n, B, chunk, H, Dv]
-    return out.swapaxes(0, 1).reshape(B, n * chunk, H, -1)[:, :T]
+    return out.transpose(1, 2, 0, 3, 4).reshape(B, n * chunk, H, -1)[:, :T]
 
 
 def _attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS, *, scale, softcap):

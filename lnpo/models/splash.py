@@ -24,6 +24,13 @@ maps onto it exactly:
 - GQA: the kernel's MHA mode maps query head ``h`` to kv head ``h // (H / K)``, lnpo's
   grouping.
 
+Under a mesh (:func:`sharded_splash_attention`) the kernel runs per shard under
+``shard_map``: rows over the batch axes, heads over the tensor axis, and over a context axis
+each shard's queries against the row's gathered keys and values (the kernel's
+``q_seq_shards``). The merge above calls the kernel module's private
+``_splash_attention_forward`` / ``_splash_attention_bwd`` (jax 0.10.2): the public entry
+point does not differentiate its log-sum-exp.
+
 Scores are never materialized: memory is the kernel's blocks, O(T) per head. Off TPU the
 kernel runs in Pallas' interpret mode (slow; used by the tests); runs refuse it there.
 Queries with no visible key (padding) get a finite output that every consumer ignores.
@@ -57,17 +64,18 @@ def block_size(length: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _kernel(heads: int, length: int, window: int, softcap: float | None, interpret: bool):
+def _kernel(heads: int, length: int, window: int, softcap: float | None, interpret: bool, q_shards: int = 1):
     """The splash kernel for ``heads`` query heads over ``length`` x ``length`` (row order):
-    causal, or causal within ``window`` positions when ``window`` > 0."""
+    causal, or causal within ``window`` positions when ``window`` > 0; its mask tables split
+    into ``q_shards`` slices of the queries (a context axis)."""
     shape = (length, length)
     one = sa.LocalMask(shape, window_size=(window - 1, 0), offset=0) if window > 0 else sa.CausalMask(shape)
-    b = block_size(length)
+    b = block_size(length // q_shards)
     blocks = sa.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
                            block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
     with jax.ensure_compile_time_eval():  # concrete mask tables, so the cache outlives one trace
         return sa.make_splash_mha(sa.MultiHeadMask([one] * heads), block_sizes=blocks, head_shards=1,
-                                  q_seq_shards=1, attn_logits_soft_cap=softcap, interpret=interpret)
+                                  q_seq_shards=q_shards, attn_logits_soft_cap=softcap, interpret=interpret)
 
 
 def _collapse(info):
@@ -96,37 +104,76 @@ def _backward(kernel, q, k, v, segment_ids, out, lse, d_out):
     return grads[3], grads[4], grads[5]
 
 
-def _two_key_sets(kernel):
+def _merged(kernel, q, k, v, seg_a, seg_b):
+    oa, la = _forward_with_lse(kernel, q, k, v, seg_a)
+    ob, lb = _forward_with_lse(kernel, q, k, v, seg_b)
+    lse = jnp.logaddexp(la, lb)
+    out = jnp.exp(la - lse)[..., None] * oa.astype(jnp.float32) + jnp.exp(lb - lse)[..., None] * ob.astype(jnp.float32)
+    return out.astype(q.dtype), lse
+
+
+@jax.custom_vjp
+def _two_key_sets(kernel, q, k, v, seg_a, seg_b):
     """Attention of one row over the union of two disjoint key sets, each given by its own
-    segment ids: ``f(q [H,T,D], k, v [K,S,D], seg_a, seg_b) -> [H, T, D]``."""
+    segment ids: ``q [H, T, D]``, ``k, v [K, S, D]`` -> ``[H, T, D]``. The kernel (its mask
+    tables: a shard's slice under ``shard_map``) is an argument, not a closure, so no tracer
+    escapes into the backward pass."""
+    return _merged(kernel, q, k, v, seg_a, seg_b)[0]
 
-    def merged(q, k, v, seg_a, seg_b):
-        oa, la = _forward_with_lse(kernel, q, k, v, seg_a)
-        ob, lb = _forward_with_lse(kernel, q, k, v, seg_b)
-        lse = jnp.logaddexp(la, lb)
-        out = jnp.exp(la - lse)[..., None] * oa.astype(jnp.float32) + jnp.exp(lb - lse)[..., None] * ob.astype(
-            jnp.float32)
-        return out.astype(q.dtype), lse
 
-    @jax.custom_vjp
-    def f(q, k, v, seg_a, seg_b):
-        return merged(q, k, v, seg_a, seg_b)[0]
+def _two_key_sets_fwd(kernel, q, k, v, seg_a, seg_b):
+    out, lse = _merged(kernel, q, k, v, seg_a, seg_b)
+    return out, (kernel, q, k, v, seg_a, seg_b, out, lse)
 
-    def fwd(q, k, v, seg_a, seg_b):
-        out, lse = merged(q, k, v, seg_a, seg_b)
-        return out, (q, k, v, seg_a, seg_b, out, lse)
 
-    def bwd(res, d_out):
-        q, k, v, seg_a, seg_b, out, lse = res
-        ga = _backward(kernel, q, k, v, seg_a, out, lse, d_out)
-        gb = _backward(kernel, q, k, v, seg_b, out, lse, d_out)
-        dq, dk, dv = (a.astype(jnp.float32) + b.astype(jnp.float32) for a, b in zip(ga, gb))
-        zeros = lambda s: sa.SegmentIds(q=np.zeros(s.q.shape, jax.dtypes.float0),  # noqa: E731
-                                        kv=np.zeros(s.kv.shape, jax.dtypes.float0))
-        return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), zeros(seg_a), zeros(seg_b)
+def _no_tangent(tree):
+    """float0 zeros in the structure of an integer/boolean pytree (mask tables, segment ids)."""
+    return jax.tree.map(lambda x: np.zeros(np.shape(x), jax.dtypes.float0), tree)
 
-    f.defvjp(fwd, bwd)
-    return f
+
+def _two_key_sets_bwd(res, d_out):
+    kernel, q, k, v, seg_a, seg_b, out, lse = res
+    ga = _backward(kernel, q, k, v, seg_a, out, lse, d_out)
+    gb = _backward(kernel, q, k, v, seg_b, out, lse, d_out)
+    dq, dk, dv = (a.astype(jnp.float32) + b.astype(jnp.float32) for a, b in zip(ga, gb))
+    return (_no_tangent(kernel), dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), _no_tangent(seg_a),
+            _no_tangent(seg_b))
+
+
+_two_key_sets.defvjp(_two_key_sets_fwd, _two_key_sets_bwd)
+
+
+def _prepare(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segments_BxT, branches_BxT, *, window: int, scale: float,
+             multiple: int):
+    """Padded ``[B, heads, Tp, D]`` q (scaled), k, v (Tp a multiple of ``multiple``) and the
+    segment ids of each key set: ``[(q_ids [B, Tp], kv_ids [B, Tp])]``, one set without branches,
+    two with them (own branch; a completion's prompt)."""
+    T = q_BxTxHxD.shape[1]
+    if branches_BxT is not None and window > 0:
+        raise ModelError("attn_implementation 'splash' cannot combine sliding-window layers with shared-prompt "
+                         "branches (branch_ids); use 'xla' or another layout")
+    pad = -(-T // multiple) * multiple - T
+    padded = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    to_heads = lambda x: padded(x).transpose(0, 2, 1, 3)  # noqa: E731
+    q = to_heads(q_BxTxHxD * jnp.asarray(scale, q_BxTxHxD.dtype))
+    k, v = to_heads(k_BxTxKxD), to_heads(v_BxTxKxD)
+    seg = jnp.asarray(segments_BxT, jnp.int32)
+    fill = lambda x, c: jnp.pad(x, ((0, 0), (0, pad)), constant_values=c)  # noqa: E731
+    ids = lambda q_ids, kv_ids: (fill(q_ids, _PAD_Q), fill(kv_ids, _PAD_KV))  # noqa: E731
+    if branches_BxT is None:
+        return q, k, v, [ids(seg, seg)]
+    br = jnp.asarray(branches_BxT, jnp.int32)
+    own = seg * (jnp.max(br) + 1) + br  # (segment, branch); padding (segment 0) stays 0
+    return q, k, v, [ids(own, own), ids(jnp.where(br > 0, seg, -1), jnp.where(br == 0, seg, -2))]
+
+
+def _attend(kernel, q, k, v, *flat_ids):
+    """The kernel over rows: q ``[B, H, Tq, D]``, k/v ``[B, K, S, D]``, ids as ``_prepare``'s,
+    flattened (q_ids, kv_ids, ...); ``[B, H, Tq, D]``."""
+    sets = [sa.SegmentIds(q=a, kv=b) for a, b in zip(flat_ids[0::2], flat_ids[1::2])]
+    if len(sets) == 1:
+        return jax.vmap(lambda q, k, v, ids: kernel(q, k, v, segment_ids=ids))(q, k, v, sets[0])
+    return jax.vmap(_two_key_sets, in_axes=(None, 0, 0, 0, 0, 0))(kernel, q, k, v, *sets)
 
 
 def splash_attention(
@@ -144,64 +191,59 @@ def splash_attention(
     through the splash kernel; ``[B, T, H, D]`` in q's dtype. ``window`` is static (0 =
     global); ``softcap`` caps the scaled scores as ``cap * tanh(s / cap)``."""
     B, T, H, D = q_BxTxHxD.shape
-    if branches_BxT is not None and window > 0:
-        raise ModelError("attn_implementation 'splash' cannot combine sliding-window layers with shared-prompt "
-                         "branches (branch_ids); use 'xla' or another layout")
-    Tp = -(-T // LANES) * LANES
-    pad = Tp - T
-    padded = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
-    to_heads = lambda x: padded(x).transpose(0, 2, 1, 3)  # [B, heads, Tp, D]  # noqa: E731
-    q = to_heads(q_BxTxHxD * jnp.asarray(scale, q_BxTxHxD.dtype))
-    k, v = to_heads(k_BxTxKxD), to_heads(v_BxTxKxD)
-    interpret = jax.devices()[0].platform != "tpu"
-    kernel = _kernel(H, Tp, int(window), None if softcap is None else float(softcap), interpret)
-    seg = jnp.asarray(segments_BxT, jnp.int32)
-
-    def ids(q_ids, kv_ids):
-        fill = lambda x, c: jnp.pad(x, ((0, 0), (0, pad)), constant_values=c)  # noqa: E731
-        return sa.SegmentIds(q=fill(q_ids, _PAD_Q), kv=fill(kv_ids, _PAD_KV))
-
-    if branches_BxT is None:
-        out = jax.vmap(kernel)(q, k, v, segment_ids=ids(seg, seg))
-    else:
-        br = jnp.asarray(branches_BxT, jnp.int32)
-        own = seg * (jnp.max(br) + 1) + br  # (segment, branch); padding (segment 0) stays 0
-        prompt = ids(jnp.where(br > 0, seg, -1), jnp.where(br == 0, seg, -2))
-        out = jax.vmap(_two_key_sets(kernel))(q, k, v, ids(own, own), prompt)
+    q, k, v, id_sets = _prepare(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segments_BxT, branches_BxT, window=int(window),
+                                scale=scale, multiple=LANES)
+    kernel = _kernel(H, q.shape[2], int(window), None if softcap is None else float(softcap), _interpret())
+    out = _attend(kernel, q, k, v, *[x for pair in id_sets for x in pair])
     return out.transpose(0, 2, 1, 3)[:, :T]
+
+
+def _interpret() -> bool:
+    return jax.devices()[0].platform != "tpu"
 
 
 def sharded_splash_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segments_BxT, branches_BxT, *, windows: tuple[int, ...],
                              window, scale: float, softcap: float | None = None) -> jax.Array:
     """:func:`splash_attention` on the active mesh (:func:`lnpo.parallel.use_rules`), one kernel
-    per shard under ``shard_map``: rows split over the batch axes and heads over the heads'
-    axes (kv heads repeated to the query heads first when the axis does not divide them).
-    ``windows`` are the model's distinct static windows; ``window`` (traced, one of them)
-    picks this layer's kernel."""
-
-    def run(q, k, v, seg, br):
-        call = lambda w: functools.partial(splash_attention, window=w, scale=scale, softcap=softcap)  # noqa: E731
-        if len(windows) == 1:
-            return call(windows[0])(q, k, v, seg, br)
-        index = jnp.searchsorted(jnp.asarray(windows, jnp.int32), window)
-        return jax.lax.switch(index, [lambda *a, w=w: call(w)(*a) for w in windows], q, k, v, seg, br)
-
+    per shard under ``shard_map``: rows split over the batch axes, heads over the heads' axes
+    (kv heads repeated to the query heads first when the axis does not divide them) and, with a
+    context axis, the queries' positions over it against the row's gathered keys and values
+    (the kernel's ``q_seq_shards``: each shard gets its slice of the block mask; the row is
+    padded to a multiple of 128 x context). ``windows`` are the model's distinct static
+    windows; ``window`` (traced, one of them) picks this layer's kernel."""
+    cap = None if softcap is None else float(softcap)
     active = active_mesh_rules()
     if active is None:
-        return run(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segments_BxT, branches_BxT)
-    mesh, rules = active
+        def run(w, q, k, v, seg, br):
+            return splash_attention(q, k, v, seg, br, window=w, scale=scale, softcap=cap)
+    else:
+        mesh, rules = active
+        run = functools.partial(_run_sharded, mesh, rules, scale=scale, softcap=cap)
+    args = (q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segments_BxT, branches_BxT)
+    if len(windows) == 1:
+        return run(windows[0], *args)
+    index = jnp.searchsorted(jnp.asarray(windows, jnp.int32), window)
+    return jax.lax.switch(index, [functools.partial(run, w) for w in windows], *args)
+
+
+def _run_sharded(mesh, rules, window, q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segments_BxT, branches_BxT, *, scale,
+                 softcap):
+    P = jax.sharding.PartitionSpec
     B, T, H, D = q_BxTxHxD.shape
     spec = logical_to_spec(("batch", "length", "act_heads", None), rules, shape=q_BxTxHxD.shape,
                            mesh_shape=dict(mesh.shape))
-    if spec[1] is not None:
-        raise ModelError("attn_implementation 'splash' does not shard a row's length (a context axis); use 'xla'")
-    parts = int(np.prod([mesh.shape[a] for a in spec_entry_axes(spec[2])]))
+    size = lambda entry: int(np.prod([mesh.shape[a] for a in spec_entry_axes(entry)]))  # noqa: E731
+    rows, context, heads = spec[0], (spec[1] if size(spec[1]) > 1 else None), spec[2]
     k, v = k_BxTxKxD, v_BxTxKxD
-    if k.shape[2] % parts:  # kv heads the axis does not divide: one copy per query head
+    if k.shape[2] % size(heads):  # kv heads the axis does not divide: one copy per query head
         k, v = (jnp.repeat(x, H // x.shape[2], axis=2) for x in (k, v))
-    rows = jax.sharding.PartitionSpec(spec[0], None)
-    has_branches = branches_BxT is not None
-    args = (q_BxTxHxD, k, v, segments_BxT) + ((branches_BxT,) if has_branches else ())
-    body = lambda q, k, v, seg, *br: run(q, k, v, seg, br[0] if br else None)  # noqa: E731
-    return jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, spec, rows) + ((rows,) if has_branches else ()),
-                         out_specs=spec, check_vma=False)(*args)
+    shards = size(context)
+    q, k, v, id_sets = _prepare(q_BxTxHxD, k, v, segments_BxT, branches_BxT, window=int(window), scale=scale,
+                                multiple=LANES * shards)
+    kernel = _kernel(H, q.shape[2], int(window), softcap, _interpret(), shards)
+    kernel_spec = kernel.manual_sharding_spec(jax.sharding.NamedSharding(mesh, P(None, context)))
+    q_spec, kv_spec = P(rows, heads, context, None), P(rows, heads, None, None)
+    id_specs = [P(rows, context), P(rows, None)] * len(id_sets)
+    out = jax.shard_map(_attend, mesh=mesh, in_specs=(kernel_spec, q_spec, kv_spec, kv_spec, *id_specs),
+                        out_specs=q_spec, check_vma=False)(kernel, q, k, v, *[x for pair in id_sets for x in pair])
+    return out.transpose(0, 2, 1, 3)[:, :T]

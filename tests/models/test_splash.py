@@ -3,6 +3,11 @@ attention, for every mask kind: outputs and gradients of q, k, v; and the Decode
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,13 +120,13 @@ def _hidden_and_grads(cfg, ids, seg, br, pos):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["packed", "shared_prompt"])
-def test_decoder_with_splash_attention_matches_the_einsum_model(kind, monkeypatch):
+@pytest.mark.parametrize("kind,remat", [("packed", "none"), ("shared_prompt", "full")])
+def test_decoder_with_splash_attention_matches_the_einsum_model(kind, remat, monkeypatch):
     """attn_implementation='splash' routes the Decoder's training forward (and backward) through
     the kernel: hidden states and every parameter gradient equal the einsum model's (float32),
     with a sliding-window and a global layer (packed) or shared-prompt branches."""
     seg, br, pos = _rows(kind)
-    cfg = CFG if br is None else CFG.replace(sliding_window=None, layer_types=None)
+    cfg = (CFG if br is None else CFG.replace(sliding_window=None, layer_types=None)).replace(remat=remat)
     ids = jnp.asarray(np.random.default_rng(0).integers(1, 64, seg.shape), jnp.int32)
     args = (ids, jnp.asarray(seg), None if br is None else jnp.asarray(br), jnp.asarray(pos))
     h_ref, g_ref = _hidden_and_grads(cfg, *args)
@@ -134,3 +139,60 @@ def test_decoder_with_splash_attention_matches_the_einsum_model(kind, monkeypatc
     for x, y in zip(g, g_ref):  # float32 sums in another order: relative to the gradient's norm
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         assert np.linalg.norm(x - y) <= 1e-5 * max(np.linalg.norm(y), 1e-30)
+
+
+SHARDED = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, "tests/models")
+from test_splash import _rows, T
+from lnpo import parallel
+from lnpo.models import attention as A
+from lnpo.models.splash import sharded_splash_attention
+assert jax.device_count() == 8
+out = {}
+# (2, 2, 2): 1 kv head over tensor 2; (2, 1, 1, 4): each row's queries over a context axis of 4
+for mesh_shape, heads, kv in (((2, 1, 2), 4, 2), ((2, 2, 2), 4, 1), ((2, 1, 1, 4), 4, 2)):
+    for kind in ("packed", "shared_prompt"):
+        seg, br, pos = _rows(kind)
+        seg, pos = np.concatenate([seg, seg[::-1]]), np.concatenate([pos, pos[::-1]])
+        br = None if br is None else np.concatenate([br, br[::-1]])
+        rng = np.random.default_rng(0)
+        q = jnp.asarray(rng.normal(size=(4, T, heads, 16)), jnp.float32)
+        k, v = (jnp.asarray(rng.normal(size=(4, T, kv, 16)), jnp.float32) for _ in range(2))
+        info = A.TokenInfo(jnp.asarray(pos), jnp.asarray(seg), None if br is None else jnp.asarray(br), jnp.arange(T))
+        w = jnp.asarray(rng.normal(size=q.shape) * (seg > 0)[..., None, None], jnp.float32)
+        windows, window = ((0,), 0) if br is not None else ((0, 37), 37)
+        mask = A.attention_mask(info, info, window)
+        ref = lambda q, k, v: jnp.sum(A.dot_product_attention(q, k, v, mask, scale=0.25) * w)
+        mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
+
+        def got(q, k, v):
+            with parallel.use_rules(mesh):
+                return jnp.sum(sharded_splash_attention(q, k, v, jnp.asarray(seg), None if br is None else
+                                                        jnp.asarray(br), windows=windows, window=jnp.int32(window),
+                                                        scale=0.25) * w)
+
+        want = jax.value_and_grad(ref, argnums=(0, 1, 2))(q, k, v)
+        have = jax.jit(jax.value_and_grad(got, argnums=(0, 1, 2)))(q, k, v)
+        out[f"{mesh_shape} {kind}"] = [float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(a))
+                                       for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(have))]
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_sharded_splash_equals_einsum_on_data_tensor_and_context_meshes(simulated_devices):
+    """Under a mesh (lnpo.parallel.use_rules) the kernel runs per shard (shard_map over rows and
+    heads, kv heads repeated when the tensor axis does not divide them; over a context axis each
+    shard's queries against the row's gathered keys with its slice of the block mask): the loss
+    and the gradients of q, k, v equal the einsum's, packed (with a window) and shared-prompt."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, **simulated_devices(8), PYTHONPATH=repo)
+    proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert len(result) == 6
+    for case, errors in result.items():
+        assert max(errors) < 1e-5, (case, errors)

@@ -3,8 +3,6 @@ DPO losses, gradients and step parameters, for padded, packed and shared-prompt 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -28,15 +26,14 @@ rng = np.random.default_rng(0)
 tok = lambda n: rng.integers(3, 96, int(n)).tolist()
 pairs = [{"prompt_ids": tok(rng.integers(4, 20)), "chosen_ids": tok(rng.integers(3, 40)),
           "rejected_ids": tok(rng.integers(3, 40))} for _ in range(4)]
-model = Decoder(cfg, rngs=nnx.Rngs(0))
-graphdef, params = nnx.split(model, nnx.Param)
 objective = losses.get("dpo")
 hp = steps.step_hparams(0.1, losses.validate("dpo", {"beta": 0.5}))
 tx = optax.sgd(1.0)
 sums_fn = steps.micro_sums_fn("po", objective=objective, num_pairs=len(pairs), chunk_size=16)
 mesh = parallel.make_mesh((2, 1, 1, 4))
 out = {}
-for layout in ("padded", "packed", "shared_prompt"):
+for layout, chunk in (("padded", 0), ("packed", 0), ("shared_prompt", 0), ("shared_prompt", 32)):
+    graphdef, params = nnx.split(Decoder(cfg.replace(attn_query_chunk=chunk), rngs=nnx.Rngs(0)), nnx.Param)
     T = 128 if layout == "shared_prompt" else 64
     rows = {"padded": 8, "packed": 6, "shared_prompt": 4}[layout]
     mb = {k: np.asarray(v, np.int32) for k, v in layout_pairs(pairs, layout, T, num_rows=rows).items()}
@@ -64,7 +61,7 @@ for layout in ("padded", "packed", "shared_prompt"):
     hlo = cp_fn.lower(params, batch).compile().as_text()
     cp = cp_fn(params, batch)
     leaves = lambda t: [np.asarray(x, np.float64).ravel().tolist() for x in jax.tree.leaves(t)]
-    out[layout] = {"loss": [float(single[0]), float(cp[0])], "grads": [leaves(single[1]), leaves(cp[1])],
+    out[f"{layout} {chunk}"] = {"loss": [float(single[0]), float(cp[0])], "grads": [leaves(single[1]), leaves(cp[1])],
                    "params": [leaves(single[2]), leaves(cp[2])], "all_gather": "all-gather" in hlo,
                    "split_rows": f"f32[{rows // 2},{T // 4},32]" in hlo,
                    "rows": rows, "branches": int(mb["branch_ids"].max()), "segments": int(mb["segment_ids"].max())}
@@ -76,7 +73,8 @@ print("RESULT" + json.dumps(out))
 def test_a_data_by_context_mesh_gives_one_devices_losses_gradients_and_step(simulated_devices):
     """(data=2, context=4): each row's 64 or 128 positions split over 4 chips (keys and values
     gathered per layer, a sliding-window and a global layer); the DPO loss equals one device's to
-    1e-5 relative, every gradient and every parameter after one SGD step to fp32 rounding."""
+    1e-5 relative, every gradient and every parameter after one SGD step to fp32 rounding; also
+    with query chunks of 32 (strided, so each chunk spans the shards)."""
     proc = run_python(SCRIPT, env_extra=simulated_devices(8))
     result = result_of(proc)
     for layout, r in result.items():
@@ -89,5 +87,5 @@ def test_a_data_by_context_mesh_gives_one_devices_losses_gradients_and_step(simu
             assert np.linalg.norm(b - a) <= 1e-5 * max(np.linalg.norm(a), 1e-30), layout
         for a, b in zip(*r["params"]):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=layout)
-    assert result["packed"]["segments"] > 1 and result["shared_prompt"]["branches"] == 2
-    assert json.dumps(sorted(result)) == json.dumps(["packed", "padded", "shared_prompt"])
+    assert result["packed 0"]["segments"] > 1 and result["shared_prompt 0"]["branches"] == 2
+    assert sorted(result) == ["packed 0", "padded 0", "shared_prompt 0", "shared_prompt 32"]
