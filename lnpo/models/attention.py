@@ -18,7 +18,6 @@ from flax import nnx
 from lnpo.models.config import ModelConfig
 from lnpo.models.layers import Proj, RMSNorm
 from lnpo.models.rope import apply_rope
-from lnpo.models.splash import sharded_splash_attention
 from lnpo.parallel import constrain
 
 
@@ -188,6 +187,10 @@ class Attention(nnx.Module):
             new_cache = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         if kv_cache is None and self.implementation == "splash":
+            # Imported here: the Pallas TPU kernel (and the private jax functions its
+            # differentiable merge uses) loads only for models that ask for it.
+            from lnpo.models.splash import sharded_splash_attention
+
             out = sharded_splash_attention(q, k, v, q_info.segments, q_info.branches, windows=self.windows,
                                            window=window, scale=self.scale, softcap=self.softcap)
             out = constrain(out, ("batch", "length", "act_heads", None))
