@@ -622,6 +622,8 @@ def run_torch(args) -> dict:
         n = args.batch
         margin = (logp[:n] - ref[:n]) - (logp[n:] - ref[n:])
         loss = -F.logsigmoid(0.1 * margin).mean()
+        if s == 0:
+            first_loss = float(loss.detach())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -633,7 +635,8 @@ def run_torch(args) -> dict:
     peak = max(peak_before, torch_matmul_peak())
     extra = {"harness": "plain PyTorch loop (no Trainer)", "reference": reference, "layout": "padded",
              "dtype": dtype, "observed_compute_dtype": sorted(probe.dtypes), "gradient_checkpointing": False,
-             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "loss": round(float(loss.detach()), 5)}
+             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "first_loss": round(first_loss, 6),
+             "loss": round(float(loss.detach()), 5)}
     timed = [x for b in [pairs[s * args.batch:(s + 1) * args.batch] for s in range(args.warmup, total_steps)]
              for x in b]
     return summarize(args, "torch", times, args.batch, pair_tokens(timed) / args.steps,
