@@ -571,7 +571,8 @@ def run_torch(args) -> dict:
     next tokens and summed over completion tokens; the reference the same under ``no_grad`` (``--reference
     in_step``) or given per pair (``cache``); loss ``-logsigmoid(beta ((pc - rc) - (pr - rr)))`` averaged over
     pairs; backward; global-norm clip 1.0; AdamW (lr 1e-6, betas 0.9/0.999, eps 1e-8, no weight decay) with a
-    linear decay. ``--dtype bfloat16`` runs the forward under CPU bf16 autocast (as TRL's bf16=True does)."""
+    linear decay. With ``--reference cache`` the reference log-probs are the initial policy's, computed before
+    the timed steps (TRL's ``precompute_ref_log_probs``). ``--dtype bfloat16`` runs the forward under CPU bf16 autocast (as TRL's bf16=True does)."""
     import contextlib
     import copy
 
@@ -588,7 +589,6 @@ def run_torch(args) -> dict:
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if reference == "in_step" else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total_steps))
-    gen = torch.Generator().manual_seed(args.seed + 1)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" \
         else contextlib.nullcontext
     probe = _ComputeDtypeProbe(model)
@@ -600,9 +600,7 @@ def run_torch(args) -> dict:
         tok = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None])[..., 0]
         return (tok * completion[:, 1:]).sum(1)
 
-    times = []
-    for s in range(total_steps):
-        batch = pairs[s * args.batch:(s + 1) * args.batch]
+    def padded(batch):
         seqs = [(x["prompt_ids"], x["chosen_ids"]) for x in batch] + [(x["prompt_ids"], x["rejected_ids"])
                                                                         for x in batch]
         length = max(len(p) + len(c) for p, c in seqs)
@@ -611,8 +609,19 @@ def run_torch(args) -> dict:
         for i, (p, c) in enumerate(seqs):
             ids[i, :len(p) + len(c)] = torch.tensor(p + c)
             completion[i, len(p):len(p) + len(c)] = 1.0
+        return ids, completion
+
+    batches = [padded(pairs[s * args.batch:(s + 1) * args.batch]) for s in range(total_steps)]
+    cached = []
+    if ref_model is None:  # --reference cache: the initial policy's log-probs, computed before the steps (as TRL)
+        model.eval()
+        with torch.no_grad(), autocast():
+            cached = [seq_logps(model, ids, completion) for ids, completion in batches]
+        model.train()
+    times = []
+    for s, (ids, completion) in enumerate(batches):
         if ref_model is None:
-            ref = -300 + 10 * torch.randn(len(seqs), generator=gen)
+            ref = cached[s]
         t = time.perf_counter()
         if ref_model is not None:
             with torch.no_grad(), autocast():
