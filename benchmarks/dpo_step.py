@@ -7,6 +7,8 @@ in this interpreter, ``--impl trl`` in ``--trl-python`` (default
 both and adds a ratio line.
 
     python benchmarks/dpo_step.py --impl both                                   # reference CPU workload
+    python benchmarks/dpo_step.py --impl all --trl-mode best --trl-gradient-checkpointing off \
+        --reference cache --layout shared_prompt --remat dots                   # vs TRL's fastest mode
     python benchmarks/dpo_step.py --impl lnpo --lengths long-tailed --layout packed
     python benchmarks/dpo_step.py --impl lnpo --hidden 1024 --layers 8 --heads 8 --kv-heads 8 \
         --batch 4 --prompt-len 64 --response-len 64 --reference cache
