@@ -510,7 +510,8 @@ def run_trl(args, callbacks=()) -> dict:
 
     probe = _ComputeDtypeProbe(model)
     with tempfile.TemporaryDirectory() as out:
-        kw = {} if want["gradient_checkpointing"] is None else {"gradient_checkpointing": want["gradient_checkpointing"]}
+        gc = want["gradient_checkpointing"]
+        kw = {} if gc is None else {"gradient_checkpointing": gc}
         cfg = DPOConfig(output_dir=out, per_device_train_batch_size=args.batch, max_steps=total_steps,
                         learning_rate=1e-6, beta=0.1, report_to="none", use_cpu=True, save_strategy="no",
                         eval_strategy="no", logging_strategy="no", bf16=want["bf16"], fp16=want["fp16"],
@@ -574,7 +575,8 @@ def run_torch(args) -> dict:
     in_step``) or given per pair (``cache``); loss ``-logsigmoid(beta ((pc - rc) - (pr - rr)))`` averaged over
     pairs; backward; global-norm clip 1.0; AdamW (lr 1e-6, betas 0.9/0.999, eps 1e-8, no weight decay) with a
     linear decay. With ``--reference cache`` the reference log-probs are the initial policy's, computed before
-    the timed steps (TRL's ``precompute_ref_log_probs``). ``--dtype bfloat16`` runs the forward under CPU bf16 autocast (as TRL's bf16=True does)."""
+    the timed steps (TRL's ``precompute_ref_log_probs``). ``--dtype bfloat16`` runs the forward under CPU bf16
+    autocast (as TRL's bf16=True does)."""
     import contextlib
     import copy
 
