@@ -7,6 +7,8 @@ in this interpreter, ``--impl trl`` in ``--trl-python`` (default
 both and adds a ratio line.
 
     python benchmarks/dpo_step.py --impl both                                   # reference CPU workload
+    python benchmarks/dpo_step.py --impl all --trl-mode best --trl-gradient-checkpointing off \
+        --reference cache --layout shared_prompt --remat dots                   # vs TRL's fastest mode
     python benchmarks/dpo_step.py --impl lnpo --lengths long-tailed --layout packed
     python benchmarks/dpo_step.py --impl lnpo --hidden 1024 --layers 8 --heads 8 --kv-heads 8 \
         --batch 4 --prompt-len 64 --response-len 64 --reference cache
@@ -508,7 +510,8 @@ def run_trl(args, callbacks=()) -> dict:
 
     probe = _ComputeDtypeProbe(model)
     with tempfile.TemporaryDirectory() as out:
-        kw = {} if want["gradient_checkpointing"] is None else {"gradient_checkpointing": want["gradient_checkpointing"]}
+        gc = want["gradient_checkpointing"]
+        kw = {} if gc is None else {"gradient_checkpointing": gc}
         cfg = DPOConfig(output_dir=out, per_device_train_batch_size=args.batch, max_steps=total_steps,
                         learning_rate=1e-6, beta=0.1, report_to="none", use_cpu=True, save_strategy="no",
                         eval_strategy="no", logging_strategy="no", bf16=want["bf16"], fp16=want["fp16"],
@@ -571,7 +574,9 @@ def run_torch(args) -> dict:
     next tokens and summed over completion tokens; the reference the same under ``no_grad`` (``--reference
     in_step``) or given per pair (``cache``); loss ``-logsigmoid(beta ((pc - rc) - (pr - rr)))`` averaged over
     pairs; backward; global-norm clip 1.0; AdamW (lr 1e-6, betas 0.9/0.999, eps 1e-8, no weight decay) with a
-    linear decay. ``--dtype bfloat16`` runs the forward under CPU bf16 autocast (as TRL's bf16=True does)."""
+    linear decay. With ``--reference cache`` the reference log-probs are the initial policy's, computed before
+    the timed steps (TRL's ``precompute_ref_log_probs``). ``--dtype bfloat16`` runs the forward under CPU bf16
+    autocast (as TRL's bf16=True does)."""
     import contextlib
     import copy
 
@@ -588,7 +593,6 @@ def run_torch(args) -> dict:
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if reference == "in_step" else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total_steps))
-    gen = torch.Generator().manual_seed(args.seed + 1)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" \
         else contextlib.nullcontext
     probe = _ComputeDtypeProbe(model)
@@ -600,9 +604,7 @@ def run_torch(args) -> dict:
         tok = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None])[..., 0]
         return (tok * completion[:, 1:]).sum(1)
 
-    times = []
-    for s in range(total_steps):
-        batch = pairs[s * args.batch:(s + 1) * args.batch]
+    def padded(batch):
         seqs = [(x["prompt_ids"], x["chosen_ids"]) for x in batch] + [(x["prompt_ids"], x["rejected_ids"])
                                                                         for x in batch]
         length = max(len(p) + len(c) for p, c in seqs)
@@ -611,8 +613,19 @@ def run_torch(args) -> dict:
         for i, (p, c) in enumerate(seqs):
             ids[i, :len(p) + len(c)] = torch.tensor(p + c)
             completion[i, len(p):len(p) + len(c)] = 1.0
+        return ids, completion
+
+    batches = [padded(pairs[s * args.batch:(s + 1) * args.batch]) for s in range(total_steps)]
+    cached = []
+    if ref_model is None:  # --reference cache: the initial policy's log-probs, computed before the steps (as TRL)
+        model.eval()
+        with torch.no_grad(), autocast():
+            cached = [seq_logps(model, ids, completion) for ids, completion in batches]
+        model.train()
+    times = []
+    for s, (ids, completion) in enumerate(batches):
         if ref_model is None:
-            ref = -300 + 10 * torch.randn(len(seqs), generator=gen)
+            ref = cached[s]
         t = time.perf_counter()
         if ref_model is not None:
             with torch.no_grad(), autocast():
@@ -622,6 +635,8 @@ def run_torch(args) -> dict:
         n = args.batch
         margin = (logp[:n] - ref[:n]) - (logp[n:] - ref[n:])
         loss = -F.logsigmoid(0.1 * margin).mean()
+        if s == 0:
+            first_loss = float(loss.detach())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -633,7 +648,8 @@ def run_torch(args) -> dict:
     peak = max(peak_before, torch_matmul_peak())
     extra = {"harness": "plain PyTorch loop (no Trainer)", "reference": reference, "layout": "padded",
              "dtype": dtype, "observed_compute_dtype": sorted(probe.dtypes), "gradient_checkpointing": False,
-             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "loss": round(float(loss.detach()), 5)}
+             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "first_loss": round(first_loss, 6),
+             "loss": round(float(loss.detach()), 5)}
     timed = [x for b in [pairs[s * args.batch:(s + 1) * args.batch] for s in range(args.warmup, total_steps)]
              for x in b]
     return summarize(args, "torch", times, args.batch, pair_tokens(timed) / args.steps,

@@ -82,3 +82,12 @@ def test_ratio_is_refused_across_dtypes_or_references(bench):
 def test_ratio_of_matching_sides_has_no_mismatch(bench):
     line = bench.ratio_line(_line(pairs_per_s=6.0), _line(impl="trl", pairs_per_s=2.0), allow_mismatch=False)
     assert line["pairs_per_s"] == 3.0 and "mismatch" not in line and "refused" not in line
+
+
+def test_torch_harness_computes_the_dpo_loss(bench):
+    import math
+
+    # policy == reference at the first step: every margin is 0 and the DPO loss is log 2
+    line = bench.run_torch(bench.parse_args(TINY + ["--steps", "2"]))
+    assert line["first_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert line["dtype"] == "float32" and line["observed_compute_dtype"] == ["float32"]
