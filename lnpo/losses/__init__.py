@@ -17,9 +17,14 @@ Public API
 * :class:`PairLogps` -- the input pytree (NamedTuple): ``policy_chosen``,
   ``policy_rejected``, ``ref_chosen``, ``ref_rejected`` (summed completion
   log-probs, ``[B]``; the ``ref_*`` fields may be None for reference-free
-  objectives), ``chosen_tokens``, ``rejected_tokens`` (completion lengths) and an
+  objectives), ``chosen_tokens``, ``rejected_tokens`` (completion lengths), an
   optional ``valid`` mask (padding pairs of a partial batch: loss 0, and left out of
-  what couples the batch, such as ``aot``'s sorting and ``bco_pair``'s mean reward).
+  what couples the batch, such as ``aot``'s sorting and ``bco_pair``'s mean reward),
+  and the statistics beyond the sums that some objectives need (``shared``,
+  ``sampled``, ``aligned``: :class:`SequenceStats`; ``label``), None otherwise.
+* :func:`needs(name) <needs>` -- those statistics, e.g. ``("shared",)`` for
+  ``ld_dpo``, ``()`` for ``dpo``; the train step computes exactly them
+  (``lnpo.train.steps.pair_statistics``), so an objective pays only for what it reads.
 * :func:`get(name) <get>` -> ``fn(logps, **hparams) -> (per_pair_loss, metrics)``,
   also reachable as a module attribute (``lnpo.losses.ln_dpo is get("ln_dpo")``);
   :func:`names` (sorted); :func:`requires_reference`; :func:`hparams_of`
@@ -29,41 +34,61 @@ Public API
 
 Objectives and hyperparameters (``beta`` is always required, see below)
 ------------------------------------------------------------------------
-=============== ===================================== ============================
-name            hyperparameters (default)             TRL equivalent
-=============== ===================================== ============================
-dpo             beta, label_smoothing (0)             sigmoid (+ cDPO)
-ln_dpo          beta                                  --
-ipo             beta                                  ipo (length-averaged)
-robust          beta, label_smoothing (0)             robust
-hinge           beta                                  hinge
-rdpo            beta, alpha                           --
-rpo             beta, alpha                           rpo_alpha
-exo_pair        beta, label_smoothing (1e-3, > 0)     exo_pair
-nca_pair        beta                                  nca_pair
-bco_pair        beta, delta (None: batch mean reward) bco_pair (running mean)
-sppo_hard       beta                                  sppo_hard
-aot             beta, label_smoothing (0)             aot
-aot_unpaired    beta, label_smoothing (0)             aot_pair
-apo_zero        beta                                  apo_zero
-apo_down        beta                                  apo_down
-discopop        beta, tau (0.05)                      discopop
-fdpo_reverse_kl beta                                  f_divergence_type reverse_kl
-fdpo_forward_kl beta                                  alpha_divergence, alpha = 1
-fdpo_js         beta                                  js_divergence
-fdpo_alpha      beta, alpha in (0, 1)                 alpha_divergence
-simpo           beta, gamma (reference-free)          CPOTrainer loss_type simpo
-cpo             beta, nll_weight (1) (reference-free) CPOTrainer loss_type sigmoid
-orpo            lam (reference-free)                  ORPOTrainer (its beta)
-nll             none (reference-free)                 --
-=============== ===================================== ============================
+TRL names are TRL 1.16's (``DPOConfig.loss_type`` unless said otherwise;
+CPO and ORPO live in ``trl.experimental``); tests/losses/test_trl_parity.py runs
+TRL's own loss code for every row marked with a TRL name.
+
+================= ===================================== =========================================
+name              hyperparameters (default)             TRL 1.16 equivalent
+================= ===================================== =========================================
+dpo               beta, label_smoothing (0)             sigmoid (ls = 0; 1.16's sigmoid has no
+                                                        label smoothing, cDPO is lnpo's)
+ln_dpo            beta                                  sigmoid_norm
+ld_dpo            beta, alpha in [0, 1]                 sigmoid with ld_alpha = alpha
+sampo             beta                                  -- (SamPO; needs an in-step reference)
+<name>_wpo        as <name>                             <name>'s loss_type, use_weighting=True
+ipo               beta                                  ipo (length-averaged)
+robust            beta, label_smoothing (0)             robust
+hinge             beta                                  hinge
+rdpo              beta, alpha                           --
+rpo               beta, alpha                           ["sigmoid", "sft"], loss_weights [1, alpha]
+                                                        (sft averages over the batch's tokens,
+                                                        rpo per pair)
+exo_pair          beta, label_smoothing (1e-3, > 0)     exo_pair
+nca_pair          beta                                  nca_pair
+bco_pair          beta, delta (None: batch mean reward) bco_pair with delta = 0 (no running mean)
+sppo_hard         beta                                  sppo_hard
+aot               beta, label_smoothing (0)             aot
+aot_unpaired      beta, label_smoothing (0)             aot_unpaired
+apo_zero          beta                                  apo_zero
+apo_down          beta                                  apo_down
+discopop          beta, tau (0.05)                      discopop (discopop_tau)
+fdpo_reverse_kl   beta                                  f_divergence_type="reverse_kl" (= sigmoid)
+fdpo_forward_kl   beta                                  f_divergence_type="forward_kl"
+fdpo_js           beta                                  f_divergence_type="js_divergence"
+fdpo_alpha        beta, alpha in (0, 1)                 "alpha_divergence",
+                                                        f_alpha_divergence_coef = 1 - alpha
+kto               beta, desirable_weight (1),           KTOTrainer loss_type="kto"
+                  undesirable_weight (1)
+apo_zero_unpaired beta                                  KTOTrainer loss_type="apo_zero_unpaired"
+simpo             beta, gamma (reference-free)          CPOTrainer loss_type="simpo"
+alphapo           beta, alpha, gamma (reference-free)   CPOTrainer loss_type="alphapo" (alpha)
+cpo               beta, nll_weight (1) (reference-free) CPOTrainer loss_type="sigmoid"
+orpo              lam (reference-free)                  ORPOTrainer (its beta)
+nll               none (reference-free)                 --
+================= ===================================== =========================================
+
+``<name>_wpo`` exists for every reference-based pairwise objective but ``aot``
+and ``aot_unpaired`` (which sort the batch; TRL refuses them too). ``kto`` and
+``apo_zero_unpaired`` take unpaired batches (``PairLogps.label``; see
+:mod:`lnpo.losses.unpaired`).
 
 Each objective's docstring (``help(losses.get(name))``) gives its formula and
 paper. Defaults exist only where the literature fixes one; ``beta`` never has
 one because its scale depends on the objective (per-sequence log-ratios in DPO
 want ~0.1, per-token ones in LN-DPO/SimPO ~1-10), so configs must state it.
-Other required hyperparameters: ``gamma`` (simpo), ``alpha`` (rdpo, rpo,
-fdpo_alpha), ``lam`` (orpo).
+Other required hyperparameters: ``gamma`` (simpo, alphapo), ``alpha`` (rdpo,
+rpo, fdpo_alpha, ld_dpo, alphapo), ``lam`` (orpo).
 
 Validation
 ----------

@@ -51,7 +51,7 @@ def prepare_data(config, tokenizer, *, embedded_paths: dict | None):
         tokenized, tok_report = data.tokenize_sft(raw, tokenizer, source=str(source), **tok_kwargs)
         _print_reports(report, tok_report)
         return tokenized, None
-    if "label" in losses_lib.needs(config.loss.name):  # KTO: unpaired data, laid out as pairs
+    if stage == "po" and "label" in losses_lib.needs(config.loss.name):  # KTO: unpaired data, as pairs
         return _prepare_unpaired(config, tokenizer, embedded_paths, tok_kwargs)
     source = embedded_paths["train_prefs"] if d.source == "embedded" else d.source
     raw, report = data.load_preferences(source, schema=d.schema, split=d.split, strict=d.strict,
