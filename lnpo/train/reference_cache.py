@@ -51,8 +51,8 @@ def _file_identity(stat: os.stat_result) -> str:
 def weights_fingerprint(model_dir: str, memo_dir: str) -> str:
     """SHA-256 over the content of ``config.json`` and every safetensors file of an HF directory.
 
-    Each file's SHA-256 is memoized in ``<memo_dir>/weights_sha256.json`` (the reference cache's
-    own directory, never the model directory: an input is only read), keyed by the file's real
+    Each file's SHA-256 is memoized in ``<memo_dir>/weights_sha256.json`` (the trainer passes the
+    runs root; never the model directory: an input is only read), keyed by the file's real
     path and :func:`_file_identity`, so later runs do not re-read large checkpoints. A file whose
     identity changed is hashed again.
     """

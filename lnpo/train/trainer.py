@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lnpo.errors import InputNotFound
 from lnpo import losses as losses_lib
 from lnpo import parallel
 from lnpo.config import ConfigError, loss_hparams, model_runtime
@@ -39,7 +40,7 @@ def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
+        raise InputNotFound(f"tokenizer directory {path!r} does not exist")
     return AutoTokenizer.from_pretrained(path)  # never trust_remote_code
 
 
@@ -297,10 +298,10 @@ def _cached_reference_slice(ref: tuple[np.ndarray, np.ndarray], indices: np.ndar
 
 
 def _reference_from_cache(config, workdir, init_path, params, graphdef, mesh, train_ds, eval_ds, *, batch_pairs):
-    from lnpo.train.run import runs_root
+    from lnpo.train.run import reference_cache_dir, runs_root
 
-    cache_dir = config.reference.cache_dir or os.path.join(runs_root(workdir), "reference_cache")
-    weights = reference_cache.weights_fingerprint(init_path, cache_dir)
+    cache_dir = reference_cache_dir(config)
+    weights = reference_cache.weights_fingerprint(init_path, runs_root(config))
     numerics = {"dtype": config.model.compute_dtype, "seq_len": config.data.max_len,
                 "chunk": config.train.logprob_chunk, "version": 1}
     results = []
