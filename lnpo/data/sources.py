@@ -82,6 +82,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from lnpo.errors import ConfigError, DataError
 from lnpo.data import validate as validate_module
 from lnpo.data.validate import (
     LoadReport,
@@ -155,7 +156,7 @@ def _open_file(path: str, *, split: str, cache_dir, num_proc) -> datasets.Datase
     if compressed:  # prefs.jsonl.gz: the builder reads it; the line-by-line fallback does not
         ext = os.path.splitext(stem)[1]
     if ext not in _FILE_BUILDERS:
-        raise ValueError(f"{path}: unsupported file type {ext!r}; expected one of {', '.join(_FILE_BUILDERS)}")
+        raise DataError(f"{path}: unsupported file type {ext!r}; expected one of {', '.join(_FILE_BUILDERS)}")
     builder = _FILE_BUILDERS[ext]
     data_files = {_split_base(split): [path]}
     try:
@@ -182,7 +183,7 @@ def _apply_slice(ds: datasets.Dataset, split: str, what: str) -> datasets.Datase
         return ds
     spans = datasets.ReadInstruction.from_spec(split).to_absolute({base: len(ds)})
     if len(spans) != 1:
-        raise ValueError(f"{what}: split {split!r} is not a single slice of one split")
+        raise ConfigError(f"{what}: split {split!r} is not a single slice of one split")
     return ds.select(range(spans[0].from_, spans[0].to))
 
 
@@ -190,7 +191,7 @@ def _pick_split(ds, split: str, what: str) -> datasets.Dataset:
     if isinstance(ds, datasets.DatasetDict):
         base = _split_base(split)
         if base not in ds:
-            raise KeyError(f"{what}: split {base!r} not found (splits: {', '.join(ds)})")
+            raise ConfigError(f"{what}: split {base!r} not found (splits: {', '.join(ds)})")
         ds = ds[base]
     return _apply_slice(ds, split, what)
 
@@ -451,7 +452,7 @@ def _canonical_columns(available: set[str], mapping: dict[str, str], allowed: Se
         raise TypeError(f"unknown column mapping key(s) {unknown}; allowed: {', '.join(allowed)}")
     for key, column in mapping.items():
         if column not in available:
-            raise ValueError(f"{source}: column mapping {key}={column!r} names a column that does not exist "
+            raise ConfigError(f"{source}: column mapping {key}={column!r} names a column that does not exist "
                              f"(columns: {', '.join(sorted(available))})")
     mapped_sources = set(mapping.values())
     present = {key for key in allowed if key in mapping or (key in available and key not in mapped_sources)}
@@ -484,7 +485,7 @@ def detect_preference_schema(present: set[str], rows: list[dict], columns: Mappi
             return "hh_rlhf"
         if isinstance(value, (list, tuple)):
             return "conversational"
-    raise ValueError(f"cannot detect the preference schema from columns {sorted(present)}; pass schema= one of "
+    raise DataError(f"cannot detect the preference schema from columns {sorted(present)}; pass schema= one of "
                      f"{', '.join(PREFERENCE_SCHEMAS)} and/or a column mapping (e.g. prompt='question')")
 
 
@@ -494,7 +495,7 @@ def detect_sft_schema(present: set[str]) -> str:
         return "messages"
     if {"prompt", "completion"} <= present:
         return "prompt_completion"
-    raise ValueError(f"cannot detect the SFT schema from columns {sorted(present)}; pass schema= one of "
+    raise DataError(f"cannot detect the SFT schema from columns {sorted(present)}; pass schema= one of "
                      f"{', '.join(SFT_SCHEMAS)} and/or a column mapping (e.g. messages='conversations')")
 
 
@@ -543,12 +544,12 @@ def _load(kind: str, source, *, schema, split, strict, name, data_files, revisio
         schema = (detect_preference_schema(present, rows, resolved) if kind == "preference"
                   else detect_sft_schema(present))
     elif schema not in schemas:
-        raise ValueError(f"unknown {kind} schema {schema!r}; expected 'auto' or one of {', '.join(schemas)}")
+        raise ConfigError(f"unknown {kind} schema {schema!r}; expected 'auto' or one of {', '.join(schemas)}")
     missing = [key for key in _REQUIRED[schema] if key not in present]
     if schema == "pku_saferlhf" and PKU_PREFERENCES[options["pku_preference"]] not in present:
         missing.append(PKU_PREFERENCES[options["pku_preference"]])
     if missing and rows:
-        raise ValueError(f"{display}: schema {schema!r} needs column(s) {missing}; columns: {sorted(available)}")
+        raise DataError(f"{display}: schema {schema!r} needs column(s) {missing}; columns: {sorted(available)}")
     log.info("%s: %s schema %r, %d rows", display, kind, schema, len(ds))
     adapter = _Adapter(kind, schema, resolved, dict(options), raw)
     features = PREFERENCE_FEATURES if kind == "preference" else SFT_FEATURES
@@ -592,7 +593,7 @@ def load_preferences(source, *, schema: str = "auto", split: str = "train", stri
         kept and skipped by reason.
     """
     if pku_preference not in PKU_PREFERENCES:
-        raise ValueError(f"pku_preference must be one of {', '.join(PKU_PREFERENCES)}, got {pku_preference!r}")
+        raise ConfigError(f"pku_preference must be one of {', '.join(PKU_PREFERENCES)}, got {pku_preference!r}")
     return _load("preference", source, schema=schema, split=split, strict=strict, name=name,
                  data_files=data_files, revision=revision, cache_dir=cache_dir, num_proc=num_proc,
                  options={"pku_preference": pku_preference}, columns=columns)
