@@ -101,7 +101,8 @@ class Checkpointer:
         """Start an asynchronous save; a later :meth:`wait` (or the next save) finishes it."""
         if metrics is not None and self._best_metric not in metrics:
             metrics = None
-        self.check()
+        if self._pending is not None:
+            self.wait()  # a failure of the previous save is reported as that step's, before this one starts
         record = {"version": CHECKSUM_VERSION, "arrays": checksum.tree_checksums(state)}
         try:
             self._manager.save(

@@ -158,8 +158,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           "(or set eval.enabled=False)")
     from lnpo.train.trainer import train_stage
 
-    if jax.process_index() == 0:
-        check_outputs(config, workdir)
+    check_outputs(config, workdir)  # on every process: each fails alike, none waits for a peer that stopped
     flag = process_flag().install()  # from here a SIGTERM is a clean stop (exit 75), whatever is running
     try:
         if config.model.path:
