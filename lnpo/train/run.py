@@ -86,7 +86,8 @@ def export_problem(export: str) -> str | None:
         check_pretrained(export)
         load_tokenizer(export)
     except Exception as e:  # noqa: BLE001 (any failure to load means: not done)
-        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        return f"{type(e).__name__}: {text[:300]}"
     return None
 
 
