@@ -171,7 +171,8 @@ class Checkpointer:
                 state, data, error = None, None, e
             if _all_processes_agree(error is None):
                 return step, state, data
-            message = str(error) if error is not None else f"checkpoint {self.directory}/{step}: unreadable on another process"
+            message = (str(error) if error is not None
+                       else f"checkpoint {self.directory}/{step}: unreadable on another process")
             reasons.append(message)
             if jax.process_index() == 0:
                 print(f"lnpo: skipping a damaged checkpoint: {message}", flush=True)

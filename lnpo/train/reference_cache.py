@@ -181,8 +181,8 @@ def load_or_compute(cache_dir: str, key: str, num_pairs: int,
     cached = load(cache_dir, key, num_pairs)
     if not _agreed_missing(cached is None):
         if cached is None:
-            raise CheckpointError(f"reference cache {cache_path(cache_dir, key)}: process 0 has it but this process does "
-                             "not; reference.cache_dir must be on storage every host reads")
+            raise CheckpointError(f"reference cache {cache_path(cache_dir, key)}: process 0 has it but this "
+                                  "process does not; reference.cache_dir must be on storage every host reads")
         return cached[0], cached[1], False
     chosen, rejected = compute()
     if is_writer:
