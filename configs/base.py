@@ -12,6 +12,9 @@ def get_base() -> ml_collections.ConfigDict:
     c.name = "base"
     c.stage = "po"  # "sft" | "po" | "rm"
     c.seed = 0
+    # What runs share (the embedded task and SFT model, the reference cache) lives here; the
+    # default workdir is <runs_root>/<name>. Relative paths are relative to the current directory.
+    c.runs_root = "runs"
 
     # The policy's starting point. path="" means the embedded tiny model: an SFT
     # model is trained on the embedded task first (cached under runs/) and used as

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
+
+from lnpo.cli import EXIT_BAD_INPUT, EXIT_LOST_PEER, EXIT_PREEMPTED, report_user_errors  # noqa: F401 (re-exported)
 
 
 def _config_root_on_path(argv: list[str]) -> None:
@@ -26,33 +27,6 @@ def _config_root_on_path(argv: list[str]) -> None:
             root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
             if root not in sys.path:
                 sys.path.insert(0, root)
-
-
-# Exit statuses. Bad input (config, data, checkpoint): 2. Another process of a multi-process job died:
-# 3. Stopped by SIGTERM after saving a checkpoint: 75 (EX_TEMPFAIL); rerun the same command to resume
-# (launch/tpu/train.sh does so).
-EXIT_BAD_INPUT = 2
-EXIT_LOST_PEER = 3
-EXIT_PREEMPTED = 75
-
-
-def _fail(message: str, code: int, hint: str = "") -> None:
-    """Print ``lnpo: error: <message>`` and exit with ``code``.
-
-    In a multi-process job the exit skips Python's shutdown (``os._exit``): that would first
-    wait at JAX's shutdown barrier for every other process, and after a failure some never come.
-    Leaving at once closes this process's connections, so its peers fail fast too.
-    """
-    import jax
-
-    print(f"lnpo: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"lnpo: {hint}", file=sys.stderr)
-    sys.stderr.flush()
-    if jax.distributed.is_initialized():
-        sys.stdout.flush()
-        os._exit(code)
-    sys.exit(code)
 
 
 def _unknown_field_message(error: Exception, argv: list[str]) -> str:
@@ -88,37 +62,18 @@ def main(argv=None):
 
     argv = sys.argv if argv is None else argv
     config_flags.DEFINE_config_file("config", None, "ml_collections config file", lock_config=True, sys_argv=argv)
-    flags.DEFINE_string("workdir", None, "output directory (default: runs/<config name>)")
+    flags.DEFINE_string("workdir", None, "output directory (default: <config.runs_root>/<config name>)")
     flags.mark_flags_as_required(["config"])
 
     def _run(_):
         from absl import logging
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-        import jax
-
-        from lnpo.train import distributed
-        from lnpo.train.loop import NonFiniteLoss
-        from lnpo.train.run import run
+        from lnpo.train.run import default_workdir, run
 
         config = flags.FLAGS.config
-        workdir = flags.FLAGS.workdir or os.path.join("runs", config.name)
-        try:
-            summary = run(config, workdir)
-        except (FileNotFoundError, NonFiniteLoss, ValueError, KeyError, RuntimeError) as e:
-            if distributed.lost_peer(e):
-                _fail(f"process {jax.process_index()} of {jax.process_count()} lost another process of this job "
-                      f"({distributed.first_line(e)}); that worker's log says why. Rerun the job to resume from its last checkpoint.",
-                      EXIT_LOST_PEER)
-            if (isinstance(e, RuntimeError) and not isinstance(e, NonFiniteLoss)) or os.environ.get("LNPO_DEBUG"):
-                if not jax.distributed.is_initialized():
-                    raise
-                traceback.print_exc()
-                _fail(f"process {jax.process_index()}: {type(e).__name__} (traceback above)", 1)
-            # Bad configs (ConfigError is a ValueError), data rows, checkpoints: one line naming
-            # the field, row or file.
-            message = e.args[0] if isinstance(e, KeyError) and e.args else e
-            _fail(str(message), EXIT_BAD_INPUT, hint="(set LNPO_DEBUG=1 for the traceback)")
+        workdir = flags.FLAGS.workdir or default_workdir(config)
+        summary = report_user_errors("lnpo", run, config, workdir)
         if summary["preempted"]:
             sys.exit(EXIT_PREEMPTED)
 

@@ -35,6 +35,8 @@ from jax.experimental import mesh_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lnpo.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor", "context")
 
 # logical name -> mesh axis, tuple of mesh axes, or None (replicated).
@@ -127,20 +129,20 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (len(MESH_AXES) - 1, len(MESH_AXES)):
-        raise ValueError(f"mesh shape {shape} must have 3 entries {MESH_AXES[:3]} or 4 entries {MESH_AXES}")
+        raise ConfigError(f"mesh shape {shape} must have 3 entries {MESH_AXES[:3]} or 4 entries {MESH_AXES}")
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+        raise ConfigError(f"mesh shape {shape}: at most one axis may be -1")
     if any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh shape {shape}: sizes must be positive or -1")
+        raise ConfigError(f"mesh shape {shape}: sizes must be positive or -1")
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if num_devices % known:
-            raise ValueError(
+            raise ConfigError(
                 f"mesh shape {shape} does not divide the {num_devices} available devices"
             )
         shape = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(shape) != num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"mesh shape {shape} needs {math.prod(shape)} devices but {num_devices} are available"
         )
     return shape

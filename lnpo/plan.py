@@ -52,6 +52,7 @@ import os
 import sys
 from typing import Any
 
+from lnpo.errors import ConfigError
 from lnpo.plan_activations import activation_bytes, layer_bytes_per_token  # noqa: F401  (the planner's API)
 
 GIB = 1024**3
@@ -257,7 +258,7 @@ def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str,
 
 def _resolve_chip(chip_type, hbm_gib, peak_tflops):
     if chip_type is not None and chip_type not in CHIPS:
-        raise ValueError(f"--chip-type {chip_type!r} is unknown; known: {', '.join(CHIPS)} "
+        raise ConfigError(f"--chip-type {chip_type!r} is unknown; known: {', '.join(CHIPS)} "
                          "(or pass --peak-tflops and --hbm-gib)")
     peak, hbm = CHIPS.get(chip_type, (None, None))
     if peak_tflops:
@@ -265,7 +266,7 @@ def _resolve_chip(chip_type, hbm_gib, peak_tflops):
     if hbm_gib:
         hbm = float(hbm_gib)
     if peak is None or hbm is None:
-        raise ValueError("pass --chip-type, or both --peak-tflops and --hbm-gib")
+        raise ConfigError("pass --chip-type, or both --peak-tflops and --hbm-gib")
     return peak, hbm
 
 
@@ -518,6 +519,7 @@ def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
 
+    from lnpo.cli import report_user_errors
     from lnpo.main import _config_root_on_path
 
     config_flags.DEFINE_config_file("config", None, "ml_collections config file", lock_config=True)
@@ -532,14 +534,10 @@ def main(argv=None):
 
     def _run(_):
         F = flags.FLAGS
-        try:
-            kw = dict(hbm_gib=F.hbm_gib, chip_type=F.chip_type, mfu=F.mfu, peak_tflops=F.peak_tflops)
-            p = plan(F.config, chips=F.chips, **kw)
-            if F.longest:
-                p["longest_row"] = longest_row(F.config, F.chips, **kw)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"lnpo.plan: error: {e}", file=sys.stderr)
-            sys.exit(2)
+        kw = dict(hbm_gib=F.hbm_gib, chip_type=F.chip_type, mfu=F.mfu, peak_tflops=F.peak_tflops)
+        p = report_user_errors("lnpo.plan", plan, F.config, chips=F.chips, **kw)
+        if F.longest:
+            p["longest_row"] = report_user_errors("lnpo.plan", longest_row, F.config, F.chips, **kw)
         print(json.dumps(p, indent=2, default=str) if F.json else format_plan(p))
         sys.exit(0 if p["fits"] else 1)
 

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from lnpo.errors import InputNotFound
+
 __all__ = ["METHOD_LABELS", "FIGURES", "build_report", "collect_runs", "main"]
 
 METHOD_LABELS = {"dpo": "DPO", "ln_dpo": "LN-DPO", "simpo": "SimPO", "ipo": "IPO", "rdpo": "R-DPO",
@@ -392,7 +394,7 @@ def build_report(root: str) -> dict:
     """
     root = os.path.abspath(root)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such directory")
+        raise InputNotFound(f"{root}: no such directory")
     runs = collect_runs(root)
     ok = runs["ok"]
     fig_paths = write_figures(ok, os.path.join(root, "figures"))
@@ -458,11 +460,13 @@ def main(argv=None) -> int:
                                 description="Aggregate evaluated runs under DIR into DIR/report.md and report.html")
     p.add_argument("dir", help="directory holding run directories (each with run.json and eval/summary.json)")
     args = p.parse_args(argv)
-    try:
-        result = build_report(args.dir)
-    except FileNotFoundError as e:
-        print(f"lnpo.report: error: {e}", file=sys.stderr)
-        return 2
+    from lnpo.cli import exit_status
+
+    return exit_status("lnpo.report", _report, args.dir)
+
+
+def _report(directory: str) -> int:
+    result = build_report(directory)
     print(f"lnpo.report: {result['ok']} run(s), {len(result['failed'])} failed -> {result['markdown']}, "
           f"{result['html']}")
     return 0

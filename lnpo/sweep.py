@@ -77,7 +77,7 @@ from typing import Any
 
 import ml_collections
 
-from lnpo.errors import UserError
+from lnpo.errors import InputNotFound, UserError
 
 __all__ = [
     "GRID_AXES",
@@ -138,7 +138,7 @@ def _split_spec(spec: str) -> tuple[str, str | None]:
 
 def _load_module(path: str, root: str | None = None):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such sweep config file")
+        raise InputNotFound(f"{path}: no such sweep config file")
     _on_path(root or configs_root(path))
     name = "lnpo_sweep_config_" + "".join(c if c.isalnum() else "_" for c in os.path.abspath(path))
     module_spec = importlib.util.spec_from_file_location(name, path)
@@ -366,6 +366,7 @@ def expand(sweep: ml_collections.ConfigDict, workdir: str, *, config_root: str |
                 overrides["seed"] = seed
                 overrides["name"] = name
                 overrides["eval.enabled"] = evaluate
+                overrides["runs_root"] = workdir  # the runs share DIR's embedded SFT model and reference cache
                 specs.append(RunSpec(name=name, method=key, config_module=module, config_path=path, config_root=root,
                                      overrides=overrides, point=point, workdir=os.path.join(workdir, name)))
     names = [s.name for s in specs]
@@ -472,7 +473,7 @@ def prepare_eval(workdir: str, config: ml_collections.ConfigDict) -> dict:
     path = os.path.join(workdir, "run.json")
     info = _read_json(path)
     if info is None:
-        raise FileNotFoundError(f"{path}: missing or unreadable after training")
+        raise InputNotFound(f"{path}: missing or unreadable after training")
     changed = False
     settings = _eval_settings(config)
     ev = dict(info.get("eval") or {})
@@ -699,32 +700,28 @@ def main(argv=None):
         f = flags.FLAGS
         spec = config_flags.get_config_filename(f["config"])
         path = _split_spec(spec)[0]
-        try:
-            sweep = finalize_sweep(f.config, spec)
-            extra = {}
-            for item in f.set:
-                key, sep, value = item.partition("=")
-                if not sep or not key:
-                    raise SweepError(f"--set {item!r}: expected KEY=VALUE")
-                extra[key.strip()] = _parse_value(value)
-            set_run_overrides(sweep, extra)
-            workdir = f.workdir or os.path.join("runs", sweep.get("name", "sweep"))
-            root = configs_root(path)
-            if f.print_commands:
-                print_commands(sweep, workdir, config_root=root, only=f.only, python=f.python)
-                return 0
-            if f.dry_run:
-                for s in expand(sweep, workdir, config_root=root, only=f.only):
-                    print(f"{s.name}\t{run_status(s.workdir, evaluate=s.evaluate)}")
-                return 0
-        except (SweepError, FileNotFoundError, ValueError) as e:
-            print(f"lnpo.sweep: error: {e}", file=sys.stderr)
-            sys.exit(2)
+        sweep = finalize_sweep(f.config, spec)
+        extra = {}
+        for item in f.set:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SweepError(f"--set {item!r}: expected KEY=VALUE")
+            extra[key.strip()] = _parse_value(value)
+        set_run_overrides(sweep, extra)
+        workdir = f.workdir or os.path.join("runs", sweep.get("name", "sweep"))
+        root = configs_root(path)
+        if f.print_commands:
+            print_commands(sweep, workdir, config_root=root, only=f.only, python=f.python)
+            return 0
+        if f.dry_run:
+            for s in expand(sweep, workdir, config_root=root, only=f.only):
+                print(f"{s.name}\t{run_status(s.workdir, evaluate=s.evaluate)}")
+            return 0
         cache = share_compiled_programs(workdir)
         print(f"lnpo.sweep: compiled programs are shared through {cache}")
         result = run_sweep(sweep, workdir, config_root=root, only=f.only)
         if result["preempted"]:
-            from lnpo.main import EXIT_PREEMPTED
+            from lnpo.cli import EXIT_PREEMPTED
 
             sys.exit(EXIT_PREEMPTED)  # as lnpo.main: rerun the same command to resume
         sys.exit(1 if result["failed"] else 0)
@@ -733,7 +730,9 @@ def main(argv=None):
     for arg in argv:
         if arg.startswith("--config="):
             _on_path(configs_root(_split_spec(arg.split("=", 1)[1])[0]))
-    app.run(_main, argv=argv)
+    from lnpo.cli import report_user_errors
+
+    app.run(lambda args: report_user_errors("lnpo.sweep", _main, args), argv=argv)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ scored by ``torch:<reward_model>``; KL to the SFT model, lengths and win rates.
 import ml_collections
 
 from configs.sweeps import method, new_sweep
+from lnpo.errors import ConfigError
 
 DIRECTIONS = ("hh_to_pku", "pku_to_hh")
 
@@ -86,12 +87,12 @@ def get_config(arg=None):
 def finalize(c):
     """Derive the run-config overrides from sft_path, direction, the datasets and reward_model."""
     if c.direction not in DIRECTIONS:
-        raise ValueError(f"direction: {c.direction!r} is not one of {', '.join(DIRECTIONS)}")
+        raise ConfigError(f"direction: {c.direction!r} is not one of {', '.join(DIRECTIONS)}")
     if not c.sft_path:
-        raise ValueError("sft_path: the SFT checkpoint is required: --config=configs/sweeps/paper.py:/path/to/sft "
+        raise ConfigError("sft_path: the SFT checkpoint is required: --config=configs/sweeps/paper.py:/path/to/sft "
                          "(or --config.sft_path=...)")
     if c.evaluate and not c.reward_model:
-        raise ValueError("reward_model: set --config.reward_model=/path/to/reward-model-deberta-v3-large-v2 "
+        raise ConfigError("reward_model: set --config.reward_model=/path/to/reward-model-deberta-v3-large-v2 "
                          "(or --config.evaluate=false to train only)")
     train, ood = (c.hh_rlhf, c.pku_saferlhf) if c.direction == "hh_to_pku" else (c.pku_saferlhf, c.hh_rlhf)
     o = c.overrides

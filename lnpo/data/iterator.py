@@ -57,6 +57,7 @@ from collections.abc import Iterator, Mapping
 import datasets
 import numpy as np
 
+from lnpo.errors import CheckpointError, ConfigError, DataError
 from lnpo.data.layouts import (LAYOUTS, bucket_rows, layout_pairs, layout_sft, plan_rows, round_up, row_buckets,
                                unit_lengths)
 
@@ -93,17 +94,17 @@ class _BatchBuilder:
                  seq_len: int, process_index: int, process_count: int, row_multiple: int, kind: str | None = None):
         self.kind = kind or _kind(dataset)
         if layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+            raise ConfigError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
         if self.kind == "sft" and layout == "shared_prompt":
-            raise ValueError("the shared_prompt layout needs preference pairs")
+            raise ConfigError("the shared_prompt layout needs preference pairs")
         for name, value in (("global_batch", global_batch), ("micro_batches", micro_batches),
                             ("seq_len", seq_len), ("process_count", process_count), ("row_multiple", row_multiple)):
             if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         if global_batch % micro_batches or (global_batch // micro_batches) % process_count:
-            raise ValueError(f"global_batch {global_batch} must split into micro_batches {micro_batches} x "
+            raise ConfigError(f"global_batch {global_batch} must split into micro_batches {micro_batches} x "
                              f"process_count {process_count} equal parts")
         cols = ["prompt_ids", "chosen_ids", "rejected_ids"] if self.kind == "pairs" else ["prompt_ids",
                                                                                            "completion_ids"]
@@ -129,7 +130,7 @@ class _BatchBuilder:
             hint = ""
             if layout == "shared_prompt":
                 hint = " (shared_prompt needs P + C_chosen + C_rejected + 1 <= seq_len)"
-            raise ValueError(f"{too_long} of {len(dataset)} examples need more than seq_len={seq_len} tokens in "
+            raise ConfigError(f"{too_long} of {len(dataset)} examples need more than seq_len={seq_len} tokens in "
                              f"layout {layout!r}{hint}; tokenize with a smaller max_len or raise seq_len")
 
     @property
@@ -214,10 +215,10 @@ class PairIterator:
                                       process_count=process_count, row_multiple=row_multiple, kind=kind)
         self.num_examples = len(dataset)
         if drop_remainder and self.num_examples < global_batch:
-            raise ValueError(f"{self.num_examples} examples < global_batch {global_batch}: no full batch "
+            raise ConfigError(f"{self.num_examples} examples < global_batch {global_batch}: no full batch "
                              "(use drop_remainder=False or a smaller batch)")
         if self.num_examples == 0:
-            raise ValueError("the dataset is empty")
+            raise DataError("the dataset is empty")
         self.global_batch, self.seed, self.drop_remainder = global_batch, int(seed), drop_remainder
         self.num_epochs, self.shuffle = num_epochs, shuffle
         self._fingerprint = getattr(dataset, "_fingerprint", None)
@@ -298,9 +299,9 @@ class PairIterator:
     def restore(self, state: Mapping) -> None:
         """Continue from a :meth:`state` dict (exactly the next example)."""
         if int(state.get("version", -1)) != STATE_VERSION:
-            raise ValueError(f"iterator state version {state.get('version')!r} != {STATE_VERSION}")
+            raise CheckpointError(f"iterator state version {state.get('version')!r} != {STATE_VERSION}")
         if int(state["seed"]) != self.seed or int(state["num_examples"]) != self.num_examples:
-            raise ValueError(f"iterator state is for seed {state['seed']} over {state['num_examples']} examples; "
+            raise CheckpointError(f"iterator state is for seed {state['seed']} over {state['num_examples']} examples; "
                              f"this iterator has seed {self.seed} over {self.num_examples}: cannot resume exactly")
         if state.get("fingerprint") and self._fingerprint and state["fingerprint"] != self._fingerprint:
             log.warning("restoring an iterator state saved for dataset %s onto dataset %s", state["fingerprint"],

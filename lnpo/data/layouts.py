@@ -51,6 +51,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from lnpo.errors import ConfigError
+
 ROW_KEYS = ("input_ids", "positions", "segment_ids", "branch_ids", "targets", "seq_index")
 LAYOUTS = ("padded", "packed", "shared_prompt")
 PAIR_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -59,9 +61,9 @@ SFT_KEYS = ("prompt_ids", "completion_ids")
 
 def _check_layout(layout: str, kind: str) -> None:
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+        raise ConfigError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if kind == "sft" and layout == "shared_prompt":
-        raise ValueError("the shared_prompt layout needs preference pairs; SFT supports padded and packed")
+        raise ConfigError("the shared_prompt layout needs preference pairs; SFT supports padded and packed")
 
 
 def unit_lengths(prompt_len, completion_lens: Sequence, layout: str) -> np.ndarray:
@@ -107,7 +109,7 @@ def plan_rows(lengths, seq_len: int, layout: str) -> RowPlan:
     lengths = np.asarray(lengths, dtype=np.int64)
     n = len(lengths)
     if n and lengths.max() > seq_len:
-        raise ValueError(f"a sequence of {int(lengths.max())} tokens does not fit in seq_len {seq_len} "
+        raise ConfigError(f"a sequence of {int(lengths.max())} tokens does not fit in seq_len {seq_len} "
                          f"(layout {layout!r}); tokenize with a smaller max_len or raise seq_len")
     if n and lengths.min() < 1:
         raise ValueError("units must have at least one token")
@@ -245,7 +247,7 @@ def _layout(examples: Sequence[Mapping], layout: str, seq_len: int, kind: str, n
     if num_rows is None:
         num_rows = plan.num_rows
     elif plan.num_rows > num_rows:
-        raise ValueError(f"layout {layout!r} needs {plan.num_rows} rows of {seq_len} tokens, only {num_rows} allowed")
+        raise ConfigError(f"layout {layout!r} needs {plan.num_rows} rows of {seq_len} tokens, only {num_rows} allowed")
     return _assemble(units, plan, seq_len, num_rows)
 
 

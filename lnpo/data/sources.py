@@ -99,7 +99,7 @@ from lnpo.data.validate import (
     reasons_of,
     strict_error,
 )
-from lnpo.errors import DataError
+from lnpo.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +435,7 @@ def _load(kind: str, source, *, schema, split, strict, name, data_files, revisio
         schema = (detect_preference_schema(present, rows, resolved, display) if kind == "preference"
                   else detect_sft_schema(present, display))
     elif schema not in schemas:
-        raise DataError(f"unknown {kind} schema {schema!r}; expected 'auto' or one of {', '.join(schemas)}")
+        raise ConfigError(f"unknown {kind} schema {schema!r}; expected 'auto' or one of {', '.join(schemas)}")
     missing = [key for key in _REQUIRED[schema] if key not in present]
     if schema == "pku_saferlhf" and PKU_PREFERENCES[options["pku_preference"]] not in present:
         missing.append(PKU_PREFERENCES[options["pku_preference"]])
@@ -484,7 +484,7 @@ def load_preferences(source, *, schema: str = "auto", split: str = "train", stri
         kept and skipped by reason.
     """
     if pku_preference not in PKU_PREFERENCES:
-        raise ValueError(f"pku_preference must be one of {', '.join(PKU_PREFERENCES)}, got {pku_preference!r}")
+        raise ConfigError(f"pku_preference must be one of {', '.join(PKU_PREFERENCES)}, got {pku_preference!r}")
     return _load("preference", source, schema=schema, split=split, strict=strict, name=name,
                  data_files=data_files, revision=revision, cache_dir=cache_dir, num_proc=num_proc,
                  options={"pku_preference": pku_preference}, columns=columns)

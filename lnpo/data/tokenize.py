@@ -85,6 +85,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from lnpo.errors import ConfigError, DataError, ModelError
 from lnpo.data import validate as validate_module
 from lnpo.data.files import rows_are_lines
 from lnpo.data.validate import (LoadReport, RowIssue, code_hash, fingerprint_of, make_report, reasons_of,
@@ -174,11 +175,11 @@ class TokenizeConfig:
         if isinstance(self.plain_template, str):  # "User: {content}\nAssistant: " = the user-turn format
             object.__setattr__(self, "plain_template", PlainTemplate(user=self.plain_template))
         if not isinstance(self.max_len, int) or self.max_len < 2:
-            raise ValueError(f"max_len must be an integer >= 2, got {self.max_len!r}")
+            raise ConfigError(f"max_len must be an integer >= 2, got {self.max_len!r}")
         if self.max_prompt_len is not None and not 1 <= self.max_prompt_len < self.max_len:
-            raise ValueError(f"max_prompt_len must be in [1, max_len={self.max_len}), got {self.max_prompt_len!r}")
+            raise ConfigError(f"max_prompt_len must be in [1, max_len={self.max_len}), got {self.max_prompt_len!r}")
         if self.truncation not in TRUNCATIONS:
-            raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {self.truncation!r}")
+            raise ConfigError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {self.truncation!r}")
 
     @property
     def prompt_budget(self) -> int:
@@ -385,7 +386,7 @@ def _tokenize(kind: str, dataset: datasets.Dataset, tokenizer, config: TokenizeC
     needed = ("prompt", "chosen", "rejected") if kind == "preference" else ("prompt", "completion")
     missing = [c for c in needed if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"{source}: not a canonical {kind} dataset, missing column(s) {missing} "
+        raise DataError(f"{source}: not a canonical {kind} dataset, missing column(s) {missing} "
                          f"(columns: {dataset.column_names}); load it with lnpo.data.load_"
                          f"{'preferences' if kind == 'preference' else 'sft'}")
     encoder = Encoder(tokenizer, config)

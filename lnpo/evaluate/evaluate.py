@@ -50,6 +50,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from lnpo.errors import CheckpointError, ConfigError, DataError, InputNotFound, ModelError
 from lnpo.evaluate import metrics
 from lnpo.evaluate.generate import generate
 from lnpo.evaluate.scorers import Scorer, make_scorer, prompt_text
@@ -92,13 +93,13 @@ def load_eval_prompts(source, *, max_prompts: int | None = None, cache_dir: str 
         path = os.fspath(source)
         looks_local = path.startswith(("/", ".", "~")) or path.endswith(_DATA_SUFFIXES)
         if looks_local and not os.path.exists(os.path.expanduser(path)):
-            raise FileNotFoundError(f"{path}: no such prompts file or directory")
+            raise InputNotFound(f"{path}: no such prompts file or directory")
         source = os.path.expanduser(path) if looks_local else path
     ds, report = load_preferences(source, cache_dir=cache_dir)
     if max_prompts is not None:
         ds = ds.select(range(min(int(max_prompts), len(ds))))
     if len(ds) == 0:
-        raise ValueError(f"{source}: no usable preference rows ({report.summary()})")
+        raise DataError(f"{source}: no usable preference rows ({report.summary()})")
     return [{"prompt": [dict(m) for m in p], "chosen": _completion_text(c)}
             for p, c in zip(ds["prompt"], ds["chosen"])]
 
@@ -123,7 +124,7 @@ def _load_lm(path: str, *, dtype: str, mesh):
 
     model = from_pretrained(path, dtype=dtype, mesh=mesh)
     if model.config.num_labels > 0:
-        raise ValueError(f"{path}: a sequence-classification model, not a causal LM")
+        raise ModelError(f"{path}: a sequence-classification model, not a causal LM")
     return model
 
 
@@ -165,9 +166,9 @@ def _check_scorer_spec(scorer) -> None:
         return
     kind, _, path = str(scorer).partition(":")
     if kind not in ("jax", "torch") or not path:
-        raise ValueError(f"unknown scorer spec {scorer!r}: expected 'embedded', 'jax:/path/to/rm' or 'torch:/path/to/rm'")
+        raise ConfigError(f"unknown scorer spec {scorer!r}: expected 'embedded', 'jax:/path/to/rm' or 'torch:/path/to/rm'")
     if not os.path.isdir(os.path.expanduser(path)):
-        raise FileNotFoundError(f"scorer {scorer!r}: {path} is not a directory")
+        raise InputNotFound(f"scorer {scorer!r}: {path} is not a directory")
 
 
 def _source_name(source) -> str:
@@ -248,7 +249,7 @@ def evaluate_run(
         same = os.path.realpath(sft_dir) == os.path.realpath(policy_dir)
         sft = policy if same else _load_lm(sft_dir, dtype=dtype, mesh=mesh)
         if sft.config.vocab_size != policy.config.vocab_size:
-            raise ValueError(f"policy vocab {policy.config.vocab_size} != SFT vocab {sft.config.vocab_size}: "
+            raise ModelError(f"policy vocab {policy.config.vocab_size} != SFT vocab {sft.config.vocab_size}: "
                              "KL and log-ratios need the same tokenizer")
         sft_samples = samples if same else generate(sft, tokenizer, prompts, **gen_kw)
     gen_seconds = time.time() - t_gen
@@ -364,12 +365,12 @@ def read_run_json(workdir: str) -> dict:
     """``workdir/run.json`` as a dict (FileNotFoundError / ValueError with the path)."""
     path = os.path.join(workdir, "run.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: missing (a trained workdir has run.json)")
+        raise InputNotFound(f"{path}: missing (a trained workdir has run.json)")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from None
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
 
 
 def evaluate_workdir(workdir: str, *, out_dir: str | None = None, **overrides) -> dict:
@@ -388,7 +389,7 @@ def evaluate_workdir(workdir: str, *, out_dir: str | None = None, **overrides) -
         policy = os.path.join(workdir, policy)
     prompts = overrides.pop("prompts_source", None) or run.get("eval_prompts")
     if not prompts:
-        raise ValueError(f"{os.path.join(workdir, 'run.json')}: no eval_prompts (the OOD evaluation prompts file)")
+        raise CheckpointError(f"{os.path.join(workdir, 'run.json')}: no eval_prompts (the OOD evaluation prompts file)")
     sft = overrides.pop("sft_dir", None) or run.get("sft_path")
     scorer = overrides.pop("scorer", None)
     if scorer is None:

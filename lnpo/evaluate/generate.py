@@ -51,6 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lnpo.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -82,13 +84,13 @@ class SamplingSettings:
 
     def __post_init__(self):
         if int(self.max_new_tokens) < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
         if float(self.temperature) < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}")
         if not 0.0 < float(self.top_p) <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if int(self.top_k) < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k!r}")
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k!r}")
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -217,9 +219,9 @@ def generate_ids(
     """
     settings = SamplingSettings(int(max_new_tokens), float(temperature), float(top_p), int(top_k))
     if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples!r}")
     if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
     prompts = [np.asarray(p, np.int64).reshape(-1) for p in prompt_ids]
     for i, p in enumerate(prompts):
         if len(p) == 0:

@@ -37,6 +37,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from lnpo.errors import ConfigError, InputNotFound, ModelError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -159,9 +161,9 @@ class JaxRewardModelScorer(Scorer):
         self.model = from_pretrained(path, dtype=dtype, mesh=mesh)
         c = self.model.config
         if c.num_labels <= 0:
-            raise ValueError(f"{path}: not a reward model (config.json architectures is not *ForSequenceClassification)")
+            raise ModelError(f"{path}: not a reward model (config.json architectures is not *ForSequenceClassification)")
         if not 0 <= label < c.num_labels:
-            raise ValueError(f"label {label} out of range for num_labels {c.num_labels}")
+            raise ConfigError(f"label {label} out of range for num_labels {c.num_labels}")
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = _load_tokenizer(os.fspath(tokenizer or path))
         self.tokenizer = tokenizer
@@ -239,7 +241,7 @@ class TorchRewardModelScorer(Scorer):
         except ImportError as e:  # pragma: no cover - depends on the install
             raise ImportError("the torch scorer needs PyTorch: pip install 'lnpo[torch-scorer]'") from e
         if input_format not in ("auto", "chat", "pair"):
-            raise ValueError(f"input_format must be auto, chat or pair, got {input_format!r}")
+            raise ConfigError(f"input_format must be auto, chat or pair, got {input_format!r}")
         self.spec = f"torch:{path}"
         self.torch = torch
         _require_safetensors(path)
@@ -294,9 +296,9 @@ def make_scorer(spec: str | None, **kwargs) -> Scorer | None:
     if kind in ("jax", "torch") and path:
         path = os.path.expanduser(path)
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"scorer {spec!r}: {path} is not a directory")
+            raise InputNotFound(f"scorer {spec!r}: {path} is not a directory")
         cls = JaxRewardModelScorer if kind == "jax" else TorchRewardModelScorer
         scorer = cls(path, **kwargs)
         scorer.spec = spec
         return scorer
-    raise ValueError(f"unknown scorer spec {spec!r}: expected 'embedded', 'jax:/path/to/rm' or 'torch:/path/to/rm'")
+    raise ConfigError(f"unknown scorer spec {spec!r}: expected 'embedded', 'jax:/path/to/rm' or 'torch:/path/to/rm'")

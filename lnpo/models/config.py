@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from lnpo.errors import ConfigError, ModelError
+
 SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "llama", "mistral", "phi3", "qwen2", "qwen3")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
 REMAT_POLICIES = ("none", "full", "dots", "minimal", "dots_saveable", "dots_with_no_batch_dims_saveable")
@@ -221,49 +223,49 @@ class ModelConfig:
     def _validate(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)!r}")
+                raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(self, name)!r}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"ModelConfig: num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"
             )
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"ModelConfig.activation {self.activation!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"ModelConfig.activation {self.activation!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"ModelConfig.remat {self.remat!r} is not supported; supported: {', '.join(REMAT_POLICIES)}")
+            raise ConfigError(f"ModelConfig.remat {self.remat!r} is not supported; supported: {', '.join(REMAT_POLICIES)}")
         if int(self.attn_query_chunk) < 0:
-            raise ValueError(f"ModelConfig.attn_query_chunk must be >= 0, got {self.attn_query_chunk!r}")
+            raise ConfigError(f"ModelConfig.attn_query_chunk must be >= 0, got {self.attn_query_chunk!r}")
         problem = attention_problem(self.attn_implementation, self.compute_dtype, self.attn_query_chunk)
         if problem:
-            raise ValueError(f"ModelConfig.attn_implementation {problem}")
+            raise ConfigError(f"ModelConfig.attn_implementation {problem}")
         if self.attn_implementation == "cudnn":
             if self.attn_logit_softcap is not None:
-                raise ValueError("ModelConfig.attn_implementation 'cudnn' does not support attn_logit_softcap "
+                raise ConfigError("ModelConfig.attn_implementation 'cudnn' does not support attn_logit_softcap "
                                  f"({self.attn_logit_softcap!r}); use 'xla'")
             if self.head_dim > 256 or self.head_dim % 8:
-                raise ValueError(f"ModelConfig.attn_implementation 'cudnn' needs head_dim <= 256 (128 before Hopper) "
+                raise ConfigError(f"ModelConfig.attn_implementation 'cudnn' needs head_dim <= 256 (128 before Hopper) "
                                  f"and a multiple of 8, got {self.head_dim}")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ValueError(f"ModelConfig.{name} {getattr(self, name)!r} is not supported; supported: {', '.join(DTYPES)}")
+                raise ConfigError(f"ModelConfig.{name} {getattr(self, name)!r} is not supported; supported: {', '.join(DTYPES)}")
         if len(self.layer_types) != self.num_layers:
-            raise ValueError(f"ModelConfig.layer_types has {len(self.layer_types)} entries; num_layers is {self.num_layers}")
+            raise ModelError(f"ModelConfig.layer_types has {len(self.layer_types)} entries; num_layers is {self.num_layers}")
         for t in self.layer_types:
             if t not in LAYER_TYPES:
-                raise ValueError(f"ModelConfig.layer_types entry {t!r} is not supported; supported: {', '.join(LAYER_TYPES)}")
+                raise ModelError(f"ModelConfig.layer_types entry {t!r} is not supported; supported: {', '.join(LAYER_TYPES)}")
         if "sliding_attention" in self.layer_types and not self.sliding_window:
-            raise ValueError("ModelConfig.layer_types has sliding_attention layers but sliding_window is not set")
+            raise ModelError("ModelConfig.layer_types has sliding_attention layers but sliding_window is not set")
         rot = self.rotary_dim
         if rot % 2 or rot <= 0 or rot > self.head_dim:
-            raise ValueError(f"ModelConfig.partial_rotary_factor {self.partial_rotary_factor!r} gives rotary dim {rot}")
+            raise ModelError(f"ModelConfig.partial_rotary_factor {self.partial_rotary_factor!r} gives rotary dim {rot}")
         rs = self.rope_scaling
         if rs is not None and rs.rope_type == "longrope":
             for name in ("short_factor", "long_factor"):
                 if len(getattr(rs, name)) != rot // 2:
-                    raise ValueError(
+                    raise ModelError(
                         f"ModelConfig.rope_scaling.{name} has {len(getattr(rs, name))} entries; expected rotary_dim/2 = {rot // 2}"
                     )
         if self.num_labels < 0:
-            raise ValueError(f"ModelConfig.num_labels must be >= 0, got {self.num_labels}")
+            raise ConfigError(f"ModelConfig.num_labels must be >= 0, got {self.num_labels}")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -329,7 +331,7 @@ class ModelConfig:
             if f.name != "initializer_range" and getattr(self, f.name) != getattr(back, f.name)
         ]
         if diff:
-            raise ValueError(f"ModelConfig cannot be written as HF model_type {self.model_type!r}: " + "; ".join(diff))
+            raise ModelError(f"ModelConfig cannot be written as HF model_type {self.model_type!r}: " + "; ".join(diff))
         return hf
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
+from lnpo.errors import InputNotFound, ModelError
 from lnpo.models.config import ModelConfig, dtype_of
 from lnpo.models.decoder import Decoder, logical_axes
 from lnpo.models.safetensors_io import FLOAT_DTYPES, SafetensorsFile, SafetensorsWriter
@@ -169,14 +170,14 @@ def _dtype_name(dtype) -> str:
 def read_config(path: str) -> dict:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such model directory")
+        raise InputNotFound(f"{path}: no such model directory")
     if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{cfg_path}: missing (a Hugging Face model directory needs config.json)")
+        raise InputNotFound(f"{cfg_path}: missing (a Hugging Face model directory needs config.json)")
     try:
         with open(cfg_path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+        raise ModelError(f"{cfg_path}: invalid JSON ({e})") from None
 
 
 class _Checkpoint:
@@ -189,18 +190,18 @@ class _Checkpoint:
                 try:
                     weight_map = json.load(f)["weight_map"]
                 except (json.JSONDecodeError, KeyError) as e:
-                    raise ValueError(f"{index}: invalid index ({e!r})") from None
+                    raise ModelError(f"{index}: invalid index ({e!r})") from None
             self.source = INDEX_FILE
             files = {}
             for fname in sorted(set(weight_map.values())):
                 fpath = os.path.join(path, fname)
                 if not os.path.isfile(fpath):
-                    raise FileNotFoundError(f"{fpath}: listed in {INDEX_FILE} but missing")
+                    raise InputNotFound(f"{fpath}: listed in {INDEX_FILE} but missing")
                 files[fname] = SafetensorsFile(fpath)
             self.where = {}
             for name, fname in weight_map.items():
                 if name not in files[fname].entries:
-                    raise ValueError(f"{fname}: tensor {name!r} listed in {INDEX_FILE} is not in the file")
+                    raise ModelError(f"{fname}: tensor {name!r} listed in {INDEX_FILE} is not in the file")
                 self.where[name] = files[fname]
         elif os.path.isfile(single):
             self.source = SINGLE_FILE
@@ -209,11 +210,11 @@ class _Checkpoint:
         else:
             pickles = sorted({os.path.basename(p) for pat in _PICKLE_PATTERNS for p in glob.glob(os.path.join(path, pat))})
             if pickles:
-                raise FileNotFoundError(
+                raise InputNotFound(
                     f"{path}: only pickle checkpoint files ({', '.join(pickles)}); lnpo reads safetensors only "
                     f"({SINGLE_FILE} or {INDEX_FILE}) and never unpickles - convert the checkpoint to safetensors"
                 )
-            raise FileNotFoundError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
+            raise InputNotFound(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
 
     def file_of(self, name: str) -> str:
         return os.path.basename(self.where[name].path)
@@ -226,16 +227,16 @@ class _Checkpoint:
                 expected[name] = t.shape
         for name, shape in expected.items():
             if name not in self.where:
-                raise ValueError(
+                raise ModelError(
                     f"{self.source}: missing tensor {name!r} (expected shape {shape} for model_type {config.model_type!r})"
                 )
             dt, got, _, _ = self.where[name].entries[name]
             if got != shape:
-                raise ValueError(
+                raise ModelError(
                     f"{self.file_of(name)}: tensor {name!r} has shape {got}; config.json implies {shape}"
                 )
             if dt not in FLOAT_DTYPES:
-                raise ValueError(f"{self.file_of(name)}: tensor {name!r} has non-float dtype {dt}")
+                raise ModelError(f"{self.file_of(name)}: tensor {name!r} has non-float dtype {dt}")
         extra = [
             n for n in self.where
             if n not in expected
@@ -243,7 +244,7 @@ class _Checkpoint:
             and not (n == "lm_head.weight" and config.tie_embeddings)
         ]
         if extra:
-            raise ValueError(
+            raise ModelError(
                 f"{self.source}: unexpected tensor {extra[0]!r}"
                 + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
                 + f" for model_type {config.model_type!r} with this config.json"
@@ -263,6 +264,14 @@ def _part_views(ckpt: _Checkpoint, t: HFTensor, name: str) -> dict[tuple[str, ..
         out[p.path] = p.conv.to_ours(full[row : row + rows])
         row += rows
     return out
+
+
+def check_pretrained(path: str) -> ModelConfig:
+    """The directory's ModelConfig, after checking that its config.json maps and its safetensors hold every
+    expected tensor with the expected shape and a float dtype (headers only: no weight is read)."""
+    config = ModelConfig.from_hf(read_config(path))
+    _Checkpoint(path).check(hf_layout(config), config)
+    return config
 
 
 def from_pretrained(

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lnpo.errors import ModelError
 from lnpo.models.config import ModelConfig
 
 
@@ -53,7 +54,7 @@ def inv_frequencies(config: ModelConfig, *, long: bool = False) -> np.ndarray:
         dim = config.rotary_dim
         out = 1.0 / (ext * config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
     else:  # pragma: no cover - RopeScaling validates rope_type
-        raise ValueError(f"rope_type {rs.rope_type!r} is not supported")
+        raise ModelError(f"rope_type {rs.rope_type!r} is not supported")
     return out.astype(np.float32)
 
 

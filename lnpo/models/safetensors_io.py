@@ -19,6 +19,8 @@ from typing import Iterable, Sequence
 import ml_dtypes
 import numpy as np
 
+from lnpo.errors import ModelError
+
 _TO_NUMPY = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
@@ -57,14 +59,14 @@ class SafetensorsFile:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise ValueError(f"{name}: not a safetensors file (shorter than 8 bytes)")
+                raise ModelError(f"{name}: not a safetensors file (shorter than 8 bytes)")
             (hlen,) = struct.unpack("<Q", head)
             if hlen > size - 8 or hlen > 100_000_000:
-                raise ValueError(f"{name}: not a safetensors file (header length {hlen} > file size {size})")
+                raise ModelError(f"{name}: not a safetensors file (header length {hlen} > file size {size})")
             try:
                 header = json.loads(f.read(hlen))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ValueError(f"{name}: corrupt safetensors header ({e})") from None
+                raise ModelError(f"{name}: corrupt safetensors header ({e})") from None
         self.metadata = header.pop("__metadata__", None) or {}
         self.data_start = 8 + hlen
         data_size = size - self.data_start
@@ -72,10 +74,10 @@ class SafetensorsFile:
         for tname, e in header.items():
             dt, shape, (begin, end) = e["dtype"], tuple(int(s) for s in e["shape"]), e["data_offsets"]
             if dt not in _TO_NUMPY:
-                raise ValueError(f"{name}: tensor {tname!r} has unsupported dtype {dt}")
+                raise ModelError(f"{name}: tensor {tname!r} has unsupported dtype {dt}")
             nbytes = int(np.prod(shape, dtype=np.int64)) * _TO_NUMPY[dt].itemsize
             if end - begin != nbytes or begin < 0 or end > data_size:
-                raise ValueError(f"{name}: tensor {tname!r} has inconsistent data_offsets {[begin, end]} for shape {shape} {dt}")
+                raise ModelError(f"{name}: tensor {tname!r} has inconsistent data_offsets {[begin, end]} for shape {shape} {dt}")
             self.entries[tname] = (dt, shape, int(begin), int(end))
         self._mmap: np.memmap | None = None
 

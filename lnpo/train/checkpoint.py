@@ -101,7 +101,8 @@ class Checkpointer:
         """Start an asynchronous save; a later :meth:`wait` (or the next save) finishes it."""
         if metrics is not None and self._best_metric not in metrics:
             metrics = None
-        self.check()
+        if self._pending is not None:
+            self.wait()  # a failure of the previous save is reported as that step's, before this one starts
         record = {"version": CHECKSUM_VERSION, "arrays": checksum.tree_checksums(state)}
         try:
             self._manager.save(
@@ -170,7 +171,8 @@ class Checkpointer:
                 state, data, error = None, None, e
             if _all_processes_agree(error is None):
                 return step, state, data
-            message = str(error) if error is not None else f"checkpoint {self.directory}/{step}: unreadable on another process"
+            message = (str(error) if error is not None
+                       else f"checkpoint {self.directory}/{step}: unreadable on another process")
             reasons.append(message)
             if jax.process_index() == 0:
                 print(f"lnpo: skipping a damaged checkpoint: {message}", flush=True)

@@ -14,14 +14,15 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from lnpo.errors import UserError
 from lnpo.train.checkpoint import Checkpointer, abstract_like
 from lnpo.train.health import ZeroGradientWatch
 from lnpo.train.logger import RunLogger
 from lnpo.train.memory import release_freed_host_memory
-from lnpo.train.preemption import PreemptionFlag
+from lnpo.train.preemption import process_flag
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError, RuntimeError):
     """The loss or gradient became NaN/inf; the last good checkpoint (if any) is kept."""
 
 
@@ -87,7 +88,7 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
         spec.restore_iterator(data_state)
     step = int(start or 0)
     logger = RunLogger(workdir, total_steps=spec.total_steps, start_step=step, desc=desc)
-    flag = PreemptionFlag().install()
+    flag = process_flag().install()
     last: dict = {}
     window_time, window_steps, window_tokens = 0.0, 0, 0.0
     preempted = False
@@ -144,7 +145,7 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
                 last = row
             if step % spec.checkpoint_every == 0 or step == spec.total_steps:
                 checkpointer.save(step, state, spec.iterator_state(), metrics=eval_row)
-        if preempted and checkpointer.latest_step() != step:
+        if preempted and step > 0 and checkpointer.latest_step() != step:
             checkpointer.save(step, state, spec.iterator_state())
     finally:
         flag.uninstall()

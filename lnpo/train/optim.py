@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import optax
 
+from lnpo.errors import ConfigError
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
 def learning_rate_schedule(*, lr: float, steps: int, warmup_steps: int, schedule: str) -> optax.Schedule:
     """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then ``schedule`` to 0 at ``steps``."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"optim.schedule: unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+        raise ConfigError(f"optim.schedule: unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     warmup_steps = min(warmup_steps, steps)
     decay_steps = max(steps - warmup_steps, 1)
     if schedule == "cosine":

@@ -54,8 +54,8 @@ def _file_identity(stat: os.stat_result) -> str:
 def weights_fingerprint(model_dir: str, memo_dir: str) -> str:
     """SHA-256 over the content of ``config.json`` and every safetensors file of an HF directory.
 
-    Each file's SHA-256 is memoized in ``<memo_dir>/weights_sha256.json`` (the reference cache's
-    own directory, never the model directory: an input is only read), keyed by the file's real
+    Each file's SHA-256 is memoized in ``<memo_dir>/weights_sha256.json`` (the trainer passes the
+    runs root; never the model directory: an input is only read), keyed by the file's real
     path and :func:`_file_identity`, so later runs do not re-read large checkpoints. A file whose
     identity changed is hashed again.
     """
@@ -193,8 +193,8 @@ def load_or_compute(cache_dir: str, key: str, num_pairs: int,
     cached = load(cache_dir, key, num_pairs, names)
     if not _agreed_missing(cached is None):
         if cached is None:
-            raise CheckpointError(f"reference cache {cache_path(cache_dir, key)}: process 0 has it but this process does "
-                             "not; reference.cache_dir must be on storage every host reads")
+            raise CheckpointError(f"reference cache {cache_path(cache_dir, key)}: process 0 has it but this "
+                                  "process does not; reference.cache_dir must be on storage every host reads")
         return (*cached, False)
     arrays = tuple(compute())
     if is_writer:

@@ -17,17 +17,30 @@ import jax
 import ml_collections
 
 from lnpo.config import ConfigError, validate
-from lnpo.train import distributed
+from lnpo.train import distributed, outputs
+from lnpo.train.preemption import process_flag
 
 DONE = "DONE"
+DEFAULT_RUNS_ROOT = "runs"
 
 
-def runs_root(workdir: str) -> str:
-    return os.path.dirname(os.path.abspath(workdir))
+def runs_root(config) -> str:
+    """The directory of what runs share: ``config.runs_root`` (default ``runs``, relative to the current
+    directory). Never derived from the workdir, so ``--workdir=$HOME/run`` writes nothing else into $HOME."""
+    return os.path.abspath(config.get("runs_root") or DEFAULT_RUNS_ROOT)
 
 
-def embedded_task_dir(config, workdir: str) -> str:
-    return os.path.join(runs_root(workdir), "embedded_task", f"seed{config.seed}")
+def default_workdir(config) -> str:
+    """``<runs root>/<config.name>``: ``runs/lndpo`` for the README's command."""
+    return os.path.join(config.get("runs_root") or DEFAULT_RUNS_ROOT, config.name)
+
+
+def embedded_task_dir(config, workdir: str) -> str:  # noqa: ARG001 (shared by every run under the runs root)
+    return os.path.join(runs_root(config), "embedded_task", f"seed{config.seed}")
+
+
+def reference_cache_dir(config) -> str:
+    return config.reference.cache_dir or os.path.join(runs_root(config), "reference_cache")
 
 
 def _digest(obj) -> str:
@@ -60,24 +73,77 @@ def embedded_sft_workdir(config, workdir: str) -> str:
         "seed": config.seed,
         "mesh": list(config.mesh.shape),
     })
-    return os.path.join(runs_root(workdir), f"sft-embedded-{key}")
+    return os.path.join(runs_root(config), f"sft-embedded-{key}")
 
 
-def ensure_embedded_sft(config, workdir: str) -> str:
-    """Train (once) and return the embedded SFT model's export directory."""
+def export_problem(export: str) -> str | None:
+    """Why ``export`` is not a complete, loadable model directory (None when it is): its config, the
+    safetensors' tensor names and shapes (headers only, no weights read) and its tokenizer."""
+    from lnpo.models.hf import check_pretrained
+    from lnpo.train.trainer import load_tokenizer
+
+    try:
+        check_pretrained(export)
+        load_tokenizer(export)
+    except Exception as e:  # noqa: BLE001 (any failure to load means: not done)
+        text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        return f"{type(e).__name__}: {text[:300]}"
+    return None
+
+
+def ensure_embedded_sft(config, workdir: str) -> str | None:
+    """Train (once) and return the embedded SFT model's export directory; None when preempted.
+
+    The stage is done (``DONE`` written) only once its export is complete and loads
+    (:func:`export_problem`); a ``DONE`` whose export does not load is removed and the stage
+    resumes from its checkpoints.
+    """
     sft_workdir = embedded_sft_workdir(config, workdir)
     export = os.path.join(sft_workdir, "export")
-    if os.path.exists(os.path.join(sft_workdir, DONE)):
-        return export
+    done = os.path.join(sft_workdir, DONE)
+    if os.path.exists(done):
+        problem = export_problem(export)
+        if problem is None:
+            return export
+        if jax.process_index() == 0:
+            print(f"lnpo: the embedded SFT model {export} does not load ({problem}); finishing its stage again",
+                  flush=True)
+            os.remove(done)
     from lnpo.train.trainer import train_stage
 
+    outputs.refuse_symlinks(sft_workdir, "embedded SFT workdir")
     if jax.process_index() == 0:
         print(f"lnpo: training the embedded SFT model into {sft_workdir}", flush=True)
-    train_stage(sft_config_for(config), sft_workdir, init_path=None)
+    result = train_stage(sft_config_for(config), sft_workdir, init_path=None)
+    if result["preempted"]:
+        return None
+    problem = export_problem(export)
+    if problem is not None:
+        raise ConfigError(f"the embedded SFT model's export {export} does not load ({problem}); "
+                          "check config.model.tiny")
     if jax.process_index() == 0:
-        with open(os.path.join(sft_workdir, DONE), "w") as f:
+        with open(done, "w") as f:
             f.write("ok\n")
     return export
+
+
+def check_outputs(config, workdir: str) -> None:
+    """Before any work: every directory this run writes is writable, holds no symbolic link, and is not an
+    input (:mod:`lnpo.train.outputs`)."""
+    outputs.refuse_inputs(workdir, {"model.path": config.model.path, "data.tokenizer": config.data.tokenizer,
+                                    "data.source": config.data.source if os.path.isdir(config.data.source) else ""})
+    outputs.check_writable(workdir, "workdir")
+    outputs.refuse_symlinks(workdir, "workdir")
+    uses_runs_root = not config.model.path or config.data.source == "embedded"
+    uses_cache = config.stage == "po" and config.reference.mode == "cache"
+    if uses_runs_root or (uses_cache and not config.reference.cache_dir):
+        outputs.check_writable(runs_root(config), "config.runs_root")
+    if uses_runs_root:
+        outputs.refuse_symlinks(embedded_task_dir(config, workdir), "embedded task directory")
+    if uses_cache:
+        cache = reference_cache_dir(config)
+        outputs.check_writable(cache, "config.reference.cache_dir" if config.reference.cache_dir else "reference cache")
+        outputs.refuse_symlinks(cache, "reference cache")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -93,14 +159,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           "(or set eval.enabled=False)")
     from lnpo.train.trainer import train_stage
 
-    os.makedirs(workdir, exist_ok=True)
-    if config.model.path:
-        init_path = config.model.path
-    elif config.stage == "sft":
-        init_path = None
-    else:
-        init_path = ensure_embedded_sft(config, workdir)
-    result = train_stage(config, workdir, init_path=init_path)
+    check_outputs(config, workdir)  # on every process: each fails alike, none waits for a peer that stopped
+    flag = process_flag().install()  # from here a SIGTERM is a clean stop (exit 75), whatever is running
+    try:
+        if config.model.path:
+            init_path = config.model.path
+        elif config.stage == "sft":
+            init_path = None
+        else:
+            init_path = ensure_embedded_sft(config, workdir)
+            if init_path is None:
+                return _preempted_summary(config, workdir, "the embedded SFT stage")
+        result = train_stage(config, workdir, init_path=init_path)
+    finally:
+        flag.uninstall()
     summary = {"workdir": os.path.abspath(workdir), "stage": config.stage, "steps": result["step"],
                "preempted": result["preempted"], "export": result.get("export"), "final": result["last_metrics"]}
     if config.stage == "po" and not result["preempted"] and config.eval.enabled:
@@ -109,6 +181,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(format_summary(summary), flush=True)
+    return summary
+
+
+def _preempted_summary(config, workdir: str, where: str) -> dict:
+    summary = {"workdir": os.path.abspath(workdir), "stage": config.stage, "steps": 0, "preempted": True,
+               "export": None, "final": {}}
+    if jax.process_index() == 0:
+        print(f"lnpo: preempted during {where}; rerun the same command to resume", flush=True)
     return summary
 
 

@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lnpo.errors import InputNotFound
 from lnpo import losses as losses_lib
 from lnpo import parallel
 from lnpo.config import ConfigError, data_columns, loss_hparams, model_runtime
@@ -79,10 +80,10 @@ def _prepare_unpaired(config, tokenizer, embedded_paths, tok_kwargs):
 
     def one(source, split):
         if d.schema == "unpaired":
-            rows, report = unpaired.load_unpaired(source, split=split, strict=d.strict, **_columns(config))
+            rows, report = unpaired.load_unpaired(source, split=split, strict=d.strict, **data_columns(config))
         else:
             pairs, report = data.load_preferences(source, schema=d.schema, split=split, strict=d.strict,
-                                                  **_columns(config))
+                                                  pku_preference=d.pku_preference, **data_columns(config))
             rows = unpaired.unpair_preferences(pairs)
         tokens, tok_report = unpaired.tokenize_unpaired(rows, tokenizer, source=str(source), **tok_kwargs)
         _print_reports(report, tok_report)
@@ -308,10 +309,10 @@ def _cached_reference_slice(ref: dict, indices: np.ndarray, A: int) -> dict:
 
 
 def _reference_from_cache(config, workdir, init_path, params, graphdef, mesh, train_ds, eval_ds, *, batch_pairs):
-    from lnpo.train.run import runs_root
+    from lnpo.train.run import reference_cache_dir, runs_root
 
-    cache_dir = config.reference.cache_dir or os.path.join(runs_root(workdir), "reference_cache")
-    weights = reference_cache.weights_fingerprint(init_path, cache_dir)
+    cache_dir = reference_cache_dir(config)
+    weights = reference_cache.weights_fingerprint(init_path, runs_root(config))
     needs = losses_lib.needs(config.loss.name)
     names = steps.cached_reference_names(needs)
     numerics = {"dtype": config.model.compute_dtype, "seq_len": config.data.max_len,

@@ -17,6 +17,8 @@ def small_config(model_path: str, task_files: dict, **overrides):
     from configs.lndpo import get_config
 
     c = get_config()
+    # What runs share (reference cache, weights hashes) next to the test's model, never the repo's runs/.
+    c.runs_root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(model_path))), "runs")
     c.model.path = model_path
     c.data.source = task_files["train_prefs"]
     c.data.eval_source = task_files["eval_prefs"]
