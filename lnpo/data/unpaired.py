@@ -40,22 +40,21 @@ import json
 import datasets
 import numpy as np
 
-from lnpo.data import sources, tokenize
-from lnpo.data.validate import LoadReport, code_hash, fingerprint_of, strict_error
+from lnpo.data import files, sources, tokenize
+from lnpo.data.validate import LoadReport, RowIssue, code_hash, fingerprint_of, strict_error
 
 LABEL_SKIP = "invalid_label"
 
 
 def _labels(source, *, split: str, label_column: str) -> list:
     """The label value of every row of ``source`` (None where absent or unreadable), by source row."""
-    ds, _ = sources.open_source(source, split=split)
-    raw = getattr(sources, "_RAW", None)
-    if raw is not None and ds.column_names == [raw]:  # JSON lines read line by line: parse the label only
+    ds, _ = files.open_source(source, split=split)
+    if files.RAW in ds.column_names:  # JSON read as raw values: parse the label only
         out = []
-        for line in ds[raw]:
+        for raw in ds[files.RAW]:
             try:
-                row = json.loads(bytes(line).decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+                row = files.parse_line(bytes(raw))
+            except RowIssue:
                 row = None
             out.append(row.get(label_column) if isinstance(row, dict) else None)
         return out
