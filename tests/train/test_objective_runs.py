@@ -30,7 +30,7 @@ def test_ld_dpo_cached_reference_equals_in_step_and_stores_its_shared_sums(tmp_p
     files = sorted(os.listdir(cache_dir))
     assert len(files) == 2
     with np.load(os.path.join(cache_dir, files[0]), allow_pickle=False) as f:
-        assert sorted(f.files) == ["chosen", "chosen_shared", "rejected", "rejected_shared"]
+        assert sorted(f.files) == ["chosen", "chosen_shared", "rejected", "rejected_shared", "sha256"]
         assert np.all(f["chosen_shared"] >= f["chosen"]) and np.any(f["chosen_shared"] != f["chosen"])
     # a sums-only objective on the same model and data uses another key (and file): it stores less
     dpo = small_config(tiny_sft_dir, task_files, **{"loss.name": "dpo", "loss.beta": 0.1,
