@@ -6,7 +6,7 @@ import pytest
 
 from conftest import PROMPTS, chat_ids
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 NEW_TOKENS = 32
 
 
