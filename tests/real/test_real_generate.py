@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import PROMPTS, chat_ids
+from smollm2 import PROMPTS, chat_ids
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 NEW_TOKENS = 32

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import PROMPTS, chat_ids
+from smollm2 import PROMPTS, chat_ids
 
 pytestmark = pytest.mark.real_model
 

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import PAIRS, write_pairs_file
+from smollm2 import PAIRS, write_pairs_file
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 MAX_LEN, MAX_PROMPT_LEN = 64, 48
@@ -177,7 +177,7 @@ def test_three_dpo_steps_through_the_trainer_then_export(tmp_path, smollm2_dir, 
                                                          tokenizer):
     import sys
 
-    from conftest import REPO
+    from smollm2 import REPO
     from lnpo.train.run import run
 
     sys.path.insert(0, REPO)
@@ -200,7 +200,7 @@ def readme_walkthrough() -> list[str]:
     """The commands of the README's "Your own model" block, continuation lines joined."""
     import re
 
-    from conftest import REPO
+    from smollm2 import REPO
 
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         readme = f.read()
@@ -213,7 +213,7 @@ def test_lndpo_through_the_readme_commands(tmp_path, smollm2_dir, torch_referenc
     LN-DPO from the converted model on a small file, evaluation, the export loaded by transformers."""
     import subprocess
 
-    from conftest import REPO
+    from smollm2 import REPO
 
     lines = readme_walkthrough()
     convert = lines.index("python -m lnpo.models.convert --gguf $GGUF --out $MODEL")
