@@ -37,7 +37,9 @@ Token contract
   has one.
 - EOS: ``tokenizer.eos_token_id`` is appended to a completion unless the completion
   already contains it (a template that ends assistant turns with EOS) or
-  ``add_eos=False``.
+  ``add_eos=False``. A templated completion ends at its last EOS: tokens the template
+  writes after it (ChatML's ``"\n"`` after ``<|im_end|>``) are dropped, since sampling
+  stops at EOS and never produces them.
 - Control tokens: with ``sanitize_control_tokens=True`` (default) special-token text
   inside the data (say a literal ``"<|im_end|>"`` in a response) is encoded as
   ordinary text, so only the template writes control tokens. This uses
@@ -243,6 +245,13 @@ class Encoder:
         kwargs = {"split_special_tokens": True} if self.config.sanitize_control_tokens else {}
         return [int(t) for t in self.tokenizer(text, add_special_tokens=False, **kwargs)["input_ids"]]
 
+    def _end_at_eos(self, ids: list[int]) -> list[int]:
+        """Drop what a template writes after the completion's last EOS (ChatML's newline after ``<|im_end|>``):
+        sampling stops at EOS, so those tokens are never generated."""
+        if self.eos_id is None or self.eos_id not in ids:
+            return ids
+        return ids[: len(ids) - ids[::-1].index(self.eos_id)]
+
     def _with_eos(self, ids: list[int]) -> list[int]:
         if self.config.add_eos and self.eos_id is not None and self.eos_id not in ids:
             ids = ids + [self.eos_id]
@@ -267,7 +276,7 @@ class Encoder:
         if self.use_chat:
             full = self._chat(prompt + completion, add_generation_prompt=False)
             if full[: len(prompt_ids)] == prompt_ids:
-                ids = full[len(prompt_ids):]
+                ids = self._end_at_eos(full[len(prompt_ids):])
             else:
                 ids = self._text("\n".join(m["content"] for m in completion))
                 fell_back = True

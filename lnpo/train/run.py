@@ -211,6 +211,6 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  exported Hugging Face model: {summary['export']}")
     ev = summary.get("eval") or {}
     for key in ("score_mean", "win_rate_vs_chosen", "win_rate_vs_sft", "kl_seq_mean", "length_tokens_mean"):
-        if key in ev:
+        if ev.get(key) is not None:  # None: not computable (no scorer, no SFT model)
             lines.append(f"  eval {key} = {ev[key]:.4f}")
     return "\n".join(lines)

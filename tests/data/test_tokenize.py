@@ -208,3 +208,22 @@ def test_sft_tokenization(fixtures, cache_dir, tokenizer):
         assert row["completion_ids"][-1] == tokenizer.eos_token_id
     with pytest.raises(ValueError, match="not a canonical sft dataset"):
         tokenize_sft(load_preferences(fixtures["generic"].path, cache_dir=cache_dir)[0], tokenizer, max_len=64)
+
+
+def test_a_templated_completion_ends_at_its_last_eos(make_tokenizer):
+    """ChatML-style templates write a newline after the end-of-turn EOS; the completion stops at the EOS
+    (sampling never produces what follows it). Earlier turns of a multi-turn completion keep their EOS."""
+    template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
+                "{% if m['role'] == 'assistant' %}{{ eos_token }}{% else %}<|end|>{% endif %}{{ '\\n' }}{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tok = make_tokenizer(template)
+    eos = tok.eos_token_id
+    text = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rows = [{"prompt": [user("hello")], "chosen": [assistant("hi there")],
+             "rejected": [assistant("go"), user("why"), assistant("away")]}]
+    out, _ = tokenize_preferences(pairs(rows), tok, max_len=64)
+    assert out[0]["chosen_ids"] == text("hi there") + [eos]
+    prompt_len = len(chat(tok, rows[0]["prompt"], add_generation_prompt=True))
+    rejected = chat(tok, rows[0]["prompt"] + rows[0]["rejected"])[prompt_len:]
+    assert rejected[-2:] == [eos] + text("\n") and rejected.count(eos) == 2  # the template writes "\n" after EOS
+    assert out[0]["rejected_ids"] == rejected[:-1]
