@@ -127,6 +127,7 @@ This module imports only jax and numpy (no transformers, datasets or torch).
 from lnpo.losses import objectives as _objectives  # noqa: F401  (registers the objectives)
 from lnpo.losses import length as _length  # noqa: F401  (LD-DPO, SamPO, AlphaPO)
 from lnpo.losses import unpaired as _unpaired  # noqa: F401  (KTO, unpaired APO-zero)
+from lnpo.losses import divergence as _divergence  # noqa: F401  (<name>_forward_kl/_js/_alpha_div siblings)
 from lnpo.losses import weighting as _weighting  # noqa: F401  (<name>_wpo siblings; last: wraps the above)
 from lnpo.losses._numerics import EXP_CAP, LOG_PROB_CEILING
 from lnpo.losses._registry import (
