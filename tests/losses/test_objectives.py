@@ -819,6 +819,36 @@ def test_f_divergence_limits():
     np.testing.assert_allclose(run("fdpo_alpha", d, beta=0.5, alpha=1 - 1e-5)[0], fkl, rtol=1e-3)
 
 
+@pytest.mark.parametrize("base", ["ipo", "hinge", "ln_dpo"])
+def test_f_divergence_sibling_limits(base):
+    """f_alpha -> 0 is the base (reverse KL), f_alpha -> 1 the forward-KL sibling; small f_alpha stays accurate
+    (the scores come from expm1, not 1 - e^x)."""
+    d = random_batch(22, 1.0)
+    plain = run(base, d)[0]
+    np.testing.assert_allclose(run(base + "_alpha_div", d, f_alpha=1e-6)[0], plain, rtol=1e-4, atol=1e-6)
+    fkl = run(base + "_forward_kl", d)[0]
+    np.testing.assert_allclose(run(base + "_alpha_div", d, f_alpha=1 - 1e-6)[0], fkl, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(run(base + "_alpha_div", d, f_alpha=1e-3)[0],
+                               reference(base + "_alpha_div", d, f_alpha=1e-3)[0], rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["hinge_forward_kl", "ipo_alpha_div"])
+def test_f_divergence_saturated_scores_keep_the_direction(name):
+    """Both log-ratios -1e4 (both scores saturate, inf - inf in float64): nudged apart, the loss follows the
+    sign of the difference, finite, with finite gradients; equal ones give hinge's loss at margin 0."""
+    d = extreme_batch()  # pair 3: both log-ratios -1e4
+    if name == "hinge_forward_kl":
+        assert run(name, d)[0][3] == 1.0
+    better = {**d, "pc": d["pc"] + np.eye(B)[3] * 50.0}  # a_w = -9950 > a_l = -1e4
+    worse = {**d, "pc": d["pc"] - np.eye(B)[3] * 50.0}
+    got_better, got_worse = run(name, better)[0][3], run(name, worse)[0][3]
+    assert np.isfinite(got_better) and HUGE <= got_worse < np.inf
+    if name == "hinge_forward_kl":
+        assert got_better == 0.0
+    for dd in (better, worse):
+        assert all(np.all(np.isfinite(g)) for g in grad_policy(name, dd))
+
+
 def test_aot_is_permutation_invariant():
     d = random_batch(21, 4.0)
     perm = np.random.default_rng(0).permutation(B)
