@@ -81,9 +81,10 @@ def _diverged(base: _registry.Objective, suffix: str):
         return base.core(x._replace(f_margin=margin_of(hp)), hp)
 
     alpha_note = " with f_alpha_divergence_coef = 1 - f_alpha" if suffix == "_alpha_div" else ""
-    core.__doc__ = (f"{base.name} under an f-divergence (f-DPO, Wang et al. 2024; TRL "
-                    f"f_divergence_type=\"{trl_name}\"{alpha_note}): every log-ratio a the loss reads is replaced "
-                    f"by the score g(a) = {g} (see lnpo.losses.divergence); rewards stay the base's, of a.\n\n"
+    core.__doc__ = (f"{base.name} under an f-divergence (f-DPO, Wang et al. 2024, \"Beyond reverse KL\");\n"
+                    f"TRL f_divergence_type=\"{trl_name}\"{alpha_note}.\n"
+                    f"Every log-ratio a the loss below reads is replaced by the score g(a) = {g}\n"
+                    f"(lnpo.losses.divergence); rewards and metrics stay the base's, of a.\n\n"
                     + inspect.cleandoc(base.doc))
     return core
 
