@@ -41,3 +41,28 @@ def test_length_family_sweep_expands_to_every_method(tmp_path):
     assert by_method["ld_dpo"] == {("ld_dpo", 0.1), ("ld_dpo", 0.5)}
     assert {name for method in ("sampo", "wpo", "alphapo") for name, _ in by_method[method]} == {
         "sampo", "dpo_wpo", "alphapo"}
+
+
+def test_a_sweep_line_selects_an_f_divergence_sibling(tmp_path):
+    """Any objective, f-divergence siblings included, joins a sweep with one line over a base method's config;
+    its extra hyperparameter is validated with the config (one-line ConfigError)."""
+    from configs.sweeps import method, new_sweep
+
+    from lnpo.errors import ConfigError
+
+    sweep = new_sweep("f_divergences", seeds=(0,))
+    sweep.methods.ipo_alpha_div = method("ipo", beta=(0.1,), overrides={"loss": {"name": "ipo_alpha_div",
+                                                                                 "f_alpha": 0.5}})
+    sweep.methods.hinge_js = method("hinge", beta=(0.2,), overrides={"loss": {"name": "hinge_js"}})
+    specs = expand(sweep, str(tmp_path), config_root=REPO)
+    got = {}
+    for spec in specs:
+        config = spec.config()
+        validate(config, num_devices=1)
+        got[spec.method] = (config.loss.name, loss_hparams(config))
+    assert got == {"ipo_alpha_div": ("ipo_alpha_div", {"beta": 0.1, "f_alpha": 0.5}),
+                   "hinge_js": ("hinge_js", {"beta": 0.2})}
+    config = next(spec for spec in specs if spec.method == "ipo_alpha_div").config()
+    config.loss.f_alpha = 1.5
+    with pytest.raises(ConfigError, match=r"config.loss: ipo_alpha_div: f_alpha must be in \(0, 1\), got 1.5"):
+        validate(config, num_devices=1)

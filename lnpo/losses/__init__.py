@@ -47,6 +47,11 @@ ln_dpo            beta                                  sigmoid_norm
 ld_dpo            beta, alpha in [0, 1]                 sigmoid with ld_alpha = alpha
 sampo             beta                                  -- (SamPO; needs an in-step reference)
 <name>_wpo        as <name>                             <name>'s loss_type, use_weighting=True
+<name>_forward_kl as <name>                             <name>'s loss_type, f_divergence_type=
+                                                        "forward_kl"
+<name>_js         as <name>                             ... "js_divergence"
+<name>_alpha_div  as <name>, f_alpha in (0, 1)          ... "alpha_divergence",
+                                                        f_alpha_divergence_coef = 1 - f_alpha
 ipo               beta                                  ipo (length-averaged)
 robust            beta, label_smoothing (0)             robust
 hinge             beta                                  hinge
@@ -79,7 +84,12 @@ nll               none (reference-free)                 --
 ================= ===================================== =========================================
 
 ``<name>_wpo`` exists for every reference-based pairwise objective but ``aot``
-and ``aot_unpaired`` (which sort the batch; TRL refuses them too). ``kto`` and
+and ``aot_unpaired`` (which sort the batch; TRL refuses them too). The
+f-divergence siblings (:mod:`lnpo.losses.divergence`: every log-ratio the loss
+reads replaced by an f-divergence's score, rewards unchanged) exist where TRL
+1.16 allows ``f_divergence_type``: ``ln_dpo``, ``ld_dpo``, ``hinge``, ``ipo``,
+``exo_pair``, ``robust``, ``discopop``, ``rpo`` (``dpo``'s are ``fdpo_*``), and
+have ``_wpo`` siblings too (``ipo_js_wpo``). ``kto`` and
 ``apo_zero_unpaired`` take unpaired batches (``PairLogps.label``; see
 :mod:`lnpo.losses.unpaired`).
 
@@ -88,7 +98,7 @@ paper. Defaults exist only where the literature fixes one; ``beta`` never has
 one because its scale depends on the objective (per-sequence log-ratios in DPO
 want ~0.1, per-token ones in LN-DPO/SimPO ~1-10), so configs must state it.
 Other required hyperparameters: ``gamma`` (simpo, alphapo), ``alpha`` (rdpo,
-rpo, fdpo_alpha, ld_dpo, alphapo), ``lam`` (orpo).
+rpo, fdpo_alpha, ld_dpo, alphapo), ``f_alpha`` (``<name>_alpha_div``), ``lam`` (orpo).
 
 Validation
 ----------
@@ -114,7 +124,9 @@ Numerics
 * Everything is computed in float32 whatever the input dtype (bf16 accepted).
 * -log sigma(z) is ``softplus(-z)``: losses and gradients are finite at
   log-ratios of +-1e4. Exponential terms (forward-KL / alpha f-DPO, DiscoPOP
-  with tau > 1) saturate at exp(50) instead of overflowing.
+  with tau > 1) saturate at exp(50) instead of overflowing; the f-divergence
+  siblings' exponential scores at exp(40) (IPO squares them), keeping the
+  margin's sign when both terms saturate.
 * A zero-length completion is treated as length 1 in every normalization: its
   normalized log-ratio equals its (zero) sum, so nothing divides by zero.
   ``rdpo`` uses the raw counts.
@@ -127,6 +139,7 @@ This module imports only jax and numpy (no transformers, datasets or torch).
 from lnpo.losses import objectives as _objectives  # noqa: F401  (registers the objectives)
 from lnpo.losses import length as _length  # noqa: F401  (LD-DPO, SamPO, AlphaPO)
 from lnpo.losses import unpaired as _unpaired  # noqa: F401  (KTO, unpaired APO-zero)
+from lnpo.losses import divergence as _divergence  # noqa: F401  (<name>_forward_kl/_js/_alpha_div siblings)
 from lnpo.losses import weighting as _weighting  # noqa: F401  (<name>_wpo siblings; last: wraps the above)
 from lnpo.losses._numerics import EXP_CAP, LOG_PROB_CEILING
 from lnpo.losses._registry import (

@@ -51,6 +51,18 @@ class Inputs(NamedTuple):
     sampled: Any = None  # SequenceStats (SamPO), or None
     aligned: Any = None  # SequenceStats, policy only (WPO), or None
     label: Optional[jax.Array] = None  # bool [B]: desirable (unpaired / KTO batches), or None
+    f_margin: Any = None  # (a_w, a_l, c_w, c_l) -> margin of f-divergence scores (lnpo.losses.divergence), or None
+
+    def margin(self, a_w=None, a_l=None, c_w=1.0, c_l=1.0) -> jax.Array:
+        """c_w g(a_w) - c_l g(a_l): the margin of the log-ratios (default ``self.a_w``, ``self.a_l``)
+        as an f-divergence scores them (TRL's ``chosen_scores - rejected_scores``); c_* are per-pair
+        scales (1 / L(y) for length-normalized objectives). g(a) = a (reverse KL, plain DPO) unless an
+        f-divergence sibling set ``f_margin`` (:mod:`lnpo.losses.divergence`)."""
+        a_w = self.a_w if a_w is None else a_w
+        a_l = self.a_l if a_l is None else a_l
+        if self.f_margin is None:
+            return c_w * a_w - c_l * a_l
+        return self.f_margin(a_w, a_l, c_w, c_l)
 
     @property
     def a_w(self) -> jax.Array:

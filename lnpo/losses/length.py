@@ -42,8 +42,7 @@ def _ld_dpo(x, hp):
 
     aw = ld(x.pc, s.policy_chosen) - ld(x.rc, s.ref_chosen)
     al = ld(x.pr, s.policy_rejected) - ld(x.rr, s.ref_rejected)
-    rw, rl = beta * aw, beta * al
-    return softplus(-(rw - rl)), rw, rl, {}
+    return softplus(-beta * x.margin(aw, al)), beta * aw, beta * al, {}
 
 
 @register("sampo", reference=True, needs=("sampled",), beta=BETA)

@@ -91,7 +91,7 @@ def _ln_dpo(x, hp):
     """
     beta = hp["beta"]
     rc, rr = beta * x.a_w / x.lc, beta * x.a_l / x.lr
-    return softplus(-(rc - rr)), rc, rr, {}
+    return softplus(-beta * x.margin(c_w=1.0 / x.lc, c_l=1.0 / x.lr)), rc, rr, {}
 
 
 @register("robust", reference=True, beta=BETA, label_smoothing=LABEL_SMOOTHING)
@@ -103,7 +103,7 @@ def _robust(x, hp):
     ls (default 0, in [0, 0.5); ls = 0 is DPO). Rewards: beta * log-ratio.
     """
     beta, ls = hp["beta"], hp["label_smoothing"]
-    z = beta * (x.a_w - x.a_l)
+    z = beta * x.margin()
     loss = ((1.0 - ls) * softplus(-z) - ls * softplus(z)) / (1.0 - 2.0 * ls)
     return loss, *_dpo_rewards(x, beta), {}
 
@@ -115,7 +115,7 @@ def _hinge(x, hp):
     L = max(0, 1 - beta m); TRL ``"hinge"``. Rewards: beta * log-ratio.
     """
     beta = hp["beta"]
-    return jax.nn.relu(1.0 - beta * (x.a_w - x.a_l)), *_dpo_rewards(x, beta), {}
+    return jax.nn.relu(1.0 - beta * x.margin()), *_dpo_rewards(x, beta), {}
 
 
 @register("ipo", reference=True, beta=BETA)
@@ -127,8 +127,8 @@ def _ipo(x, hp):
     Rewards: beta * a / L(y).
     """
     beta = hp["beta"]
-    nw, nl = x.a_w / x.lc, x.a_l / x.lr
-    return jnp.square(nw - nl - 0.5 / beta), beta * nw, beta * nl, {}
+    loss = jnp.square(x.margin(c_w=1.0 / x.lc, c_l=1.0 / x.lr) - 0.5 / beta)
+    return loss, beta * x.a_w / x.lc, beta * x.a_l / x.lr, {}
 
 
 @register("rdpo", reference=True, beta=BETA, alpha=NONNEG)
@@ -163,7 +163,7 @@ def _rpo(x, hp):
     """
     beta = hp["beta"]
     nll = _nll(x)
-    loss = softplus(-beta * (x.a_w - x.a_l)) + hp["alpha"] * nll
+    loss = softplus(-beta * x.margin()) + hp["alpha"] * nll
     return loss, *_dpo_rewards(x, beta), {"nll_loss": nll}
 
 
@@ -178,7 +178,7 @@ def _exo_pair(x, hp):
     sigma(-z)) to the smoothed labels (1 - eps, eps). Rewards: beta * log-ratio.
     """
     beta, eps = hp["beta"], hp["label_smoothing"]
-    z = beta * (x.a_w - x.a_l)
+    z = beta * x.margin()
     loss = sigmoid(z) * (log_sigmoid(z) - jnp.log1p(-eps)) + sigmoid(-z) * (
         log_sigmoid(-z) - jnp.log(eps)
     )
@@ -316,7 +316,7 @@ def _discopop(x, hp):
     Rewards: beta * log-ratio.
     """
     beta, tau = hp["beta"], hp["tau"]
-    z = beta * (x.a_w - x.a_l)
+    z = beta * x.margin()
     loss = sigmoid(-z / tau) * softplus(-z) + capped_exp(-z + log_sigmoid(z / tau))
     return loss, *_dpo_rewards(x, beta), {}
 

@@ -295,6 +295,33 @@ TEST_HP = {
     "nll": {},
 }
 
+# f-divergence siblings (lnpo.losses.divergence; Wang et al. 2024, TRL f_divergence_type): the base's loss with
+# every log-ratio a replaced by the score g(a), its rewards of the plain log-ratios.
+F_SCORES = {
+    "_forward_kl": lambda a, hp: 1.0 - np.exp(-a),  # f'(u) + const for f(u) = -log u
+    "_js": lambda a, hp: np.log(2.0) + _logsig(a),  # log(2u / (1 + u))
+    "_alpha_div": lambda a, hp: (1.0 - np.exp(-hp["f_alpha"] * a)) / hp["f_alpha"],
+}
+F_HP = {"_forward_kl": {}, "_js": {}, "_alpha_div": {"f_alpha": 0.35}}
+
+
+def f_divergence_reference(base_ref, suffix):
+    def ref(d, hp):
+        aw, al = _ratios(d)
+        with np.errstate(over="ignore", invalid="ignore"):
+            # a reference log-prob that makes the base see log-ratio g(a) (float64: exact enough)
+            scored = {**d, "rc": d["pc"] - F_SCORES[suffix](aw, hp), "rr": d["pr"] - F_SCORES[suffix](al, hp)}
+            loss = base_ref(scored, hp)[0]
+        return (loss, *base_ref(d, hp)[1:])
+
+    return ref
+
+
+for _base in ("ln_dpo", "hinge", "ipo", "exo_pair", "robust", "discopop", "rpo"):
+    for _suffix in F_SCORES:
+        REFERENCES[_base + _suffix] = f_divergence_reference(REFERENCES[_base], _suffix)
+        TEST_HP[_base + _suffix] = {**TEST_HP[_base], **F_HP[_suffix]}
+
 # Reference values beyond this are astronomically large (exponential f-DPO
 # terms); the library saturates them: it must return something finite and at
 # least this large instead of matching.
@@ -423,13 +450,15 @@ def fd_grad_policy(name, d, **overrides):
 
 
 def assert_close_or_saturated(got, want, rtol=2e-5, atol=2e-6, what=""):
-    """Compare where the reference is moderate; elsewhere demand finite and >= HUGE."""
+    """Compare where the reference is moderate; elsewhere demand finite, of its sign and at least HUGE in size
+    (robust's loss is unbounded below: saturated f-divergence margins drive it to -HUGE)."""
     got, want = np.asarray(got), np.asarray(want)
     assert np.all(np.isfinite(got)), f"{what}: non-finite {got}"
     moderate = np.isfinite(want) & (np.abs(want) < HUGE)
     np.testing.assert_allclose(got[moderate], want[moderate], rtol=rtol, atol=atol, err_msg=what)
     huge = ~moderate & ~np.isnan(want)  # nan: inf - inf in the reference, checked elsewhere
-    assert np.all(got[huge] >= HUGE), f"{what}: saturated values {got[huge]} < {HUGE}"
+    ok = (np.abs(got[huge]) >= HUGE) & (np.sign(got[huge]) == np.sign(want[huge]))
+    assert np.all(ok), f"{what}: saturated values {got[huge]} not of the sign of {want[huge]} and size >= {HUGE}"
 
 
 ALL = [n for n in losses.names() if not losses.needs(n)]  # the rest: tests/losses/test_statistics_objectives.py
@@ -788,6 +817,36 @@ def test_f_divergence_limits():
     np.testing.assert_allclose(run("fdpo_alpha", d, beta=0.5, alpha=1e-4)[0], dpo, rtol=1e-3)
     fkl = run("fdpo_forward_kl", d, beta=0.5)[0]
     np.testing.assert_allclose(run("fdpo_alpha", d, beta=0.5, alpha=1 - 1e-5)[0], fkl, rtol=1e-3)
+
+
+@pytest.mark.parametrize("base", ["ipo", "hinge", "ln_dpo"])
+def test_f_divergence_sibling_limits(base):
+    """f_alpha -> 0 is the base (reverse KL), f_alpha -> 1 the forward-KL sibling; small f_alpha stays accurate
+    (the scores come from expm1, not 1 - e^x)."""
+    d = random_batch(22, 1.0)
+    plain = run(base, d)[0]
+    np.testing.assert_allclose(run(base + "_alpha_div", d, f_alpha=1e-6)[0], plain, rtol=1e-4, atol=1e-6)
+    fkl = run(base + "_forward_kl", d)[0]
+    np.testing.assert_allclose(run(base + "_alpha_div", d, f_alpha=1 - 1e-6)[0], fkl, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(run(base + "_alpha_div", d, f_alpha=1e-3)[0],
+                               reference(base + "_alpha_div", d, f_alpha=1e-3)[0], rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["hinge_forward_kl", "ipo_alpha_div"])
+def test_f_divergence_saturated_scores_keep_the_direction(name):
+    """Both log-ratios -1e4 (both scores saturate, inf - inf in float64): nudged apart, the loss follows the
+    sign of the difference, finite, with finite gradients; equal ones give hinge's loss at margin 0."""
+    d = extreme_batch()  # pair 3: both log-ratios -1e4
+    if name == "hinge_forward_kl":
+        assert run(name, d)[0][3] == 1.0
+    better = {**d, "pc": d["pc"] + np.eye(B)[3] * 50.0}  # a_w = -9950 > a_l = -1e4
+    worse = {**d, "pc": d["pc"] - np.eye(B)[3] * 50.0}
+    got_better, got_worse = run(name, better)[0][3], run(name, worse)[0][3]
+    assert np.isfinite(got_better) and HUGE <= got_worse < np.inf
+    if name == "hinge_forward_kl":
+        assert got_better == 0.0
+    for dd in (better, worse):
+        assert all(np.all(np.isfinite(g)) for g in grad_policy(name, dd))
 
 
 def test_aot_is_permutation_invariant():

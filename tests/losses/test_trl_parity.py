@@ -158,6 +158,55 @@ DPO_CASES = {
 }
 
 
+# f-divergences on every TRL loss type that accepts them (TRL 1.16's f_divergence_loss_types; sigmoid's are the
+# fdpo_* rows above, ["sigmoid", "sft"] is rpo, below): lnpo's <base>_<suffix> siblings.
+F_DIVERGENCES = {  # lnpo suffix -> (TRL DPOConfig fields, lnpo hyperparameters)
+    "_forward_kl": (dict(f_divergence_type="forward_kl"), {}),
+    "_js": (dict(f_divergence_type="js_divergence"), {}),
+    "_alpha_div": (dict(f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.3), dict(f_alpha=0.7)),
+}
+F_BASES = {  # lnpo base -> TRL DPOConfig fields (each case's beta is the lnpo hyperparameters' beta)
+    "ln_dpo": dict(loss_type=("sigmoid_norm",)),
+    "ld_dpo": dict(ld_alpha=0.4),
+    "hinge": dict(loss_type=("hinge",)),
+    "ipo": dict(loss_type=("ipo",)),
+    "exo_pair": dict(loss_type=("exo_pair",), label_smoothing=0.01),
+    "robust": dict(loss_type=("robust",), label_smoothing=0.2),
+    "discopop": dict(loss_type=("discopop",)),
+}
+F_BASE_HP = {"ln_dpo": dict(beta=2.0), "ld_dpo": dict(beta=0.3, alpha=0.4), "hinge": dict(beta=0.2),
+             "ipo": dict(beta=0.4), "exo_pair": dict(beta=0.3, label_smoothing=0.01),
+             "robust": dict(beta=0.3, label_smoothing=0.2), "discopop": dict(beta=0.3, tau=0.05)}
+for _base, _trl in F_BASES.items():
+    for _suffix, (_trl_f, _hp_f) in F_DIVERGENCES.items():
+        DPO_CASES[_base + _suffix] = ({**_trl, **_trl_f, "beta": F_BASE_HP[_base]["beta"]}, _base + _suffix,
+                                      {**F_BASE_HP[_base], **_hp_f})
+# with WPO weighting on top (TRL use_weighting=True; not on hinge: TRL 1.16's in-place `per_sequence_loss *=`
+# on relu's output breaks its own backward pass)
+DPO_CASES["robust_forward_kl_wpo"] = ({**DPO_CASES["robust_forward_kl"][0], "use_weighting": True},
+                                      "robust_forward_kl_wpo", DPO_CASES["robust_forward_kl"][2])
+DPO_CASES["ipo_alpha_div_wpo"] = ({**DPO_CASES["ipo_alpha_div"][0], "use_weighting": True}, "ipo_alpha_div_wpo",
+                                  DPO_CASES["ipo_alpha_div"][2])
+
+
+def test_f_divergence_siblings_exist_exactly_where_trl_allows_them():
+    """TRL 1.16 refuses a non-default f_divergence_type outside ``f_divergence_loss_types`` (read from its
+    source); lnpo has f-divergence siblings for exactly those loss types' objectives, and for no others."""
+    import inspect
+    import re
+
+    from trl import DPOTrainer
+
+    src = inspect.getsource(DPOTrainer.__init__)
+    trl_types = set(re.findall(r'"(\w+)"', re.search(r"f_divergence_loss_types = \{([^}]*)\}", src).group(1)))
+    assert trl_types == {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
+    covered = {"sigmoid", "sft"} | {t for trl_kw in F_BASES.values() for t in trl_kw.get("loss_type", ())}
+    assert covered == trl_types
+    with_f = {n[: -len(s)] for n in losses.names() for s in F_DIVERGENCES if n.endswith(s)}
+    assert with_f == set(F_BASES) | {"rpo", "fdpo"}  # fdpo_forward_kl, fdpo_js: sigmoid's own
+    assert "nca_pair_forward_kl" not in losses.names() and "aot_js" not in losses.names()
+
+
 @pytest.mark.parametrize("case", sorted(DPO_CASES))
 def test_dpo_family_matches_trl(case):
     trl_kwargs, name, hp = DPO_CASES[case]
@@ -196,6 +245,23 @@ def test_rpo_differs_from_trl_sigmoid_plus_sft_only_in_how_the_nll_averages():
     want, _ = trl_dpo_loss(data, loss_type=("sigmoid", "sft"), loss_weights=[1.0, alpha], beta=0.3)
     got, _ = lnpo_pair_loss(data, "rpo", dict(beta=0.3, alpha=alpha))
     np.testing.assert_allclose(got, want, rtol=2e-5)
+
+
+@pytest.mark.parametrize("suffix", sorted(F_DIVERGENCES))
+def test_rpo_f_divergence_matches_trl_sigmoid_plus_sft_up_to_the_nll_average(suffix):
+    """TRL's ``["sigmoid", "sft"]`` under an f-divergence against ``rpo<suffix>``: only the sigmoid term changes,
+    so the difference is the same token-vs-pair NLL average as without one."""
+    alpha = 0.5
+    trl_f, hp_f = F_DIVERGENCES[suffix]
+    data = _pair_data(3)
+    want, _ = trl_dpo_loss(data, loss_type=("sigmoid", "sft"), loss_weights=[1.0, alpha], beta=0.3, **trl_f)
+    got, _ = lnpo_pair_loss(data, "rpo" + suffix, dict(beta=0.3, alpha=alpha, **hp_f))
+    plain, _ = lnpo_pair_loss(data, "rpo", dict(beta=0.3, alpha=alpha))
+    chosen = data["lp"][:B]
+    n = data["mask"][:B, 1:].sum(1)
+    token_mean, pair_mean = -chosen.sum() / n.sum(), np.mean(-chosen.sum(1) / n)
+    np.testing.assert_allclose(got - want, alpha * (pair_mean - token_mean), rtol=1e-4, atol=1e-6)
+    assert abs(got - plain) > 1e-4  # the f-divergence really changed the loss
 
 
 def test_trl_sigmoid_has_no_label_smoothing():

@@ -71,3 +71,18 @@ def test_kto_on_unpaired_preferences_cached_reference_equals_in_step(tmp_path, t
     np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], rtol=1e-5, atol=1e-6)
     rows = [json.loads(line) for line in open(os.path.join(str(tmp_path / "cached"), "metrics.jsonl"))]
     assert any(0.0 < r.get("label", -1) < 1.0 for r in rows)  # both kinds of example in the batches
+
+
+@pytest.mark.slow
+def test_an_f_divergence_sibling_trains_through_the_trainer(tmp_path, tiny_sft_dir, task_files):
+    """ld_dpo_alpha_div_wpo reads the shared-prefix sums and WPO's aligned sums and scores the log-ratios by an
+    alpha-divergence: it trains with finite losses, and its losses are not ld_dpo's."""
+    got = {}
+    for name, extra in (("ld_dpo_alpha_div_wpo", {"loss.f_alpha": 0.5}), ("ld_dpo", {})):
+        config = small_config(tiny_sft_dir, task_files, **{**LD, **extra, "loss.name": name,
+                                                           "reference.mode": "in_step"})
+        run(config, str(tmp_path / name))
+        got[name] = losses_of(str(tmp_path / name))
+    a, b = got["ld_dpo_alpha_div_wpo"], got["ld_dpo"]
+    assert len(a) == 4 and all(np.isfinite(v) for v in a.values())
+    assert a.keys() == b.keys() and not np.allclose([a[k] for k in a], [b[k] for k in a])
