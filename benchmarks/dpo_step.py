@@ -136,6 +136,25 @@ def lnpo_matmul_peak(repeats: int = 20, dtype: str = "float32") -> float:
     return flops.measured_matmul_peak(n=8192, repeats=repeats, dtype=dtype)
 
 
+def word_token_ids(model_dir: str) -> tuple[list[int], int]:
+    """``(ids, eos_id)`` of ``model_dir``'s tokenizer: every token that is a space followed by ASCII letters
+    (byte-level BPE ``Ġword``) and that the tokenizer encodes back to itself alone. Text made of such tokens
+    re-tokenizes to exactly the same ids (the pre-tokenizer splits before each space), so TRL, which tokenizes
+    text, and lnpo, which gets the ids, see the same sequences; SmolLM2's vocabulary has 31,586 of them."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    cand = sorted(i for s, i in tok.get_vocab().items() if re.fullmatch("\u0120[A-Za-z]+", s))
+    encoded = tok([tok.decode([i]) for i in cand], add_special_tokens=True)["input_ids"]
+    ids = [i for i, e in zip(cand, encoded) if e == [i]]
+    if len(ids) < 16 or tok.eos_token_id is None:
+        raise SystemExit(f"dpo_step: {model_dir}'s tokenizer has {len(ids)} whole-word tokens and eos "
+                         f"{tok.eos_token!r}; --model needs a byte-level BPE tokenizer with an eos token")
+    return ids, tok.eos_token_id
+
+
 def make_pairs(args, n: int, first_id: int = 3) -> list[dict]:
     """``n`` random token pairs (numpy only, so both implementations see the same data).
 
@@ -143,7 +162,9 @@ def make_pairs(args, n: int, first_id: int = 3) -> list[dict]:
     ``response_len``. ``long-tailed``: lognormal lengths (HH-RLHF-like: medians
     about a quarter of the prompt maximum and a third of the response maximum,
     sigma 1.0 / 0.8), clipped to ``[2, max]``. Token ids are drawn from
-    ``[first_id, vocab)`` (0-2: pad / bos / eos).
+    ``[first_id, vocab)`` (0-2: pad / bos / eos). With ``--model DIR`` they are drawn from the real
+    tokenizer's whole-word tokens (``word_token_ids``) and each completion ends with the tokenizer's eos (what
+    TRL appends to a completion), so the ids are exactly those TRL gets by tokenizing the text.
     """
     import numpy as np
 
@@ -156,6 +177,13 @@ def make_pairs(args, n: int, first_id: int = 3) -> list[dict]:
         p = np.clip(np.round(rng.lognormal(np.log(args.prompt_len / 4), 1.0, n)), 2, args.prompt_len)
         c = np.clip(np.round(rng.lognormal(np.log(args.response_len / 3), 0.8, n)), 2, args.response_len)
         r = np.clip(np.round(rng.lognormal(np.log(args.response_len / 3), 0.8, n)), 2, args.response_len)
+    if getattr(args, "model", ""):
+        words, eos = word_token_ids(args.model)
+        words = np.asarray(words)
+        tok = lambda k: words[rng.integers(0, len(words), size=int(k))].tolist()  # noqa: E731
+        end = lambda ids: ids[:-1] + [eos]  # noqa: E731
+        return [{"prompt_ids": tok(p[i]), "chosen_ids": end(tok(c[i])), "rejected_ids": end(tok(r[i]))}
+                for i in range(n)]
     tok = lambda k: rng.integers(first_id, args.vocab, size=int(k)).tolist()  # noqa: E731
     return [{"prompt_ids": tok(p[i]), "chosen_ids": tok(c[i]), "rejected_ids": tok(r[i])} for i in range(n)]
 
@@ -168,9 +196,24 @@ def intermediate(args) -> int:
     return args.intermediate or 3 * args.hidden
 
 
+def apply_model_dir(args) -> None:
+    """``--model DIR``: the shape flags (``--hidden``, ``--layers``, ...) become ``DIR/config.json``'s, so every
+    line and the FLOP count describe the real model."""
+    if not getattr(args, "model", ""):
+        return
+    cfg = lnpo_model_config(args)
+    args.hidden, args.intermediate, args.layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    args.heads, args.kv_heads, args.vocab = cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size
+
+
 def lnpo_model_config(args, **extra):
+    """The benchmark's ModelConfig: ``--model DIR``'s config.json (``extra`` as overrides), else the shape flags."""
     from lnpo.models import ModelConfig
 
+    if getattr(args, "model", ""):
+        from lnpo.models.hf import read_config
+
+        return ModelConfig.from_hf(read_config(args.model), **extra)
     return ModelConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=intermediate(args),
         num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads, tie_embeddings=False,
@@ -191,7 +234,7 @@ def summarize(args, impl: str, step_times: list[float], pairs_per_step: float, t
     med = statistics.median(timed)
     tokens_per_s = tokens_per_step / med
     return {
-        "impl": impl, "hidden": args.hidden, "layers": args.layers, "heads": args.heads, "kv_heads": args.kv_heads,
+        "impl": impl, "model": getattr(args, "model", "") or None, "hidden": args.hidden, "layers": args.layers, "heads": args.heads, "kv_heads": args.kv_heads,
         "intermediate": intermediate(args), "vocab": args.vocab, "batch": args.batch, "prompt_len": args.prompt_len,
         "response_len": args.response_len, "lengths": args.lengths, "steps_timed": len(timed),
         "step_s_median": round(med, 4), "step_s_min": round(min(timed), 4), "step_s_max": round(max(timed), 4),
@@ -251,8 +294,17 @@ def run_lnpo(args) -> dict:
     cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat,
                             attn_query_chunk=args.attn_chunk, attn_implementation=args.attn_impl)
     mesh = parallel.make_mesh((-1, 1, 1))
-    graphdef, params = nnx.split(init_sharded(cfg, args.seed, mesh), nnx.Param)
+    if args.model:  # the real weights, loaded as the trainer loads model.path
+        from lnpo.models import from_pretrained
+
+        model = from_pretrained(args.model, dtype="float32", compute_dtype=args.dtype, mesh=mesh, remat=args.remat,
+                                attn_query_chunk=args.attn_chunk, attn_implementation=args.attn_impl)
+    else:
+        model = init_sharded(cfg, args.seed, mesh)
+    graphdef, params = nnx.split(model, nnx.Param)
+    del model
     n_params = int(sum(x.size for x in jax.tree.leaves(params)))
+    init_norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(params))))
 
     # reference: an in-step frozen copy, or cached log-probs (per-pair arrays in the batch)
     objective = losses_lib.get("dpo")
@@ -340,7 +392,7 @@ def run_lnpo(args) -> dict:
              "remat": args.remat, "attn_chunk": args.attn_chunk, "attn_impl": args.attn_impl, "dtype": args.dtype,
              "rows": sorted(executables), "compiles": len(executables), "row_buckets": list(buckets),
              "seq_len": seq_len,
-             "row_fill": round(real / slots, 3), "params": n_params, "compile_s": round(compile_s, 1),
+             "row_fill": round(real / slots, 3), "params": n_params, "init_param_norm": round(init_norm, 4), "compile_s": round(compile_s, 1),
              "xla_peak_mb": xla_mb, "xla_temp_mb": xla_temp_mb, "peak_rss_after_compile_mb": rss_after_compile,
              "rss_before_compile_mb": rss_before_compile, "rss_after_compile_mb": rss_now_after_compile,
              "rss_before_steps_mb": rss_before_steps, "release_host_memory": args.release_host_memory,
@@ -488,12 +540,23 @@ def run_trl(args, callbacks=()) -> dict:
     rows = {"prompt": [text(x["prompt_ids"]) for x in pairs],
             "chosen": [" " + text(x["chosen_ids"][:-1]) for x in pairs],
             "rejected": [" " + text(x["rejected_ids"][:-1]) for x in pairs]}
+    if args.model:  # the real tokenizer decodes the ids to text; TRL tokenizes it back (checked below)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        text = lambda ids: tokenizer.decode(ids)  # noqa: E731
+        rows = {"prompt": [text(x["prompt_ids"]) for x in pairs], "chosen": [text(x["chosen_ids"]) for x in pairs],
+                "rejected": [text(x["rejected_ids"]) for x in pairs]}
+    else:
+        tokenizer = _offline_tokenizer(args.vocab)
     dataset = Dataset.from_dict(rows)
-    tokenizer = _offline_tokenizer(args.vocab)
     model = torch_llama(args)
-    # TRL builds the reference by reloading the policy's checkpoint; a random model has none, so pass a
+    # TRL builds the reference by reloading the policy's checkpoint (with precompute_ref_log_probs: none, the
+    # policy itself computes the reference before training); a random model has no checkpoint, so it gets a
     # frozen copy (the same thing: a reference with the policy's initial weights).
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    ref_model = None if args.model else copy.deepcopy(model).eval().requires_grad_(False)
+    with torch.no_grad():
+        init_norm = float(torch.sqrt(sum(torch.sum(p.double() ** 2) for p in model.parameters())))
 
     times: list[float] = []
     abandoned = []
@@ -525,6 +588,9 @@ def run_trl(args, callbacks=()) -> dict:
                   for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
         if got != pair_tokens(pairs):
             raise RuntimeError(f"TRL tokenized {got} tokens, lnpo's data has {pair_tokens(pairs)}")
+        if args.model and [list(ds[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")] != [
+                [x[k] for x in pairs] for k in ("prompt_ids", "chosen_ids", "rejected_ids")]:
+            raise RuntimeError(f"TRL tokenized {args.model}'s text to other ids than lnpo's data")
         probe.dtypes.clear()  # the precompute pass ran in eval mode; only the train steps count
         trainer.train()
     probe.remove()
@@ -546,7 +612,8 @@ def run_trl(args, callbacks=()) -> dict:
              "padding_free": bool(trainer.padding_free), "padding_free_requested": bool(ran.padding_free),
              "use_cpu": bool(ran.use_cpu), "abandoned_after_s": abandoned[0] if abandoned else None,
              "steps_run": steps_run,
-             "params": int(sum(p.numel() for p in model.parameters())), "torch": torch.__version__,
+             "params": int(sum(p.numel() for p in model.parameters())), "init_param_norm": round(init_norm, 4),
+             "torch": torch.__version__,
              "trl": trl.__version__, "transformers": transformers.__version__,
              "torch_threads": torch.get_num_threads(),
              "matmul_peak_before_after_gflops": [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)]}
@@ -555,8 +622,15 @@ def run_trl(args, callbacks=()) -> dict:
 
 
 def torch_llama(args):
-    """transformers' LlamaForCausalLM with the benchmark's shape (random init from ``torch.manual_seed``)."""
+    """transformers' LlamaForCausalLM with the benchmark's shape (random init from ``torch.manual_seed``), or
+    ``--model DIR``'s weights (float32)."""
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    if args.model:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
 
     config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=intermediate(args),
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
@@ -662,6 +736,10 @@ def parse_args(argv=None):
     ap.add_argument("--impl", choices=("lnpo", "trl", "torch", "both", "all"), default="lnpo",
                     help="both = lnpo then TRL; all = lnpo, TRL and the plain PyTorch loop (TRL's cross-check)")
     add_model_args(ap)
+    ap.add_argument("--model", default="",
+                    help="DIR: a Hugging Face model directory (config.json, safetensors, tokenizer): both sides "
+                         "start from its weights, the shape flags are ignored, and the pairs are drawn from its "
+                         "tokenizer's whole-word tokens (re-tokenized by TRL to the same ids)")
     ap.add_argument("--batch", type=int, default=8, help="pairs per step")
     ap.add_argument("--prompt-len", type=int, default=96, help="prompt tokens (the maximum for long-tailed)")
     ap.add_argument("--response-len", type=int, default=160, help="tokens per completion (maximum for long-tailed)")
@@ -709,7 +787,9 @@ def parse_args(argv=None):
     ap.add_argument("--trl-python", default=os.environ.get("LNPO_BENCH_TRL_PYTHON", ""),
                     help=f"interpreter with torch + trl (default {DEFAULT_TRL_PYTHON} if present)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    apply_model_dir(args)
+    return args
 
 
 def _without_impl(argv: list[str]) -> list[str]:

@@ -91,3 +91,71 @@ def test_torch_harness_computes_the_dpo_loss(bench):
     line = bench.run_torch(bench.parse_args(TINY + ["--steps", "2"]))
     assert line["first_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert line["dtype"] == "float32" and line["observed_compute_dtype"] == ["float32"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny Hugging Face directory: a random LlamaForCausalLM (tied embeddings) and a byte-level BPE tokenizer
+    trained offline, eos ``<|im_end|>``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = "the cat sat on a mat while dogs ran far away from every small house near green hills".split()
+    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 4
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>",
+                                                                                      "<|im_end|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                   bos_token="<|im_start|>", unk_token="<|endoftext|>")
+    out = tmp_path_factory.mktemp("tiny-hf")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    fast.save_pretrained(out)
+    return str(out), cfg, fast
+
+
+MODEL_RUN = ["--batch", "2", "--prompt-len", "12", "--response-len", "10", "--lengths", "long-tailed",
+             "--steps", "1", "--warmup", "0"]
+
+
+def test_model_dir_sets_the_shape_and_draws_ids_that_tokenize_back(bench, model_dir):
+    path, cfg, tokenizer = model_dir
+    args = bench.parse_args(["--model", path, "--hidden", "999", *MODEL_RUN])
+    assert (args.hidden, args.intermediate, args.layers, args.heads, args.kv_heads, args.vocab) == (
+        cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads,
+        cfg.num_key_value_heads, cfg.vocab_size)
+    pairs = bench.make_pairs(args, 6)
+    for x in pairs:
+        assert x["chosen_ids"][-1] == x["rejected_ids"][-1] == tokenizer.eos_token_id
+        text = tokenizer.decode(x["prompt_ids"])
+        assert tokenizer(text + tokenizer.decode(x["chosen_ids"]), add_special_tokens=True)["input_ids"] == (
+            x["prompt_ids"] + x["chosen_ids"])
+
+
+def test_model_dir_loads_the_same_weights_and_tokenizer_into_both_sides(bench, model_dir, tmp_path, monkeypatch):
+    import numpy as np
+    from transformers import LlamaForCausalLM
+
+    path, cfg, _ = model_dir
+    monkeypatch.chdir(tmp_path)
+    args = bench.parse_args(["--model", path, *MODEL_RUN])
+    # run_trl raises unless TRL's tokenization of the decoded text gives exactly lnpo's ids
+    trl = bench.run_trl(args)
+    lnpo = bench.run_lnpo(bench.parse_args(["--model", path, "--layout", "packed", *MODEL_RUN]))
+    weights = [p.detach().double().numpy() for p in LlamaForCausalLM.from_pretrained(path).parameters()]
+    assert trl["params"] == lnpo["params"] == sum(w.size for w in weights)  # tied: counted once
+    norm = float(np.sqrt(sum(np.sum(w**2) for w in weights)))  # the directory's weights, not a fresh init
+    assert trl["init_param_norm"] == pytest.approx(norm, rel=1e-5)
+    assert lnpo["init_param_norm"] == pytest.approx(norm, rel=1e-5)
+    assert trl["model"] == lnpo["model"] == path and trl["vocab"] == lnpo["vocab"] == cfg.vocab_size
+    # both start from the directory's weights with an in-step reference equal to them: the DPO loss is log 2
+    import math
+
+    assert lnpo["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
