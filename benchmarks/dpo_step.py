@@ -10,10 +10,13 @@ both and adds a ratio line.
     python benchmarks/dpo_step.py --impl all --trl-mode best --trl-gradient-checkpointing off \
         --reference cache --layout shared_prompt --remat dots                   # vs TRL's fastest mode
     python benchmarks/dpo_step.py --impl lnpo --lengths long-tailed --layout packed
+    python benchmarks/dpo_step.py --impl both --model DIR --lengths long-tailed --prompt-len 256 \
+        --response-len 512 --reference cache --layout packed --remat dots --trl-gradient-checkpointing on
     python benchmarks/dpo_step.py --impl lnpo --hidden 1024 --layers 8 --heads 8 --kv-heads 8 \
         --batch 4 --prompt-len 64 --response-len 64 --reference cache
 
-Both sides get the same model shape (Llama: RMSNorm, RoPE, GQA, SwiGLU MLP,
+Both sides get the same model (``--model DIR``: a Hugging Face directory's weights and tokenizer, the pairs
+drawn as ``word_token_ids`` says; else a random model of the same shape: Llama: RMSNorm, RoPE, GQA, SwiGLU MLP,
 untied LM head), the same random token pairs (numpy seed) and the same optimizer
 settings (AdamW lr 1e-6, no weight decay, global-norm clip 1.0, linear decay:
 TRL's DPOConfig defaults), DPO sigmoid loss with beta 0.1, and by default the same
@@ -234,7 +237,8 @@ def summarize(args, impl: str, step_times: list[float], pairs_per_step: float, t
     med = statistics.median(timed)
     tokens_per_s = tokens_per_step / med
     return {
-        "impl": impl, "model": getattr(args, "model", "") or None, "hidden": args.hidden, "layers": args.layers, "heads": args.heads, "kv_heads": args.kv_heads,
+        "impl": impl, "model": getattr(args, "model", "") or None, "hidden": args.hidden, "layers": args.layers,
+        "heads": args.heads, "kv_heads": args.kv_heads,
         "intermediate": intermediate(args), "vocab": args.vocab, "batch": args.batch, "prompt_len": args.prompt_len,
         "response_len": args.response_len, "lengths": args.lengths, "steps_timed": len(timed),
         "step_s_median": round(med, 4), "step_s_min": round(min(timed), 4), "step_s_max": round(max(timed), 4),
@@ -392,7 +396,8 @@ def run_lnpo(args) -> dict:
              "remat": args.remat, "attn_chunk": args.attn_chunk, "attn_impl": args.attn_impl, "dtype": args.dtype,
              "rows": sorted(executables), "compiles": len(executables), "row_buckets": list(buckets),
              "seq_len": seq_len,
-             "row_fill": round(real / slots, 3), "params": n_params, "init_param_norm": round(init_norm, 4), "compile_s": round(compile_s, 1),
+             "row_fill": round(real / slots, 3), "params": n_params, "init_param_norm": round(init_norm, 4),
+             "compile_s": round(compile_s, 1),
              "xla_peak_mb": xla_mb, "xla_temp_mb": xla_temp_mb, "peak_rss_after_compile_mb": rss_after_compile,
              "rss_before_compile_mb": rss_before_compile, "rss_after_compile_mb": rss_now_after_compile,
              "rss_before_steps_mb": rss_before_steps, "release_host_memory": args.release_host_memory,
