@@ -111,34 +111,35 @@ def test_state_bytes_match_sharded_arrays_on_8_simulated_devices(tmp_path, simul
 
 
 # ----------------------------------------------------------------------------- activations
-def _compiled_temp_bytes(config) -> int:
-    """XLA's temp allocation of the trainer's jitted PO step (cached reference) on one device."""
-    import functools
-
+def _compiled_temp_bytes(config, mesh=None) -> int:
+    """XLA's temp allocation of the trainer's jitted PO step (cached reference), built by the trainer's own
+    :func:`lnpo.train.step_builder.build_train_step` on ``mesh`` (default: one device)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from lnpo import losses
+    from lnpo import losses, parallel
     from lnpo.models import Decoder
+    from lnpo.models.decoder import param_shardings
     from lnpo.train import steps
     from lnpo.train.optim import make_optimizer
+    from lnpo.train.step_builder import build_train_step
 
-    cfg = planlib.model_config(config)
-    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    mesh = mesh or parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    model = Decoder(planlib.model_config(config), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
+    params = jax.device_put(params, param_shardings(model, mesh))
     tx, _ = make_optimizer(config.optim, steps=10)
-    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     A, M = config.train.micro_batches, config.train.global_batch // config.train.micro_batches
     T = planlib.row_length(config)
     sums_fn = steps.micro_sums_fn("po", objective=losses.get(config.loss.name), num_pairs=M,
                                   chunk_size=config.train.logprob_chunk)
+    built = build_train_step(params, graphdef, tx, mesh, stage="po", sums_fn=sums_fn)
     batch = {k: jnp.zeros((A, 2 * M, T), jnp.int32) for k in steps.ROW_KEYS}
     batch.update({k: jnp.zeros((A, M), jnp.float32) for k in ("pair_valid", "ref_chosen", "ref_rejected")})
-    step = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, tx=tx, stage="po", sums_fn=sums_fn),
-                   donate_argnums=0)
     hparams = steps.step_hparams(1e-4, {"beta": 0.1})
-    return step.lower(state, batch, None, hparams).compile().memory_analysis().temp_size_in_bytes
+    compiled = built.jitted.lower(built.state, batch, None, hparams).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
 
 
 ACTIVATION_FACTOR = (0.5, 2.0)  # compiled temp / planned activations

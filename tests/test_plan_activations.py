@@ -38,15 +38,9 @@ def test_splash_activation_estimate_tracks_compiled_step(tmp_path):
 CONTEXT = """
 import json, sys
 sys.path.insert(0, REPO); sys.path.insert(0, REPO + "/tests")
-import jax, jax.numpy as jnp
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
-from test_plan import _config
-from lnpo import losses, parallel, plan as planlib
-from lnpo.models import Decoder
-from lnpo.models.decoder import param_shardings
-from lnpo.train import steps
-from lnpo.train.optim import make_optimizer
+import jax
+from test_plan import _compiled_temp_bytes, _config
+from lnpo import parallel, plan as planlib
 assert jax.device_count() == 8
 
 out = {}
@@ -55,27 +49,7 @@ for shape in [(2, 1, 1), (2, 1, 1, 2), (2, 1, 1, 4)]:
     chips = 2 * (shape[3] if len(shape) == 4 else 1)
     planned = planlib.plan(config, chips=chips)["bytes"]["activations"]
     mesh = parallel.make_mesh(shape, devices=jax.devices()[:chips])
-    model = Decoder(planlib.model_config(config), rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model, nnx.Param)
-    tx, _ = make_optimizer(config.optim, steps=10)
-    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    A, M = config.train.micro_batches, config.train.global_batch // config.train.micro_batches
-    T = planlib.row_length(config)
-    sums_fn = steps.micro_sums_fn("po", objective=losses.get(config.loss.name), num_pairs=M,
-                                  chunk_size=config.train.logprob_chunk)
-    batch = {k: jnp.zeros((A, 2 * M, T), jnp.int32) for k in steps.ROW_KEYS}
-    batch.update({k: jnp.zeros((A, M), jnp.float32) for k in ("pair_valid", "ref_chosen", "ref_rejected")})
-    rep = NamedSharding(mesh, P())
-    shardings = steps.TrainState(step=rep, params=param_shardings(model, mesh),
-                                 opt_state=jax.tree.map(lambda _: rep, state.opt_state))
-
-    def fn(state, batch, hp):
-        with parallel.use_rules(mesh):
-            return steps.train_step(state, batch, None, hp, graphdef=graphdef, tx=tx, stage="po", sums_fn=sums_fn)
-
-    step = jax.jit(fn, in_shardings=(shardings, NamedSharding(mesh, steps.BATCH_SPEC), rep), donate_argnums=0)
-    compiled = step.lower(state, batch, steps.step_hparams(1e-4, {"beta": 0.1})).compile()
-    out[str(shape)] = {"planned": planned, "compiled": compiled.memory_analysis().temp_size_in_bytes}
+    out[str(shape)] = {"planned": planned, "compiled": _compiled_temp_bytes(config, mesh)}
 print("RESULT" + json.dumps(out))
 """
 

@@ -117,6 +117,8 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 
+from lnpo.digest import file_sha256
+
 __all__ = [
     "CHAT_TEMPLATE",
     "CLOSERS",
@@ -732,14 +734,6 @@ def _save_tokenizer(tokenizer, directory: str) -> None:
 # ----------------------------------------------------------------------------- materialize
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _resolve_sizes(sizes: Mapping[str, int] | None) -> dict[str, int]:
     resolved = dict(DEFAULT_SIZES)
     for key, value in (sizes or {}).items():
@@ -768,7 +762,7 @@ def _manifest_matches(directory: str, seed: int, sizes: dict[str, int]) -> bool:
         return False
     for rel, digest in files.items():
         path = os.path.join(directory, rel)
-        if not os.path.isfile(path) or _sha256(path) != digest:
+        if not os.path.isfile(path) or file_sha256(path) != digest:
             return False
     return True
 
@@ -814,10 +808,10 @@ def materialize(directory: str | os.PathLike, *, seed: int = 0, sizes: Mapping[s
         tok_tmp = os.path.join(tmp, FILES["tokenizer"])
         _save_tokenizer(build_tokenizer(corpus_texts()), tok_tmp)
 
-        files = {FILES[key]: _sha256(os.path.join(tmp, FILES[key])) for key in contents}
+        files = {FILES[key]: file_sha256(os.path.join(tmp, FILES[key])) for key in contents}
         for name in sorted(os.listdir(tok_tmp)):
             rel = f"{FILES['tokenizer']}/{name}"
-            files[rel] = _sha256(os.path.join(tok_tmp, name))
+            files[rel] = file_sha256(os.path.join(tok_tmp, name))
         manifest = {"format": "lnpo-embedded", "version": EMBEDDED_VERSION, "seed": seed, "sizes": sizes, "files": files}
 
         for key in contents:

@@ -73,9 +73,7 @@ rejected="bad")``. A mapped column that does not exist is an error.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any

@@ -87,7 +87,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from lnpo.errors import ConfigError, DataError, ModelError
+from lnpo.errors import ConfigError, DataError
 from lnpo.data import validate as validate_module
 from lnpo.data.files import rows_are_lines
 from lnpo.data.validate import (LoadReport, RowIssue, code_hash, fingerprint_of, make_report, reasons_of,

@@ -25,18 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from lnpo.digest import file_sha256
 from lnpo.errors import CheckpointError
-
-_HASH_CHUNK = 1 << 24
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 MEMO_NAME = "weights_sha256.json"
 
@@ -76,7 +66,7 @@ def weights_fingerprint(model_dir: str, memo_dir: str) -> str:
         identity = _file_identity(os.stat(path))
         entry = memo.get(path)
         if not isinstance(entry, dict) or entry.get("identity") != identity or "sha256" not in entry:
-            entry = {"identity": identity, "sha256": _file_sha256(path)}
+            entry = {"identity": identity, "sha256": file_sha256(path)}
             memo[path] = entry
             changed = True
         digest.update(name.encode())

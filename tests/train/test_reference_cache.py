@@ -119,7 +119,7 @@ def test_the_fingerprint_is_memoized_outside_the_model_directory(tmp_path, monke
     assert sorted(os.listdir(model)) == listing  # an input directory is never written
     assert os.listdir(memo) == [rc.MEMO_NAME]
 
-    monkeypatch.setattr(rc, "_file_sha256", lambda path: pytest.fail(f"{path} was hashed again"))
+    monkeypatch.setattr(rc, "file_sha256", lambda path: pytest.fail(f"{path} was hashed again"))
     assert rc.weights_fingerprint(model, memo) == first  # unchanged files: read from the memo
 
 
