@@ -53,6 +53,7 @@ import sys
 from typing import Any
 
 from lnpo.errors import ConfigError
+from lnpo.train import stages
 from lnpo.plan_activations import activation_bytes, layer_bytes_per_token  # noqa: F401  (the planner's API)
 
 GIB = 1024**3
@@ -90,7 +91,7 @@ def model_config(config):
             vocab_size=EMBEDDED_VOCAB, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
             num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
             max_position_embeddings=max(config.data.max_len * 2, 256), **runtime)
-    if config.stage == "rm" and cfg.num_labels == 0:
+    if stages.get(config.stage).num_labels and cfg.num_labels == 0:
         cfg = cfg.replace(num_labels=1, tie_embeddings=False)
     return cfg
 
@@ -104,13 +105,13 @@ def row_length(config) -> int:
 
 def rows_per_micro_batch(config, items: int) -> int:
     """Rows of one micro-batch of ``items`` pairs (examples): exact for "padded", an upper bound otherwise."""
-    if config.stage == "sft" or config.data.layout == "shared_prompt":
+    if stages.get(config.stage).examples == "sft" or config.data.layout == "shared_prompt":
         return items
     return 2 * items
 
 
 def _uses_reference(config) -> bool:
-    if config.stage != "po":
+    if not stages.get(config.stage).objective:
         return False
     from lnpo import losses
 
@@ -328,7 +329,7 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
 
     out = {
         "name": config.name, "stage": config.stage, "layout": config.data.layout,
-        "loss": config.loss.name if config.stage == "po" else None,
+        "loss": config.loss.name if stages.get(config.stage).objective else None,
         "model": {"source": config.model.path or "embedded tiny", "model_type": cfg.model_type,
                   "params": sum(math.prod(i.shape) for i in infos), "matmul_params": matmul_params(cfg),
                   "layers": cfg.num_layers, "hidden": cfg.hidden_size, "heads": cfg.num_heads,
