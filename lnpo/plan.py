@@ -517,12 +517,12 @@ def _normalize_argv(argv: list[str]) -> list[str]:
 
 def main(argv=None):
     from absl import app, flags
-    from ml_collections import config_flags
 
     from lnpo.cli import report_user_errors
-    from lnpo.main import _config_root_on_path
+    from lnpo.config_files import define_config_flag
 
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file", lock_config=True)
+    argv = _normalize_argv(sys.argv if argv is None else argv)
+    define_config_flag(argv)
     flags.DEFINE_integer("chips", None, "number of chips (resolves a -1 in config.mesh.shape)")
     flags.DEFINE_float("hbm_gib", None, "HBM per chip in GiB (default: from --chip_type)")
     flags.DEFINE_string("chip_type", "v5p", f"one of {', '.join(CHIPS)}: peak FLOP/s and HBM")
@@ -541,8 +541,6 @@ def main(argv=None):
         print(json.dumps(p, indent=2, default=str) if F.json else format_plan(p))
         sys.exit(0 if p["fits"] else 1)
 
-    argv = _normalize_argv(sys.argv if argv is None else argv)
-    _config_root_on_path(argv)
     app.run(_run, argv=argv)
 
 
