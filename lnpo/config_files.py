@@ -20,7 +20,7 @@ import ml_collections
 
 from lnpo.errors import InputNotFound
 
-__all__ = ["configs_root", "define_config_flag", "load_config", "load_module", "split_spec"]
+__all__ = ["configs_root", "define_config_flag", "load_config", "load_module", "recipe_file", "split_spec"]
 
 
 def configs_root(path: str | None = None) -> str:
@@ -63,6 +63,18 @@ def load_module(path: str, root: str | None = None):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
+
+
+def recipe_file(name: str) -> str:
+    """``configs/<name>.py`` of lnpo's own configs (next to the ``lnpo`` package, else under the current
+    directory): where lnpo finds a recipe it applies itself (``sft``: the embedded model's SFT stage)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for root in (here, os.getcwd()):
+        path = os.path.join(root, "configs", f"{name}.py")
+        if os.path.isfile(path):
+            return path
+    raise InputNotFound(f"configs/{name}.py: lnpo's {name} recipe is not next to the lnpo package ({here}) "
+                        f"nor under the current directory")
 
 
 def load_config(spec: str, root: str | None = None) -> ml_collections.ConfigDict:

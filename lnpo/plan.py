@@ -48,11 +48,11 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import sys
 from typing import Any
 
 from lnpo.errors import ConfigError
+from lnpo.implied import EMBEDDED_VOCAB, data_parallel, model_config, reference_mode, row_length
 from lnpo.plan_activations import activation_bytes, layer_bytes_per_token  # noqa: F401  (the planner's API)
 
 GIB = 1024**3
@@ -68,53 +68,15 @@ CHIPS: dict[str, tuple[float, float]] = {
     "a100": (312e12, 80.0),
 }
 USABLE_FRACTION = 0.9  # of HBM: XLA's runtime, fragmentation and the unplanned rest
-EMBEDDED_VOCAB = 4096  # upper bound of the embedded task's tokenizer (lnpo.data.embedded)
 from lnpo.plan_activations import ITEMSIZE as _ITEMSIZE  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- inputs
-def model_config(config):
-    """The ``ModelConfig`` the trainer would build for ``config`` (no weights read)."""
-    from lnpo.config import model_runtime
-    from lnpo.models import ModelConfig
-
-    m = config.model
-    runtime = model_runtime(config)
-    if m.path:
-        path = os.path.join(m.path, "config.json")
-        with open(path) as f:
-            cfg = ModelConfig.from_hf(json.load(f), **runtime)
-    else:
-        t = m.tiny
-        cfg = ModelConfig.tiny(
-            vocab_size=EMBEDDED_VOCAB, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
-            max_position_embeddings=max(config.data.max_len * 2, 256), **runtime)
-    if config.stage == "rm" and cfg.num_labels == 0:
-        cfg = cfg.replace(num_labels=1, tie_embeddings=False)
-    return cfg
-
-
-def row_length(config) -> int:
-    """Row length T (mirrors lnpo.train.trainer.row_length)."""
-    if config.data.seq_len:
-        return config.data.seq_len
-    return 2 * config.data.max_len if config.data.layout == "shared_prompt" else config.data.max_len
-
-
 def rows_per_micro_batch(config, items: int) -> int:
     """Rows of one micro-batch of ``items`` pairs (examples): exact for "padded", an upper bound otherwise."""
     if config.stage == "sft" or config.data.layout == "shared_prompt":
         return items
     return 2 * items
-
-
-def _uses_reference(config) -> bool:
-    if config.stage != "po":
-        return False
-    from lnpo import losses
-
-    return losses.requires_reference(config.loss.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +178,7 @@ def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str,
     ref = param_elems * _ITEMSIZE[st.reference_dtype] if st.reference == "in_step" else 0
     grads = params * (2 if st.micro_batches > 1 else 1)  # accumulator (+ this micro-batch's)
 
-    dp = mesh["data"] * mesh["fsdp"]
+    dp = data_parallel(mesh)
     G, A = int(config.train.global_batch), st.micro_batches
     if G % A:
         problems.append(f"train.global_batch {G} is not divisible by train.micro_batches {A}")
@@ -299,8 +261,7 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
     peak, hbm = _resolve_chip(chip_type, hbm_gib, peak_tflops)
     infos, abstract = param_infos(cfg)
 
-    uses_ref = _uses_reference(config)
-    ref_mode = config.reference.mode if uses_ref else "none"
+    ref_mode = reference_mode(config)
     st = Settings(mesh=mesh, micro_batches=int(config.train.micro_batches), remat=cfg.remat, reference=ref_mode,
                   reference_dtype=config.reference.dtype)
     mem = _memory(config, cfg, infos, st, chips, abstract)

@@ -287,18 +287,10 @@ class ModelConfig:
     # ------------------------------------------------------------------ tiny
     @classmethod
     def tiny(cls, vocab_size: int = 256, **overrides) -> "ModelConfig":
-        """A Llama-style model of about 1-5M parameters for the embedded task.
-
-        Defaults (about 3.2M parameters at vocab 256): hidden 256, MLP 768,
-        4 layers, 4 heads, 2 KV heads, tied embeddings; any field can be
-        overridden by keyword.
-        """
-        kw: dict[str, Any] = dict(
-            vocab_size=vocab_size, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
-            num_kv_heads=2, tie_embeddings=True, max_position_embeddings=2048, model_type="llama",
-        )
-        kw.update(overrides)
-        return cls(**kw)
+        """A small Llama-style model with tied embeddings at this dataclass's default sizes (for tests and
+        examples); any field can be overridden by keyword. The embedded task's tiny model is
+        ``lnpo.implied.tiny_model_config`` (sizes from ``config.model.tiny``)."""
+        return cls(**{"vocab_size": vocab_size, "tie_embeddings": True, **overrides})
 
     # ------------------------------------------------------------------ HF
     @classmethod

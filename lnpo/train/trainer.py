@@ -21,7 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 from lnpo import losses as losses_lib
 from lnpo import parallel
-from lnpo.config import ConfigError, data_columns, loss_hparams, model_runtime
+from lnpo.config import ConfigError, data_columns, loss_hparams
+from lnpo.implied import data_parallel, model_runtime, reference_mode, row_length, tiny_model_config
 from lnpo.models import preflight
 from lnpo.train import reference_cache, steps
 from lnpo.train.flops import device_peak_flops, forward_flops_per_token
@@ -114,17 +115,13 @@ def to_global(local: dict, mesh) -> dict:
 # ----------------------------------------------------------------------------- model
 def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0):
     """The policy (or reward model) as an NNX module with parameters placed on ``mesh``."""
-    from lnpo.models import ModelConfig, from_pretrained, init_sharded
+    from lnpo.models import from_pretrained, init_sharded
 
     runtime = model_runtime(config)
     if init_path is None:
-        t = config.model.tiny
-        cfg = ModelConfig.tiny(
-            vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
-            max_position_embeddings=max(config.data.max_len * 2, 256),
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **runtime)
+        cfg = tiny_model_config(config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                num_labels=num_labels)
         return init_sharded(cfg, config.seed, mesh)
     load = functools.partial(from_pretrained, init_path, dtype=runtime.pop("param_dtype"),
                              compute_dtype=runtime.pop("compute_dtype"), mesh=mesh, **runtime)
@@ -165,7 +162,7 @@ def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pair
     ``steps.cached_reference_names(needs)`` (``chosen``, ``rejected``, ...)."""
     from lnpo.data import EvalIterator
 
-    dp = _data_parallel(mesh)
+    dp = data_parallel(mesh.shape)
     iterator = EvalIterator(dataset, global_batch=batch_pairs, layout="padded", seq_len=config.data.max_len,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             row_multiple=max(dp // jax.process_count(), 1))
@@ -186,17 +183,6 @@ def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pair
 
 def _replicated(x, mesh):
     return jax.jit(lambda a: a, out_shardings=NamedSharding(mesh, P()))(x)
-
-
-def row_length(config) -> int:
-    """Row length T of the configured layout (``data.seq_len``, or its default)."""
-    if config.data.seq_len:
-        return config.data.seq_len
-    return 2 * config.data.max_len if config.data.layout == "shared_prompt" else config.data.max_len
-
-
-def _data_parallel(mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -229,24 +215,23 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
                               model_dir=init_path or "(the tiny model)")
 
     # objective and reference
-    objective, hparams, uses_reference = None, {}, False
+    objective, hparams = None, {}
     if stage == "po":
         objective = losses_lib.get(config.loss.name)
         hparams = losses_lib.validate(config.loss.name, loss_hparams(config))
-        uses_reference = losses_lib.requires_reference(config.loss.name)
     A = config.train.micro_batches
     M = config.train.global_batch // A  # pairs (examples) per micro-batch
-    dp = _data_parallel(mesh)
+    dp = data_parallel(mesh.shape)
     row_multiple = max(dp // jax.process_count(), 1)
     chunk = config.train.logprob_chunk
 
     ref_params = ref_graphdef = None
     ref_train = ref_eval = None
-    if uses_reference and config.reference.mode == "in_step":
+    if reference_mode(config) == "in_step":
         ref_dtype = jnp.dtype(config.reference.dtype)
         ref_graphdef = graphdef
         ref_params = steps.reference_copy(params, ref_dtype)
-    elif uses_reference:
+    elif reference_mode(config) == "cache":
         ref_train, ref_eval = _reference_from_cache(config, workdir, init_path, params, graphdef, mesh,
                                                     train_ds, eval_ds, batch_pairs=M)
 
