@@ -15,7 +15,7 @@ import ml_collections
 
 from lnpo.errors import ConfigError
 
-from lnpo.implied import data_parallel, model_runtime, row_length, tiny_model_config
+from lnpo.implied import data_parallel, row_length, tiny_model_config
 
 STAGES = ("sft", "po", "rm")
 REFERENCE_MODES = ("cache", "in_step")
@@ -125,7 +125,8 @@ def _check_tiny_model(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
-    from lnpo.data.sources import PKU_PREFERENCES, PREFERENCE_COLUMNS, SFT_COLUMNS
+    from lnpo.data.adapters import PKU_PREFERENCES
+    from lnpo.data.sources import PREFERENCE_COLUMNS, SFT_COLUMNS
 
     d = config.data
     _choice("data.pku_preference", d.pku_preference, tuple(PKU_PREFERENCES))
