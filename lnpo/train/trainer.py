@@ -23,8 +23,9 @@ from jax.sharding import PartitionSpec as P
 
 from lnpo import losses as losses_lib
 from lnpo import parallel, rundir
-from lnpo.config import ConfigError, data_columns, loss_hparams, model_runtime
+from lnpo.config import ConfigError, data_columns, loss_hparams
 from lnpo.eval_settings import EvalSettings
+from lnpo.implied import data_parallel, model_runtime, reference_mode, row_length, tiny_model_config
 from lnpo.models import preflight
 from lnpo.train import reference_cache, stages, steps
 from lnpo.train.flops import device_peak_flops, forward_flops_per_token
@@ -116,17 +117,13 @@ def to_global(local: dict, mesh) -> dict:
 # ----------------------------------------------------------------------------- model
 def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0):
     """The policy (or reward model) as an NNX module with parameters placed on ``mesh``."""
-    from lnpo.models import ModelConfig, from_pretrained, init_sharded
+    from lnpo.models import from_pretrained, init_sharded
 
     runtime = model_runtime(config)
     if init_path is None:
-        t = config.model.tiny
-        cfg = ModelConfig.tiny(
-            vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
-            max_position_embeddings=max(config.data.max_len * 2, 256),
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **runtime)
+        cfg = tiny_model_config(config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                num_labels=num_labels)
         return init_sharded(cfg, config.seed, mesh)
     load = functools.partial(from_pretrained, init_path, dtype=runtime.pop("param_dtype"),
                              compute_dtype=runtime.pop("compute_dtype"), mesh=mesh, **runtime)
@@ -167,7 +164,7 @@ def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pair
     ``steps.cached_reference_names(needs)`` (``chosen``, ``rejected``, ...)."""
     from lnpo.data import EvalIterator
 
-    dp = _data_parallel(mesh)
+    dp = data_parallel(mesh.shape)
     iterator = EvalIterator(dataset, global_batch=batch_pairs, layout="padded", seq_len=config.data.max_len,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             row_multiple=max(dp // jax.process_count(), 1))
@@ -188,17 +185,6 @@ def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pair
 
 def _replicated(x, mesh):
     return jax.jit(lambda a: a, out_shardings=NamedSharding(mesh, P()))(x)
-
-
-def row_length(config) -> int:
-    """Row length T of the configured layout (``data.seq_len``, or its default)."""
-    if config.data.seq_len:
-        return config.data.seq_len
-    return 2 * config.data.max_len if config.data.layout == "shared_prompt" else config.data.max_len
-
-
-def _data_parallel(mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -245,10 +231,6 @@ def make_stage_step(config, params, graphdef, mesh, *, num_pairs: int, ref_param
                             seed=config.seed, ref_params=ref_params, ref_graphdef=ref_graphdef)
 
 
-def _uses_reference(config) -> bool:
-    return stages.get(config.stage).objective and losses_lib.requires_reference(config.loss.name)
-
-
 def train_stage(config, workdir: str, *, init_path: str | None, paths: rundir.StagePaths | None = None) -> dict:
     """Train ``config.stage`` in ``workdir`` starting from ``init_path`` (None: a fresh tiny model).
 
@@ -269,9 +251,9 @@ def train_stage(config, workdir: str, *, init_path: str | None, paths: rundir.St
     M = config.train.global_batch // A  # pairs (examples) per micro-batch
 
     ref_params = ref_graphdef = ref_train = ref_eval = None
-    if _uses_reference(config) and config.reference.mode == "in_step":
+    if reference_mode(config) == "in_step":
         ref_graphdef, ref_params = graphdef, steps.reference_copy(params, jnp.dtype(config.reference.dtype))
-    elif _uses_reference(config):
+    elif reference_mode(config) == "cache":
         ref_train, ref_eval = _reference_from_cache(config, paths, init_path, params, graphdef, mesh,
                                                     inputs.train, inputs.eval, batch_pairs=M)
     built = make_stage_step(config, params, graphdef, mesh, num_pairs=M, ref_params=ref_params,
@@ -322,7 +304,7 @@ def _global_batches(iterator, ref_train: dict | None, A: int, mesh):
 
 
 def _row_multiple(mesh) -> int:
-    return max(_data_parallel(mesh) // jax.process_count(), 1)
+    return max(data_parallel(mesh.shape) // jax.process_count(), 1)
 
 
 def _cached_reference_slice(ref: dict, indices: np.ndarray, A: int) -> dict:
