@@ -58,6 +58,7 @@ from lnpo.eval_settings import EvalSettings
 from lnpo.evaluate import metrics
 from lnpo.evaluate.generate import generate
 from lnpo.evaluate.scorers import Scorer, make_scorer, prompt_text
+from lnpo.train import stages
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,8 @@ def _check_scorer_spec(scorer) -> None:
         return
     kind, _, path = str(scorer).partition(":")
     if kind not in ("jax", "torch") or not path:
-        raise ConfigError(f"unknown scorer spec {scorer!r}: expected 'embedded', 'jax:/path/to/rm' or 'torch:/path/to/rm'")
+        raise ConfigError(f"unknown scorer spec {scorer!r}: expected 'embedded', 'jax:/path/to/rm' or "
+                          "'torch:/path/to/rm'")
     if not os.path.isdir(os.path.expanduser(path)):
         raise InputNotFound(f"scorer {scorer!r}: {path} is not a directory")
 
@@ -405,6 +407,9 @@ def evaluate_workdir(workdir: str, *, out_dir: str | None = None, settings: Eval
     when given.
     """
     run = rundir.read_run_info(workdir)
+    if stages.get(run.stage).export_kind != "causal_lm":
+        raise ConfigError(f"{rundir.run_json(workdir)}: a {run.stage!r} run exports a "
+                          f"{stages.get(run.stage).export_kind.replace('_', ' ')}, not a policy to sample from")
     policy = run.export or rundir.export_dir(workdir)
     if not os.path.isabs(policy):
         policy = os.path.join(workdir, policy)
