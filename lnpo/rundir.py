@@ -15,6 +15,8 @@ Stdlib only (``lnpo.report`` reads run directories without JAX).
     <workdir>/eval/samples.jsonl       one line per policy sample, and
     <workdir>/eval/sft_samples.jsonl   the SFT model's samples
     <workdir>/DONE                     a finished embedded-SFT stage (its export loads)
+    <workdir>/sweep_run.json           a sweep's run: its name, method, config file and overrides
+    <workdir>/error.log                a failed sweep run's traceback (run.json: status failed, error)
     <runs root>/embedded_task/seed<s>/ the embedded task's files
     <runs root>/sft-embedded-<hash>/   the embedded SFT model, shared by runs under the same root
     <runs root>/reference_cache/       reference log-probs keyed by weights + data + numerics
@@ -45,6 +47,8 @@ METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 DONE = "DONE"
+SWEEP_RUN = "sweep_run.json"
+ERROR_LOG = "error.log"
 
 
 # ----------------------------------------------------------------------------- one run's directory
@@ -88,6 +92,14 @@ def checkpoints_dir(workdir: str) -> str:
 
 def done_marker(workdir: str) -> str:
     return os.path.join(workdir, DONE)
+
+
+def sweep_run_record(workdir: str) -> str:
+    return os.path.join(workdir, SWEEP_RUN)
+
+
+def error_log(workdir: str) -> str:
+    return os.path.join(workdir, ERROR_LOG)
 
 
 # ----------------------------------------------------------------------------- what runs share

@@ -37,7 +37,7 @@ def execute_run(spec: RunSpec, *, config: ml_collections.ConfigDict | None = Non
     config = config if config is not None else spec.config()
     if is_writer():
         os.makedirs(spec.workdir, exist_ok=True)
-        write_json(os.path.join(spec.workdir, "sweep_run.json"), run_record(spec))
+        write_json(rundir.sweep_run_record(spec.workdir), run_record(spec))
     evaluate = bool(config.eval.enabled)
     status = run_status(spec.workdir, evaluate=evaluate)
     info = rundir.read_run_json(spec.workdir) or {}

@@ -87,7 +87,7 @@ def record_failure(spec: RunSpec, exc: BaseException, config: ml_collections.Con
     info["status"] = "failed"
     info["error"] = one_line(exc)
     rundir.write_run_info(spec.workdir, info)
-    with open(os.path.join(spec.workdir, "error.log"), "w", encoding="utf-8") as f:
+    with open(rundir.error_log(spec.workdir), "w", encoding="utf-8") as f:
         f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
@@ -99,7 +99,7 @@ def run_record(spec: RunSpec) -> dict:
 
 def settings_changed(spec: RunSpec) -> bool:
     """Whether the run's ``sweep_run.json`` names another config file or other overrides than ``spec``."""
-    old = read_json(os.path.join(spec.workdir, "sweep_run.json"))
+    old = read_json(rundir.sweep_run_record(spec.workdir))
     if old is None:
         return False
     new = json.loads(json.dumps(run_record(spec), default=str))

@@ -21,6 +21,7 @@ from lnpo.models import preflight
 from lnpo.train import distributed, outputs, stages, trainer
 from lnpo.train.preemption import process_flag
 
+
 def sft_config_for(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The SFT-stage config that makes the embedded starting model for ``config``: the one SFT recipe,
     ``configs/sft.py``'s ``sft_stage``, applied to a copy of ``config``."""

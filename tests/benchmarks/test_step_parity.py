@@ -4,7 +4,6 @@ with the same state shardings and the same donated arguments."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -15,14 +14,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "64", "--batch", "2",
         "--prompt-len", "6", "--response-len", "6", "--steps", "2", "--warmup", "1", "--logprob-chunk", "8"]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("dpo_step", os.path.join(ROOT, "benchmarks", "dpo_step.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _trainer_config(bench, args, total_steps: int):
