@@ -65,7 +65,7 @@ def _check_attention(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_context(config: ml_collections.ConfigDict, context: int) -> None:
-    """A context axis splits every row's positions evenly (einsum or splash attention)."""
+    """A context axis splits every row's positions evenly (einsum, ring or splash attention)."""
     if context == 1:
         return
     length = row_length(config)
@@ -74,7 +74,12 @@ def _check_context(config: ml_collections.ConfigDict, context: int) -> None:
                           f"(data.seq_len, else data.max_len, doubled for shared_prompt)")
     if config.model.attn_implementation == "cudnn":
         raise ConfigError(f"config.model.attn_implementation: {config.model.attn_implementation!r} does not split a "
-                          f"row over the context axis ({context}); use 'xla'")
+                          f"row over the context axis ({context}); use 'xla' or 'ring'")
+    chunk = config.model.attn_query_chunk
+    if config.model.attn_implementation == "ring" and 0 < chunk < length // context and (length // context) % chunk:
+        raise ConfigError(f"config.model.attn_query_chunk: with 'ring' attention it must divide each context "
+                          f"shard's {length // context} positions (row length {length} / context {context}), "
+                          f"got {chunk}")
 
 
 def check_unit_interval(field: str, value) -> None:

@@ -195,3 +195,33 @@ def named_sharding(mesh: Mesh, axes: Sequence[str | None] | None, rules=DEFAULT_
     """``NamedSharding`` for an array annotated with logical ``axes`` (of ``shape``: mesh axes
     that do not divide a dimension replicate it, see :func:`logical_to_spec`)."""
     return NamedSharding(mesh, logical_to_spec(axes, rules, shape=shape, mesh_shape=dict(mesh.shape)))
+
+
+def batch_group(device_grid: np.ndarray, process_index: int) -> tuple[int, int]:
+    """``(group, groups)``: which slice of the global batch process ``process_index`` feeds, of how many.
+
+    ``device_grid`` is a ``(data, fsdp, tensor, context)`` array of devices (a mesh's ``devices``).
+    The batch is split over ``data x fsdp`` only, so processes whose devices differ only along
+    ``tensor`` or ``context`` (a context axis spanning hosts) hold the same rows: they form one
+    group and must be fed the same data; each group feeds ``1 / groups`` of every micro-batch, in
+    the order of its batch shards. Raises ConfigError when processes hold overlapping, unequal
+    or non-contiguous parts of the batch axis (a mesh no host-local feeding can fill)."""
+    grid = np.asarray(device_grid)
+    fsdp = grid.shape[1]
+    shards: dict[int, set[int]] = {}
+    for index in np.ndindex(grid.shape):
+        shards.setdefault(int(grid[index].process_index), set()).add(index[0] * fsdp + index[1])
+    groups = sorted({tuple(sorted(s)) for s in shards.values()})
+    flat = [shard for group in groups for shard in group]
+    size = len(groups[0])
+    contiguous = all(list(g) == list(range(g[0], g[0] + size)) for g in groups)
+    if len(flat) != len(set(flat)) or any(len(g) != size for g in groups) or not contiguous:
+        raise ConfigError(f"mesh: the processes hold overlapping or uneven parts of the batch axes (data x fsdp "
+                          f"shards per process: { {p: sorted(s) for p, s in sorted(shards.items())} }); give each "
+                          f"host whole batch shards (put tensor and context inside hosts or across them evenly)")
+    return groups.index(tuple(sorted(shards[process_index]))), len(groups)
+
+
+def process_batch_group(mesh: Mesh) -> tuple[int, int]:
+    """:func:`batch_group` of this process on ``mesh``."""
+    return batch_group(mesh.devices, jax.process_index())

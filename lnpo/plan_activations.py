@@ -11,7 +11,7 @@ from __future__ import annotations
 ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def layer_bytes_per_token(cfg, tensor: int, seq_len: int) -> dict[str, float]:
+def layer_bytes_per_token(cfg, tensor: int, seq_len: int, context: int = 1) -> dict[str, float]:
     """Bytes per token of one layer's saved activations on one chip, by remat policy
     (and ``"working"``: what the layer being differentiated holds at once).
 
@@ -28,7 +28,12 @@ def layer_bytes_per_token(cfg, tensor: int, seq_len: int) -> dict[str, float]:
       ``attn_implementation="cudnn"`` only the mask as a compute-dtype bias
       (``s`` bytes per key, one head); with ``"splash"`` no score or mask array at all,
       only the kernel's float32 log-sum-exp per head (``4 H`` bytes per token; the
-      backward pass adds its float32 row statistics, ``8 H``);
+      backward pass adds its float32 row statistics, ``8 H``); with ``"ring"`` on a
+      context axis of ``c`` the ring's ``c`` rematerialized steps each keep their input:
+      the float32 running maximum, normalizer and output (``8 H + 4 H Dh``) and the
+      key block passing through (``2 K Dh s`` and 16 bytes of ids), while one block's
+      scores (``S / c`` keys, about 7 float32 copies while it is differentiated) are
+      live at a time;
     - ``"full"``: the layer input only;
     - ``"dots"`` / ``"minimal"``: the outputs of the weight matmuls (q, k, v, o,
       gate, up, down);
@@ -53,6 +58,15 @@ def layer_bytes_per_token(cfg, tensor: int, seq_len: int) -> dict[str, float]:
         saved_probs, working_probs, dots_attention = s * S, s * S, 0.0
     elif cfg.attn_implementation == "splash":
         saved_probs, working_probs, dots_attention = 4.0 * H, 12.0 * H, 0.0
+    elif cfg.attn_implementation == "ring" and context > 1:
+        saved_probs = context * (8.0 * H + 4.0 * H * Dh + 2.0 * K * Dh * s + 16.0)
+        # the block being differentiated: its scores, masked scores, exponentials, probabilities and
+        # their cotangents, about 7 float32 copies per head, query and key of the block (XLA:CPU)
+        # (one query chunk's share with attn_query_chunk dividing the shard's S / c positions)
+        block = S / context
+        if 0 < cfg.attn_query_chunk < block and block % cfg.attn_query_chunk == 0:
+            block = cfg.attn_query_chunk
+        working_probs, dots_attention = saved_probs + 28.0 * H * block, 0.0
     elif 0 < cfg.attn_query_chunk < S:
         saved_probs, working_probs, dots_attention = 1.0 * S, scores * cfg.attn_query_chunk / S, 0.0
     else:
@@ -76,7 +90,7 @@ def activation_bytes(cfg, *, remat: str, rows: int, seq_len: int, tensor: int, c
     ``seq_len / context`` positions of its rows (hidden states, MLP, queries, their
     scores over all ``seq_len`` keys, the log-softmax chunks), plus ``gathered``: one
     layer's keys and values of the whole row (all-gathered; with remat "none" kept for
-    every layer).
+    every layer; with ring attention only two blocks of ``seq_len / context`` keys and values).
 
     ``saved``: what the remat policy keeps for every layer; ``working``: one
     layer's full set (the layer being recomputed and differentiated);
@@ -86,7 +100,7 @@ def activation_bytes(cfg, *, remat: str, rows: int, seq_len: int, tensor: int, c
     than the parameters, autodiff also keeps every layer's weights cast to the
     compute dtype (``layer_weight_elements`` per chip per layer).
     """
-    per_layer = layer_bytes_per_token(cfg, tensor, seq_len)
+    per_layer = layer_bytes_per_token(cfg, tensor, seq_len, context)
     tokens = rows * seq_len / context
     saved = cfg.num_layers * per_layer[remat] * tokens
     working = per_layer["working"] * tokens
@@ -96,7 +110,10 @@ def activation_bytes(cfg, *, remat: str, rows: int, seq_len: int, tensor: int, c
     gathered = 0.0
     if context > 1:  # k and v of the whole row, compute dtype, this chip's kv heads
         one = 2 * rows * seq_len * (cfg.num_kv_heads / tensor) * cfg.head_dim * ITEMSIZE[cfg.compute_dtype]
-        gathered = one * (cfg.num_layers + 1 if remat == "none" else 1)
+        if cfg.attn_implementation == "ring":  # no whole row: the block attended and the one arriving
+            gathered = 2 * one / context
+        else:
+            gathered = one * (cfg.num_layers + 1 if remat == "none" else 1)
     casts = 0.0
     if remat == "none" and cfg.compute_dtype != cfg.param_dtype:
         casts = cfg.num_layers * layer_weight_elements * ITEMSIZE[cfg.compute_dtype]

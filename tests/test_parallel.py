@@ -1,10 +1,12 @@
 """lnpo.parallel: logical axis rules and mesh shapes."""
 
 import jax
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from lnpo import parallel
+from lnpo.errors import ConfigError
 
 
 def test_parameter_axes_map_to_fsdp_and_tensor():
@@ -79,3 +81,34 @@ def test_a_mesh_axis_that_does_not_divide_a_dimension_replicates_it():
     mesh = {"data": 3, "fsdp": 2, "tensor": 1}
     assert parallel.logical_to_spec(("batch", None), shape=(6, 5), mesh_shape=mesh) == P(("data", "fsdp"), None)
     assert parallel.logical_to_spec(("batch", None), shape=(3, 5), mesh_shape=mesh) == P("data", None)
+
+
+class _Device:
+    def __init__(self, process_index):
+        self.process_index = process_index
+
+
+def _grid(shape, processes_of):
+    """A (data, fsdp, tensor, context) grid of fake devices, process ``processes_of(index)`` each."""
+    grid = np.empty(shape, dtype=object)
+    for index in np.ndindex(shape):
+        grid[index] = _Device(processes_of(index))
+    return grid
+
+
+def test_batch_group_hosts_on_the_data_axis_each_feed_their_own_rows():
+    grid = _grid((4, 1, 1, 2), lambda i: i[0] // 2)  # 2 hosts x (2 data shards x context 2)
+    assert [parallel.batch_group(grid, p) for p in (0, 1)] == [(0, 2), (1, 2)]
+
+
+def test_batch_group_a_context_axis_across_hosts_makes_them_feed_the_same_rows():
+    grid = _grid((2, 1, 1, 8), lambda i: 2 * i[0] + i[3] // 4)  # 4 hosts; context 8 spans 2 of them
+    assert [parallel.batch_group(grid, p) for p in range(4)] == [(0, 2), (0, 2), (1, 2), (1, 2)]
+    one = _grid((1, 1, 1, 8), lambda i: i[3] // 4)  # the whole mesh one context group
+    assert [parallel.batch_group(one, p) for p in (0, 1)] == [(0, 1), (0, 1)]
+
+
+def test_batch_group_refuses_hosts_that_share_part_of_their_rows():
+    grid = _grid((3, 1, 1, 2), lambda i: (2 * i[0] + i[3]) // 3)  # host 0: shards 0,1 (half); host 1: 1,2
+    with pytest.raises(ConfigError, match=r"mesh: the processes hold overlapping or uneven parts"):
+        parallel.batch_group(grid, 0)

@@ -44,12 +44,12 @@ from lnpo import parallel, plan as planlib
 assert jax.device_count() == 8
 
 out = {}
-for shape in [(2, 1, 1), (2, 1, 1, 2), (2, 1, 1, 4)]:
-    config = _config(MODEL, **dict(ROWS, **{"mesh.shape": shape}))
+for shape, attn in [((2, 1, 1), "xla"), ((2, 1, 1, 2), "xla"), ((2, 1, 1, 4), "xla"), ((2, 1, 1, 4), "ring")]:
+    config = _config(MODEL, **dict(ROWS, **{"mesh.shape": shape, "model.attn_implementation": attn}))
     chips = 2 * (shape[3] if len(shape) == 4 else 1)
     planned = planlib.plan(config, chips=chips)["bytes"]["activations"]
     mesh = parallel.make_mesh(shape, devices=jax.devices()[:chips])
-    out[str(shape)] = {"planned": planned, "compiled": _compiled_temp_bytes(config, mesh)}
+    out[f"{shape} {attn}"] = {"planned": planned, "compiled": _compiled_temp_bytes(config, mesh)}
 print("RESULT" + json.dumps(out))
 """
 
@@ -58,7 +58,8 @@ print("RESULT" + json.dumps(out))
 def test_context_axis_activation_estimate_tracks_compiled_step(tmp_path, simulated_devices):
     """Per chip, a context axis of c holds 1/c of each row's positions (and the gathered keys and
     values): the planned activations and XLA's per-device temp allocation agree for c = 1, 2, 4
-    on 2 data shards, and both fall below 40% from c = 1 to c = 4."""
+    on 2 data shards, and both fall below 40% from c = 1 to c = 4; with ring attention (no chip
+    holds a row's keys or its scores over them) both are below the gathered keys' at c = 4."""
     model = _model_dir(tmp_path, **MODEL)
     env = dict(os.environ, **simulated_devices(8), PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = f"REPO={REPO!r}\nMODEL={model!r}\nROWS={ROWS!r}\n" + CONTEXT
@@ -69,5 +70,6 @@ def test_context_axis_activation_estimate_tracks_compiled_step(tmp_path, simulat
     for shape, r in result.items():
         ratio = r["compiled"] / r["planned"]
         assert ACTIVATION_FACTOR[0] <= ratio <= ACTIVATION_FACTOR[1], (shape, r)
-    one, four = result["(2, 1, 1)"], result["(2, 1, 1, 4)"]
+    one, four, ring = result["(2, 1, 1) xla"], result["(2, 1, 1, 4) xla"], result["(2, 1, 1, 4) ring"]
     assert four["planned"] < 0.4 * one["planned"] and four["compiled"] < 0.4 * one["compiled"]
+    assert ring["planned"] < four["planned"] and ring["compiled"] < four["compiled"]

@@ -195,6 +195,13 @@ class Attention(nnx.Module):
                                            window=window, scale=self.scale, softcap=self.softcap)
             out = constrain(out, ("batch", "length", "act_heads", None))
             return self.o_proj(out), None
+        if kv_cache is None and self.implementation == "ring":
+            from lnpo.models.ring import ring_attention  # lnpo.models.ring imports this module
+
+            out = ring_attention(q, k, v, q_info, window, scale=self.scale, softcap=self.softcap,
+                                 query_chunk=self.query_chunk)
+            out = constrain(out, ("batch", "length", "act_heads", None))
+            return self.o_proj(out), None
         if kv_cache is None:  # the whole row's keys for this shard's queries (context parallelism)
             k = constrain(k, ("batch", None, "act_heads", None))
             v = constrain(v, ("batch", None, "act_heads", None))

@@ -28,7 +28,7 @@ from lnpo.models.hf_config import (
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
 REMAT_POLICIES = ("none", "full", "dots", "minimal", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTN_IMPLEMENTATIONS = ("xla", "cudnn", "splash")
+ATTN_IMPLEMENTATIONS = ("xla", "cudnn", "splash", "ring")
 # How a model runs, not what it is: not in an HF config.json, set when a model is built or loaded.
 RUNTIME_FIELDS = ("param_dtype", "compute_dtype", "remat", "attn_query_chunk", "attn_implementation")
 
@@ -115,7 +115,12 @@ class ModelConfig:
     (``lnpo.models.splash``: causal / local static masks with segment ids; shared-prompt
     branches as two key sets merged by log-sum-exp; GQA, soft-capping and any head_dim;
     not with sliding windows and branches together; off TPU it runs in Pallas' interpret
-    mode). Decoding with a KV cache always uses ``"xla"``. ``"cudnn"`` supports
+    mode). ``"ring"`` (``lnpo.models.ring``) is for a context mesh axis: each chip keeps its
+    slice of a row and the keys and values go round the ring, one block at a time, with an
+    online softmax (per chip ``[B, H, T/c, T/c]`` scores for one block instead of the
+    all-gathered ``[B, H, T/c, T]``; with ``attn_query_chunk`` dividing ``T/c``, one chunk's
+    ``[B, H, chunk, T/c]``); without a context axis it is ``"xla"``.
+    Decoding with a KV cache always uses ``"xla"``. ``"cudnn"`` supports
     neither ``attn_logit_softcap`` nor ``attn_query_chunk``; ``"splash"`` not the latter.
 
     ``num_labels`` > 0 adds a sequence-classification score head

@@ -32,8 +32,10 @@ tx = optax.sgd(1.0)
 sums_fn = stages.micro_sums_fn("po", objective=objective, num_pairs=len(pairs), chunk_size=16)
 mesh = parallel.make_mesh((2, 1, 1, 4))
 out = {}
-for layout, chunk in (("padded", 0), ("packed", 0), ("shared_prompt", 0), ("shared_prompt", 32)):
-    graphdef, params = nnx.split(Decoder(cfg.replace(attn_query_chunk=chunk), rngs=nnx.Rngs(0)), nnx.Param)
+for layout, chunk, impl in (("padded", 0, "xla"), ("packed", 0, "xla"), ("shared_prompt", 0, "xla"),
+                            ("shared_prompt", 32, "xla"), ("packed", 0, "ring"), ("shared_prompt", 0, "ring")):
+    graphdef, params = nnx.split(Decoder(cfg.replace(attn_query_chunk=chunk, attn_implementation=impl),
+                                         rngs=nnx.Rngs(0)), nnx.Param)
     T = 128 if layout == "shared_prompt" else 64
     rows = {"padded": 8, "packed": 6, "shared_prompt": 4}[layout]
     mb = {k: np.asarray(v, np.int32) for k, v in layout_pairs(pairs, layout, T, num_rows=rows).items()}
@@ -60,8 +62,10 @@ for layout, chunk in (("padded", 0), ("packed", 0), ("shared_prompt", 0), ("shar
     hlo = cp_fn.lower(params, batch).compile().as_text()
     cp = cp_fn(params, batch)
     leaves = lambda t: [np.asarray(x, np.float64).ravel().tolist() for x in jax.tree.leaves(t)]
-    out[f"{layout} {chunk}"] = {"loss": [float(single[0]), float(cp[0])], "grads": [leaves(single[1]), leaves(cp[1])],
+    out[f"{layout} {chunk} {impl}"] = {"loss": [float(single[0]), float(cp[0])],
+                   "grads": [leaves(single[1]), leaves(cp[1])],
                    "params": [leaves(single[2]), leaves(cp[2])], "all_gather": "all-gather" in hlo,
+                   "permute": "collective-permute" in hlo,
                    "split_rows": f"f32[{rows // 2},{T // 4},32]" in hlo,
                    "rows": rows, "branches": int(mb["branch_ids"].max()), "segments": int(mb["segment_ids"].max())}
 print("RESULT" + json.dumps(out))
@@ -73,12 +77,16 @@ def test_a_data_by_context_mesh_gives_one_devices_losses_gradients_and_step(simu
     """(data=2, context=4): each row's 64 or 128 positions split over 4 chips (keys and values
     gathered per layer, a sliding-window and a global layer); the DPO loss equals one device's to
     1e-5 relative, every gradient and every parameter after one SGD step to fp32 rounding; also
-    with query chunks of 32 (strided, so each chunk spans the shards)."""
+    with query chunks of 32 (strided, so each chunk spans the shards), and with ring attention (the
+    keys and values passed round the context axis instead of gathered)."""
     proc = run_python(SCRIPT, env_extra=simulated_devices(8))
     result = result_of(proc)
     for layout, r in result.items():
         assert r["split_rows"], layout  # each chip's activations: its rows' quarter of the positions
-        assert r["all_gather"], layout  # the keys/values of a row cross the context shards
+        if layout.endswith("ring"):  # the keys/values go round the ring, block by block
+            assert r["permute"], layout
+        else:  # the keys/values of a row are gathered across the context shards
+            assert r["all_gather"], layout
         single, cp = r["loss"]
         assert abs(cp - single) <= 1e-5 * abs(single), (layout, single, cp)
         for a, b in zip(*r["grads"]):
@@ -86,5 +94,6 @@ def test_a_data_by_context_mesh_gives_one_devices_losses_gradients_and_step(simu
             assert np.linalg.norm(b - a) <= 1e-5 * max(np.linalg.norm(a), 1e-30), layout
         for a, b in zip(*r["params"]):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=layout)
-    assert result["packed 0"]["segments"] > 1 and result["shared_prompt 0"]["branches"] == 2
-    assert sorted(result) == ["packed 0", "padded 0", "shared_prompt 0", "shared_prompt 32"]
+    assert result["packed 0 xla"]["segments"] > 1 and result["shared_prompt 0 xla"]["branches"] == 2
+    assert sorted(result) == ["packed 0 ring", "packed 0 xla", "padded 0 xla", "shared_prompt 0 ring",
+                              "shared_prompt 0 xla", "shared_prompt 32 xla"]
