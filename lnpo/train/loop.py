@@ -155,6 +155,7 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
     return FitResult(step=step, preempted=preempted, last_metrics=last, state=state)
 
 
-def real_tokens(batch: dict) -> float:
-    """Non-padding tokens of a host-local numpy batch, times the number of processes."""
-    return float(np.count_nonzero(np.asarray(batch["segment_ids"]))) * jax.process_count()
+def real_tokens(batch: dict, groups: int) -> float:
+    """Non-padding tokens of the global batch: a host-local numpy batch's, times the number of batch
+    groups (:func:`lnpo.parallel.batch_group`) that each feed such a share."""
+    return float(np.count_nonzero(np.asarray(batch["segment_ids"]))) * groups

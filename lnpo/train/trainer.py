@@ -104,12 +104,15 @@ def _print_reports(loaded, tokenized) -> None:
 
 
 def to_global(local: dict, mesh) -> dict:
-    """Assemble host-local ``[A, n_local, ...]`` arrays into global arrays split along axis 1."""
+    """Assemble host-local ``[A, n_local, ...]`` arrays into global arrays split along axis 1: each of
+    the mesh's batch groups (:func:`lnpo.parallel.batch_group`; one per process unless a tensor or
+    context axis spans processes) holds ``n_local`` of the global rows."""
     sharding = NamedSharding(mesh, BATCH_SPEC)
+    _, groups = parallel.process_batch_group(mesh)
     out = {}
     for key, value in local.items():
         value = np.asarray(value)
-        global_shape = (value.shape[0], value.shape[1] * jax.process_count()) + value.shape[2:]
+        global_shape = (value.shape[0], value.shape[1] * groups) + value.shape[2:]
         out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
     return out
 
@@ -164,10 +167,9 @@ def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pair
     ``steps.cached_reference_names(needs)`` (``chosen``, ``rejected``, ...)."""
     from lnpo.data import EvalIterator
 
-    dp = data_parallel(mesh.shape)
+    group, groups = parallel.process_batch_group(mesh)
     iterator = EvalIterator(dataset, global_batch=batch_pairs, layout="padded", seq_len=config.data.max_len,
-                            process_index=jax.process_index(), process_count=jax.process_count(),
-                            row_multiple=max(dp // jax.process_count(), 1))
+                            process_index=group, process_count=groups, row_multiple=_row_multiple(mesh))
     fn = make_reference_logps_fn(graphdef, mesh, num_pairs=batch_pairs, chunk_size=config.train.logprob_chunk,
                                  needs=needs)
     names = steps.cached_reference_names(needs)
@@ -285,32 +287,34 @@ def _train_iterator(config, stage: stages.Stage, train_ds, mesh):
     from lnpo.data import PairIterator, SFTIterator
 
     iterator_cls = SFTIterator if stage.examples == "sft" else PairIterator
+    group, groups = parallel.process_batch_group(mesh)
     return iterator_cls(train_ds, global_batch=config.train.global_batch, micro_batches=config.train.micro_batches,
                         layout=config.data.layout, seq_len=row_length(config), seed=config.seed,
-                        process_index=jax.process_index(), process_count=jax.process_count(),
-                        row_multiple=_row_multiple(mesh))
+                        process_index=group, process_count=groups, row_multiple=_row_multiple(mesh))
 
 
 def _global_batches(iterator, ref_train: dict | None, A: int, mesh):
     """``(global batch, its real token count)`` forever: the iterator's next host-local batch, with its
     cached reference values (``ref_train``) sliced in, assembled into global arrays."""
+    group, groups = parallel.process_batch_group(mesh)
     while True:
         indices = iterator.next_indices()
         local = iterator.build(indices)
-        tokens = real_tokens(local)
+        tokens = real_tokens(local, groups)
         if ref_train is not None:
-            local.update(_cached_reference_slice(ref_train, indices, A))
+            local.update(_cached_reference_slice(ref_train, indices, A, (group, groups)))
         yield to_global(local, mesh), tokens
 
 
 def _row_multiple(mesh) -> int:
-    return max(data_parallel(mesh.shape) // jax.process_count(), 1)
+    """The batch shards of this process's batch group: its rows per micro-batch are a multiple of it."""
+    return max(data_parallel(mesh.shape) // parallel.process_batch_group(mesh)[1], 1)
 
 
-def _cached_reference_slice(ref: dict, indices: np.ndarray, A: int) -> dict:
-    """This host's ``ref_<name>`` ``[A, L]`` (``ref_chosen``, ``ref_rejected``, ...) for global batch
-    ``indices`` (-1 = dummy); ``ref`` maps the cached names to ``[N]`` arrays."""
-    h, H = jax.process_index(), jax.process_count()
+def _cached_reference_slice(ref: dict, indices: np.ndarray, A: int, group: tuple[int, int]) -> dict:
+    """Batch group ``group = (g, G)``'s ``ref_<name>`` ``[A, L]`` (``ref_chosen``, ``ref_rejected``, ...) for
+    global batch ``indices`` (-1 = dummy); ``ref`` maps the cached names to ``[N]`` arrays."""
+    h, H = group
     own = indices.reshape(A, H, -1)[:, h, :]
     safe = np.where(own >= 0, own, 0)
     return {f"ref_{name}": np.where(own >= 0, values[safe], 0.0).astype(np.float32) for name, values in ref.items()}
@@ -351,9 +355,10 @@ def make_held_out_loss(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_
     over every batch, then divided once. (Not the generation-based evaluation of :mod:`lnpo.evaluate`.)"""
     from lnpo.data import EvalIterator
 
+    group, groups = parallel.process_batch_group(mesh)
     iterator = EvalIterator(eval_ds, global_batch=pairs, layout=config.data.layout, seq_len=row_length(config),
-                            process_index=jax.process_index(), process_count=jax.process_count(),
-                            row_multiple=_row_multiple(mesh), max_batches=config.train.eval_batches)
+                            process_index=group, process_count=groups, row_multiple=_row_multiple(mesh),
+                            max_batches=config.train.eval_batches)
 
     def eval_fn(params, batch, ref_params, loss_hparams):
         with parallel.use_rules(mesh):
@@ -368,7 +373,7 @@ def make_held_out_loss(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_
             if ref_eval is not None:
                 indices = np.arange(b * pairs, (b + 1) * pairs)
                 indices[indices >= len(eval_ds)] = -1
-                local.update(_cached_reference_slice(ref_eval, indices, 1))
+                local.update(_cached_reference_slice(ref_eval, indices, 1, (group, groups)))
             sums = jax.device_get(jitted(state.params, to_global(local, mesh), ref_params, loss_hparams))
             sums = jax.tree.map(np.float64, sums)  # summed over batches on the host in float64
             total = sums if total is None else jax.tree.map(np.add, total, sums)

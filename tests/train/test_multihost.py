@@ -40,7 +40,7 @@ for layout in ("padded", "packed", "shared_prompt"):
     for step in range(3):
         indices = it.next_indices()
         local = it.build(indices)
-        local.update(trainer._cached_reference_slice(ref, indices, 2))
+        local.update(trainer._cached_reference_slice(ref, indices, 2, parallel.process_batch_group(mesh)))
         full = multihost_utils.process_allgather(trainer.to_global(local, mesh), tiled=True)
         for key, value in full.items():
             out[f"{layout}/{step}/{key}"] = np.asarray(value)
@@ -75,7 +75,7 @@ def test_two_hosts_assemble_the_single_process_global_batch(tmp_path, tiny_sft_d
         for step in range(3):
             indices = it.next_indices()
             one = it.build(indices)
-            one.update(trainer._cached_reference_slice(ref, indices, 2))
+            one.update(trainer._cached_reference_slice(ref, indices, 2, (0, 1)))
             two = {k: hosts[f"{layout}/{step}/{k}"] for k in one}
             # Which pairs, their validity and their cached reference log-probs: identical.
             for key in ("example_valid", "ref_chosen", "ref_rejected"):
@@ -134,6 +134,25 @@ def test_checkpoints_move_between_process_counts_and_meshes(tmp_path, tiny_sft_d
     assert sorted(moved) == sorted(one) == [1, 2, 3, 4]
     for step in one:
         assert moved[step] == pytest.approx(one[step], rel=2e-5, abs=2e-6), step
+
+
+@pytest.mark.slow
+def test_a_context_axis_across_hosts_trains_like_one_process(tmp_path, tiny_sft_dir, task_files, simulated_devices):
+    """2 processes x 2 devices on a (1, 1, 1, 4) mesh: the context axis spans both hosts, so they form
+    one batch group and feed the same rows (each chip a quarter of every row's positions, ring
+    attention passing key blocks between the hosts); the losses of 3 steps (cached reference) equal
+    one process's on one device."""
+    base = {"train.steps": 3, "optim.schedule": "constant", "model.attn_implementation": "ring"}
+    workdir = str(tmp_path / "context")
+    head = f"MODEL={tiny_sft_dir!r}\nTASK={task_files!r}\nWORKDIR={workdir!r}\n"
+    head += f"OVERRIDES={dict(base, **{'mesh.shape': (1, 1, 1, 4)})!r}\n"
+    assert run_processes(TRAIN, 2, head=head, env_extra=simulated_devices(2)) == [{"steps": 3, "devices": 4}] * 2
+    single = str(tmp_path / "single")
+    run(small_config(tiny_sft_dir, task_files, **base), single)
+    spread, one = losses_of(workdir), losses_of(single)
+    assert sorted(spread) == sorted(one) == [1, 2, 3]
+    for step in one:
+        assert spread[step] == pytest.approx(one[step], rel=2e-5, abs=2e-6), step
 
 
 # ----------------------------------------------------------------------------- the reference cache
