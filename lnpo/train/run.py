@@ -16,6 +16,7 @@ import os
 import jax
 import ml_collections
 
+from lnpo import parallel
 from lnpo.config import ConfigError, validate
 from lnpo.train import distributed, outputs
 from lnpo.train.preemption import process_flag
@@ -62,7 +63,7 @@ def embedded_sft_workdir(config, workdir: str) -> str:
         "sft": config.sft.to_dict(),
         "data": {k: config.data[k] for k in ("max_prompt_len", "max_len", "truncation")},
         "seed": config.seed,
-        "mesh": list(config.mesh.shape),
+        "mesh": list(parallel.mesh_shape_of(config.mesh)),
     })
     return os.path.join(runs_root(config), f"sft-embedded-{key}")
 

@@ -191,7 +191,7 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     from lnpo.data import PairIterator, SFTIterator
 
     stage = config.stage
-    mesh = parallel.make_mesh(config.mesh.shape)
+    mesh = parallel.make_mesh(parallel.mesh_shape_of(config.mesh))
     embedded_paths = None
     if config.data.source == "embedded" or init_path is None:
         from lnpo.data.embedded import materialize
