@@ -109,7 +109,7 @@ def test_named_axes_and_the_tuple_form_resolve_to_the_same_mesh():
 
 @pytest.mark.parametrize("section, message", [
     (_mesh(shape=(1, -1, 1), tensor=2), r"^config\.mesh\.shape: \(1, -1, 1\) and mesh\.tensor=2 both set the mesh"),
-    ({"fsdp": -1, "pipeline": 2}, r"^config\.mesh\.pipeline: not a mesh axis; the axes are data, fsdp, tensor, context"),
+    ({"fsdp": -1, "pipeline": 2}, r"^config\.mesh\.pipeline: not a mesh axis; the axes are data, fsdp, tensor"),
     (_mesh(fsdp="4"), r"^config\.mesh\.fsdp: a mesh axis size must be an integer .*got '4'"),
     (_mesh(tensor=1.5), r"^config\.mesh\.tensor: a mesh axis size must be an integer"),
     (_mesh(shape="1,-1,1"), r"^config\.mesh\.shape: must be a tuple"),
