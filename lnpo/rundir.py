@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 
+from lnpo import parallel
 from lnpo.errors import CheckpointError, InputNotFound
 from lnpo.eval_settings import EvalSettings
 
@@ -134,7 +135,7 @@ def embedded_sft_workdir(config) -> str:
         "sft": config.sft.to_dict(),
         "data": {k: config.data[k] for k in ("max_prompt_len", "max_len", "truncation")},
         "seed": config.seed,
-        "mesh": list(config.mesh.shape),
+        "mesh": list(parallel.mesh_shape_of(config.mesh)),
     })
     return os.path.join(runs_root(config), f"sft-embedded-{key}")
 

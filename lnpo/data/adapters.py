@@ -140,7 +140,8 @@ def _adapt_pku(row, columns, options):
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or int(label) not in (0, 1):
         raise RowIssue("invalid_label", f"{label_column} must be 0 or 1, got {label!r}")
     prompt = _prompt_with_system(row, columns, column_value(row, columns, "prompt"))
-    responses = [_as_messages(column_value(row, columns, f"response_{i}"), f"response_{i}", "assistant") for i in (0, 1)]
+    responses = [_as_messages(column_value(row, columns, f"response_{i}"), f"response_{i}", "assistant")
+                 for i in (0, 1)]
     return {"prompt": prompt, "chosen": responses[int(label)], "rejected": responses[1 - int(label)]}
 
 
@@ -167,7 +168,8 @@ def _adapt_messages(row, columns, options):
 
 def _adapt_prompt_completion(row, columns, options):
     prompt = _prompt_with_system(row, columns, column_value(row, columns, "prompt"))
-    completion = _strip_prompt(prompt, _as_messages(column_value(row, columns, "completion"), "completion", "assistant"))
+    completion = column_value(row, columns, "completion")
+    completion = _strip_prompt(prompt, _as_messages(completion, "completion", "assistant"))
     return {"prompt": prompt, "completion": completion}
 
 

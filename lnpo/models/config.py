@@ -66,7 +66,8 @@ class RopeScaling:
 
     def __post_init__(self):
         if self.rope_type not in ROPE_TYPES:
-            raise config_json_error("rope_scaling.rope_type", self.rope_type, f"is not supported; supported: {', '.join(ROPE_TYPES)}")
+            raise config_json_error("rope_scaling.rope_type", self.rope_type,
+                                    f"is not supported; supported: {', '.join(ROPE_TYPES)}")
         required = {
             "linear": ("factor",),
             "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
