@@ -108,8 +108,14 @@ def get_base() -> ml_collections.ConfigDict:
     c.train.export = True
     c.train.export_dtype = ""  # "" = the starting model's own dtype (config.json); "float32" | "bfloat16" | "float16"
 
+    # The device mesh by named axes; -1 = the rest of the devices (at most one axis). Or the tuple
+    # form instead (not both), mesh.shape = (data, fsdp, tensor[, context]).
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor[, context]); -1 = the rest of the devices
+    c.mesh.data = -1  # data parallelism (whole batch shards)
+    c.mesh.fsdp = 1  # data parallelism with parameters, gradients and optimizer state sharded
+    c.mesh.tensor = 1  # heads, MLP and vocabulary split
+    c.mesh.context = 1  # each row's positions split (einsum or splash attention)
+    c.mesh.shape = ()
 
     # Multi-process jobs (lnpo.train.distributed): bounded waits, so a dead worker stops the job.
     c.distributed = ml_collections.ConfigDict()

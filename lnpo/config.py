@@ -70,7 +70,8 @@ def _check_context(config: ml_collections.ConfigDict, context: int) -> None:
         return
     length = row_length(config)
     if length % context:
-        raise ConfigError(f"config.mesh.shape: the context axis ({context}) must divide the row length {length} "
+        field = "mesh.shape" if config.mesh.get("shape") else "mesh.context"
+        raise ConfigError(f"config.{field}: the context axis ({context}) must divide the row length {length} "
                           f"(data.seq_len, else data.max_len, doubled for shared_prompt)")
     if config.model.attn_implementation == "cudnn":
         raise ConfigError(f"config.model.attn_implementation: {config.model.attn_implementation!r} does not split a "
@@ -209,9 +210,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
     if not config.model.path:
         _check_tiny_model(config)
     try:
-        mesh_shape = parallel.resolve_mesh_shape(config.mesh.shape, num_devices)
-    except ValueError as e:
-        raise ConfigError(f"config.mesh.shape: {e}") from None
+        mesh_shape = parallel.resolve_mesh_shape(parallel.mesh_shape_of(config.mesh), num_devices)
+    except ConfigError as e:
+        if str(e).startswith("config."):
+            raise
+        field = "mesh.shape" if config.mesh.get("shape") else "mesh"
+        raise ConfigError(f"config.{field}: {e}") from None
     _check_context(config, parallel.full_mesh_shape(mesh_shape)[3])
     dp = data_parallel(dict(zip(parallel.MESH_AXES, parallel.full_mesh_shape(mesh_shape))))
     batch, micro = config.train.global_batch, config.train.micro_batches

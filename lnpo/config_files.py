@@ -105,4 +105,4 @@ def define_config_flag(argv: list[str], help_string: str = "ml_collections confi
     for spec in _config_arguments(argv):
         on_path(configs_root(split_spec(spec)[0]))
     config_flags.DEFINE_config_file("config", None, help_string, lock_config=True, sys_argv=argv,
-                                    flag_values=flag_values or flags.FLAGS)
+                                    flag_values=flags.FLAGS if flag_values is None else flag_values)

@@ -20,7 +20,8 @@ reduce-scatter in the backward pass) while the queries, the scores
 ``[B, H, T / context, T]``, the MLP and the log-probs stay split. The mask is built from
 the row's ``[B, T]`` ids, so packed and shared-prompt rows keep it exactly across shards.
 A mesh shape may be given as ``(data, fsdp, tensor)`` (context 1) or
-``(data, fsdp, tensor, context)``.
+``(data, fsdp, tensor, context)``; a config names the axes (``mesh.fsdp = -1``) or gives
+that tuple (``mesh.shape``), see :func:`mesh_shape_of`.
 """
 
 from __future__ import annotations
@@ -118,6 +119,53 @@ def uneven_dims(axes: Sequence[str | None], shape: Sequence[int], mesh_shape: Ma
         if dropped:
             out.append(f"{axes[i]} {shape[i]} over {'x'.join(f'{n} {mesh_shape[n]}' for n in dropped)}")
     return out
+
+
+def mesh_shape_of(mesh) -> tuple[int, ...]:
+    """The mesh shape a config's ``mesh`` section gives, before any ``-1`` is resolved.
+
+    ``mesh`` is the section (a ConfigDict or a dict) or, as before, a tuple. The section
+    names its axes (``mesh.data``, ``mesh.fsdp``, ``mesh.tensor``, ``mesh.context``; an
+    absent axis is 1) or holds the tuple form in ``mesh.shape`` (``(data, fsdp, tensor)``
+    or ``(data, fsdp, tensor, context)``; an empty tuple means "use the named axes").
+    Returns ``(data, fsdp, tensor)`` when the context axis is 1, else all four; each entry
+    an int, ``-1`` = the rest of the devices. Raises a one-line :class:`ConfigError`
+    naming the field for an unknown axis, a non-integer size, or both forms at once.
+    """
+    if not isinstance(mesh, Mapping) and not hasattr(mesh, "items"):
+        return tuple(_axis_size("mesh.shape", s) for s in _as_sequence("mesh.shape", mesh))
+    fields = dict(mesh.items())
+    unknown = sorted(set(fields) - {"shape", *MESH_AXES})
+    if unknown:
+        raise ConfigError(f"config.mesh.{unknown[0]}: not a mesh axis; the axes are {', '.join(MESH_AXES)} "
+                          "(or mesh.shape, a tuple)")
+    named = tuple(_axis_size(f"mesh.{axis}", fields.get(axis, 1)) for axis in MESH_AXES)
+    shape = fields.get("shape") or ()
+    if shape:
+        named_set = [f"mesh.{axis}={size}" for axis, size, default in zip(MESH_AXES, named, _NAMED_DEFAULT)
+                     if axis in fields and size != default]
+        if named_set:
+            raise ConfigError(f"config.mesh.shape: {tuple(shape)} and {', '.join(named_set)} both set the mesh; "
+                              "give the shape or the named axes")
+        return tuple(_axis_size("mesh.shape", s) for s in _as_sequence("mesh.shape", shape))
+    return named if named[3] != 1 else named[:3]
+
+
+# The named axes' defaults (configs/base.py): a shape there is the only mesh setting.
+_NAMED_DEFAULT = (-1, 1, 1, 1)
+
+
+def _as_sequence(field: str, value) -> tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError(f"config.{field}: must be a tuple (data, fsdp, tensor[, context]), got {value!r}")
+    return tuple(value)
+
+
+def _axis_size(field: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ConfigError(f"config.{field}: a mesh axis size must be an integer (-1 = the rest of the devices), "
+                          f"got {value!r}")
+    return int(value)
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:

@@ -176,7 +176,7 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
     from lnpo.train.flops import forward_flops_per_token, matmul_params
 
     cfg = model_config(config) if model_cfg is None else model_cfg
-    shape = tuple(int(x) for x in config.mesh.shape)
+    shape = parallel.mesh_shape_of(config.mesh)
     notes = []
     if chips is None:
         chips = math.prod(x for x in shape if x != -1)
@@ -253,7 +253,7 @@ def longest_row(config, chips: int | None = None, *, multiple: int = 128, limit:
     A pair is 2 rows of T (padded) or one shared-prompt row of T (prompt + both responses)."""
     from lnpo import parallel
 
-    shape = tuple(int(x) for x in config.mesh.shape)
+    shape = parallel.mesh_shape_of(config.mesh)
     n = chips if chips is not None else math.prod(x for x in shape if x != -1)
     step = int(multiple) * parallel.full_mesh_shape(parallel.resolve_mesh_shape(shape, n))[3]
     fits = lambda k: plan(with_row_length(config, k * step), chips, **plan_kwargs)["fits"]  # noqa: E731
@@ -278,8 +278,11 @@ def _knobs(config, cfg, st: Settings, chips: int) -> list[tuple[str, str, Settin
             out.append(("bf16 reference", "--config.reference.dtype=bfloat16",
                         dataclasses.replace(st, reference_dtype="bfloat16")))
     if d > 1:
-        shape = f"(1,{d * f},{t})" if c == 1 else f"(1,{d * f},{t},{c})"
-        out.append(("more fsdp", f"--config.mesh.shape='{shape}'", dataclasses.replace(st, mesh=(1, d * f, t, c))))
+        if config.mesh.get("shape"):  # as the config gives its mesh: the tuple form, else the named axes
+            how = "--config.mesh.shape='" + (f"(1,{d * f},{t})" if c == 1 else f"(1,{d * f},{t},{c})") + "'"
+        else:
+            how = f"--config.mesh.data=1 --config.mesh.fsdp={d * f}"
+        out.append(("more fsdp", how, dataclasses.replace(st, mesh=(1, d * f, t, c))))
     if st.remat != "full":
         out.append(("remat full", "--config.model.remat=full", dataclasses.replace(st, remat="full")))
     G, dp = int(config.train.global_batch), d * f

@@ -128,13 +128,15 @@ def _digest(obj) -> str:
 
 
 def embedded_sft_workdir(config) -> str:
-    """``runs/sft-embedded-<hash>``: one cached SFT model per (tiny model, SFT recipe, data, seed)."""
+    """``runs/sft-embedded-<hash>``: one cached SFT model per (tiny model, SFT recipe, data, seed, mesh)."""
+    from lnpo import parallel  # JAX: imported only by the run that trains the embedded model, not by readers
+
     key = _digest({
         "tiny": config.model.tiny.to_dict(),
         "sft": config.sft.to_dict(),
         "data": {k: config.data[k] for k in ("max_prompt_len", "max_len", "truncation")},
         "seed": config.seed,
-        "mesh": list(config.mesh.shape),
+        "mesh": list(parallel.mesh_shape_of(config.mesh)),
     })
     return os.path.join(runs_root(config), f"sft-embedded-{key}")
 

@@ -175,3 +175,33 @@ def test_misspelt_config_field_is_one_line_with_the_suggestion(tmp_path):
     assert proc.stderr.strip() == 'lnpo: error: config.loss.bta: no such config field; did you mean "beta" instead ' \
                                   'of "bta"?', proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_mesh_by_named_axes_is_validated_like_the_tuple_form():
+    config = load("lndpo")
+    config.mesh.data, config.mesh.fsdp = 2, -1
+    assert validate(config, num_devices=8) == (2, 4, 1)
+    config.mesh.context = 2
+    assert validate(config, num_devices=8) == (2, 2, 1, 2)
+    config.mesh.fsdp = 3
+    with pytest.raises(ConfigError, match=r"^config\.mesh: mesh shape \(2, 3, 1, 2\) needs 12 devices but 8 are"):
+        validate(config, num_devices=8)
+    config.mesh.context, config.data.max_len, config.data.max_prompt_len = 3, 64, 32
+    config.mesh.fsdp = 1
+    with pytest.raises(ConfigError, match=r"^config\.mesh\.context: the context axis \(3\) must divide the row length"):
+        validate(config, num_devices=6)
+    config.mesh.context, config.mesh.shape = 1, (1, -1, 1)
+    with pytest.raises(ConfigError, match=r"^config\.mesh\.shape: \(1, -1, 1\) and mesh\.data=2 both set the mesh"):
+        validate(config, num_devices=8)
+
+
+def test_the_mesh_axes_are_settable_from_the_command_line():
+    from absl import flags
+
+    from lnpo.config_files import define_config_flag
+
+    argv = ["prog", f"--config={REPO}/configs/lndpo.py", "--config.mesh.data=1", "--config.mesh.fsdp=-1"]
+    values = flags.FlagValues()
+    define_config_flag(argv, flag_values=values)
+    values(argv)
+    assert validate(values.config, num_devices=4) == (1, 4, 1)

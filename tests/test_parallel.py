@@ -79,3 +79,44 @@ def test_a_mesh_axis_that_does_not_divide_a_dimension_replicates_it():
     mesh = {"data": 3, "fsdp": 2, "tensor": 1}
     assert parallel.logical_to_spec(("batch", None), shape=(6, 5), mesh_shape=mesh) == P(("data", "fsdp"), None)
     assert parallel.logical_to_spec(("batch", None), shape=(3, 5), mesh_shape=mesh) == P("data", None)
+
+
+# ----------------------------------------------------------------------------- the config's mesh section
+def _mesh(**fields):
+    import ml_collections
+
+    return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "context": 1, "shape": (), **fields})
+
+
+@pytest.mark.parametrize("section, expected", [
+    (_mesh(), (-1, 1, 1)),  # configs/base.py: every device on the data axis
+    (_mesh(data=1, fsdp=-1), (1, -1, 1)),
+    (_mesh(data=2, fsdp=-1, tensor=2, context=4), (2, -1, 2, 4)),
+    (_mesh(shape=(1, -1, 1)), (1, -1, 1)),  # the tuple form is still accepted
+    (_mesh(shape=(1, 2, 1, 4)), (1, 2, 1, 4)),
+    ({"fsdp": -1}, (1, -1, 1)),  # a dict: absent axes are 1
+    ({"tensor": 2, "context": 2, "data": -1}, (-1, 1, 2, 2)),
+    ((2, -1, 1), (2, -1, 1)),  # a bare tuple, as lnpo.parallel took before
+])
+def test_the_mesh_is_given_by_named_axes_a_dict_or_the_tuple_form(section, expected):
+    assert parallel.mesh_shape_of(section) == expected
+
+
+def test_named_axes_and_the_tuple_form_resolve_to_the_same_mesh():
+    named = parallel.resolve_mesh_shape(parallel.mesh_shape_of(_mesh(data=2, fsdp=-1)), 8)
+    assert named == parallel.resolve_mesh_shape(parallel.mesh_shape_of(_mesh(shape=(2, -1, 1))), 8) == (2, 4, 1)
+
+
+@pytest.mark.parametrize("section, message", [
+    (_mesh(shape=(1, -1, 1), tensor=2), r"^config\.mesh\.shape: \(1, -1, 1\) and mesh\.tensor=2 both set the mesh"),
+    ({"fsdp": -1, "pipeline": 2}, r"^config\.mesh\.pipeline: not a mesh axis; the axes are data, fsdp, tensor, context"),
+    (_mesh(fsdp="4"), r"^config\.mesh\.fsdp: a mesh axis size must be an integer .*got '4'"),
+    (_mesh(tensor=1.5), r"^config\.mesh\.tensor: a mesh axis size must be an integer"),
+    (_mesh(shape="1,-1,1"), r"^config\.mesh\.shape: must be a tuple"),
+])
+def test_bad_mesh_sections_are_one_line_naming_the_field(section, message):
+    from lnpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as info:
+        parallel.mesh_shape_of(section)
+    assert "\n" not in str(info.value)

@@ -252,6 +252,10 @@ def test_does_not_fit_names_the_knobs(tmp_path):
         if s["total_bytes"] is not None:
             assert s["total_bytes"] < p["bytes"]["total"], s
     assert knobs["more fsdp"]["set"] == "--config.mesh.shape='(1,2,1)'"
+    named = planlib.plan(_config(model, **{"reference.mode": "in_step", "train.micro_batches": 1}), chips=2,
+                         hbm_gib=hbm)  # a mesh by named axes (configs/base.py's): the knob in that form
+    assert named["bytes"] == p["bytes"]
+    assert {s["knob"]: s for s in named["suggestions"]}["more fsdp"]["set"] == "--config.mesh.data=1 --config.mesh.fsdp=2"
     assert knobs["remat full"]["set"] == "--config.model.remat=full"
     assert any(s["fits"] for s in p["suggestions"])
     text = planlib.format_plan(p)

@@ -1,6 +1,6 @@
 """A tiny sweep (DPO and SimPO, 2 betas each, a few steps) on the embedded task.
 
-Used by tests/test_sweep.py; also a quick check of a fresh install (about a
+Used by tests/sweep/test_sweep.py; also a quick check of a fresh install (about a
 minute or two on CPU)::
 
     python -m lnpo.sweep --config=configs/sweeps/smoke.py --workdir=runs/smoke

@@ -33,19 +33,19 @@ sigmoid = jax.nn.sigmoid
 class Inputs(NamedTuple):
     """float32 view of :class:`lnpo.losses.PairLogps` inside the jitted core.
 
-    ``n_*`` are the raw completion token counts; ``l_*`` the counts clamped to
+    ``*_tokens`` are the raw completion token counts; ``*_length`` the counts clamped to
     >= 1, used for every length normalization (a zero-length completion is
     treated as length 1: its normalized log-prob equals its (zero) sum).
     """
 
-    pc: jax.Array  # policy log pi(y_w), summed
-    pr: jax.Array  # policy log pi(y_l)
-    rc: Optional[jax.Array]  # reference log pi_ref(y_w), or None
-    rr: Optional[jax.Array]
-    nc: jax.Array  # |y_w| as float32 (raw)
-    nr: jax.Array
-    lc: jax.Array  # max(|y_w|, 1)
-    lr: jax.Array
+    policy_chosen: jax.Array  # policy log pi(y_w), summed
+    policy_rejected: jax.Array  # policy log pi(y_l)
+    ref_chosen: Optional[jax.Array]  # reference log pi_ref(y_w), or None
+    ref_rejected: Optional[jax.Array]
+    chosen_tokens: jax.Array  # |y_w| as float32 (raw)
+    rejected_tokens: jax.Array
+    chosen_length: jax.Array  # max(|y_w|, 1)
+    rejected_length: jax.Array
     valid: Optional[jax.Array] = None  # bool [B]: a real pair (None: all are)
     shared: Any = None  # SequenceStats of f32 [B] (LD-DPO), or None
     sampled: Any = None  # SequenceStats (SamPO), or None
@@ -67,12 +67,12 @@ class Inputs(NamedTuple):
     @property
     def a_w(self) -> jax.Array:
         """Chosen log-ratio log pi(y_w)/pi_ref(y_w)."""
-        return self.pc - self.rc
+        return self.policy_chosen - self.ref_chosen
 
     @property
     def a_l(self) -> jax.Array:
         """Rejected log-ratio log pi(y_l)/pi_ref(y_l)."""
-        return self.pr - self.rr
+        return self.policy_rejected - self.ref_rejected
 
 
 def prepare(logps) -> Inputs:
@@ -84,17 +84,17 @@ def prepare(logps) -> Inputs:
     def stats(s):
         return None if s is None else type(s)(*(f32(v) for v in s))
 
-    nc = f32(logps.chosen_tokens)
-    nr = f32(logps.rejected_tokens)
+    chosen_tokens = f32(logps.chosen_tokens)
+    rejected_tokens = f32(logps.rejected_tokens)
     return Inputs(
-        pc=f32(logps.policy_chosen),
-        pr=f32(logps.policy_rejected),
-        rc=f32(logps.ref_chosen),
-        rr=f32(logps.ref_rejected),
-        nc=nc,
-        nr=nr,
-        lc=jnp.maximum(nc, 1.0),
-        lr=jnp.maximum(nr, 1.0),
+        policy_chosen=f32(logps.policy_chosen),
+        policy_rejected=f32(logps.policy_rejected),
+        ref_chosen=f32(logps.ref_chosen),
+        ref_rejected=f32(logps.ref_rejected),
+        chosen_tokens=chosen_tokens,
+        rejected_tokens=rejected_tokens,
+        chosen_length=jnp.maximum(chosen_tokens, 1.0),
+        rejected_length=jnp.maximum(rejected_tokens, 1.0),
         valid=None if logps.valid is None else jnp.asarray(logps.valid) != 0,
         shared=stats(logps.shared),
         sampled=stats(logps.sampled),

@@ -284,13 +284,13 @@ def _metrics(x: Inputs, rewards_chosen, rewards_rejected, extra) -> dict[str, ja
         "rewards/rejected": rewards_rejected,
         "rewards/margins": rewards_chosen - rewards_rejected,
         "rewards/accuracies": (rewards_chosen > rewards_rejected).astype(jnp.float32),
-        "logps/chosen": x.pc,
-        "logps/rejected": x.pr,
-        "logps/chosen_per_token": x.pc / x.lc,
-        "logps/rejected_per_token": x.pr / x.lr,
+        "logps/chosen": x.policy_chosen,
+        "logps/rejected": x.policy_rejected,
+        "logps/chosen_per_token": x.policy_chosen / x.chosen_length,
+        "logps/rejected_per_token": x.policy_rejected / x.rejected_length,
     }
     m.update(extra)
-    shape = jnp.shape(x.pc)
+    shape = jnp.shape(x.policy_chosen)
     return {
         k: jax.lax.stop_gradient(jnp.broadcast_to(jnp.asarray(v, jnp.float32), shape))
         for k, v in m.items()
@@ -299,11 +299,11 @@ def _metrics(x: Inputs, rewards_chosen, rewards_rejected, extra) -> dict[str, ja
 
 def _run_core(obj: Objective, x: Inputs, hp):
     hp = {k: (None if v is None else jnp.asarray(v).astype(jnp.float32)) for k, v in hp.items()}
-    loss, rc, rr, extra = obj.core(x, hp)
-    loss = jnp.broadcast_to(loss.astype(jnp.float32), jnp.shape(x.pc))
+    loss, rewards_chosen, rewards_rejected, extra = obj.core(x, hp)
+    loss = jnp.broadcast_to(loss.astype(jnp.float32), jnp.shape(x.policy_chosen))
     if x.valid is not None:
         loss = jnp.where(x.valid, loss, 0.0)
-    return loss, _metrics(x, rc, rr, extra)
+    return loss, _metrics(x, rewards_chosen, rewards_rejected, extra)
 
 
 def _evaluate(name: str, logps: PairLogps, hp):

@@ -40,8 +40,8 @@ def _ld_dpo(x, hp):
     def ld(total, shared):
         return shared + alpha * (total - shared)
 
-    aw = ld(x.pc, s.policy_chosen) - ld(x.rc, s.ref_chosen)
-    al = ld(x.pr, s.policy_rejected) - ld(x.rr, s.ref_rejected)
+    aw = ld(x.policy_chosen, s.policy_chosen) - ld(x.ref_chosen, s.ref_chosen)
+    al = ld(x.policy_rejected, s.policy_rejected) - ld(x.ref_rejected, s.ref_rejected)
     return softplus(-beta * x.margin(aw, al)), beta * aw, beta * al, {}
 
 
@@ -94,6 +94,6 @@ def _alphapo(x, hp):
     -alpha m saturates at EXP_CAP. Rewards: beta * r(y) (as TRL).
     """
     beta, alpha = hp["beta"], hp["alpha"]
-    rw = beta * alpha_reward(x.pc / x.lc, alpha)
-    rl = beta * alpha_reward(x.pr / x.lr, alpha)
+    rw = beta * alpha_reward(x.policy_chosen / x.chosen_length, alpha)
+    rl = beta * alpha_reward(x.policy_rejected / x.rejected_length, alpha)
     return softplus(-(rw - rl - hp["gamma"])), rw, rl, {}

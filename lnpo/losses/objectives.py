@@ -53,7 +53,7 @@ def _dpo_rewards(x, beta):
 
 def _nll(x):
     """Mean NLL of the chosen completion, -log pi(y_w) / L(y_w)."""
-    return -x.pc / x.lc
+    return -x.policy_chosen / x.chosen_length
 
 
 def _sigmoid_loss(z, ls):
@@ -90,8 +90,9 @@ def _ln_dpo(x, hp):
     Rewards: beta * a / L(y) (per-token log-ratio).
     """
     beta = hp["beta"]
-    rc, rr = beta * x.a_w / x.lc, beta * x.a_l / x.lr
-    return softplus(-beta * x.margin(c_w=1.0 / x.lc, c_l=1.0 / x.lr)), rc, rr, {}
+    rewards_chosen, rewards_rejected = beta * x.a_w / x.chosen_length, beta * x.a_l / x.rejected_length
+    loss = softplus(-beta * x.margin(c_w=1.0 / x.chosen_length, c_l=1.0 / x.rejected_length))
+    return loss, rewards_chosen, rewards_rejected, {}
 
 
 @register("robust", reference=True, beta=BETA, label_smoothing=LABEL_SMOOTHING)
@@ -127,8 +128,8 @@ def _ipo(x, hp):
     Rewards: beta * a / L(y).
     """
     beta = hp["beta"]
-    loss = jnp.square(x.margin(c_w=1.0 / x.lc, c_l=1.0 / x.lr) - 0.5 / beta)
-    return loss, beta * x.a_w / x.lc, beta * x.a_l / x.lr, {}
+    loss = jnp.square(x.margin(c_w=1.0 / x.chosen_length, c_l=1.0 / x.rejected_length) - 0.5 / beta)
+    return loss, beta * x.a_w / x.chosen_length, beta * x.a_l / x.rejected_length, {}
 
 
 @register("rdpo", reference=True, beta=BETA, alpha=NONNEG)
@@ -146,7 +147,7 @@ def _rdpo(x, hp):
     log-ratio (the DPO part).
     """
     beta = hp["beta"]
-    z = beta * (x.a_w - x.a_l) + hp["alpha"] * (x.nc - x.nr)
+    z = beta * (x.a_w - x.a_l) + hp["alpha"] * (x.chosen_tokens - x.rejected_tokens)
     return softplus(-z), *_dpo_rewards(x, beta), {}
 
 
@@ -254,8 +255,8 @@ def _aot(x, hp):
     position k's loss and padding pairs 0. Metrics are per pair. Rewards:
     beta * log-ratio.
     """
-    p = sort_valid_first(x.pc - x.pr, x.valid)
-    q = sort_valid_first(x.rc - x.rr, x.valid)
+    p = sort_valid_first(x.policy_chosen - x.policy_rejected, x.valid)
+    q = sort_valid_first(x.ref_chosen - x.ref_rejected, x.valid)
     return _aot_sorted_loss(p - q, x.valid, hp), *_dpo_rewards(x, hp["beta"]), {}
 
 
@@ -410,8 +411,9 @@ def _simpo(x, hp):
     margin (TRL ``CPOConfig.simpo_gamma``). Rewards: beta * per-token log pi.
     """
     beta = hp["beta"]
-    rc, rr = beta * x.pc / x.lc, beta * x.pr / x.lr
-    return softplus(-(rc - rr - hp["gamma"])), rc, rr, {}
+    rewards_chosen = beta * x.policy_chosen / x.chosen_length
+    rewards_rejected = beta * x.policy_rejected / x.rejected_length
+    return softplus(-(rewards_chosen - rewards_rejected - hp["gamma"])), rewards_chosen, rewards_rejected, {}
 
 
 @register("cpo", reference=False, beta=BETA, nll_weight=NLL_WEIGHT)
@@ -426,8 +428,9 @@ def _cpo(x, hp):
     """
     beta = hp["beta"]
     nll = _nll(x)
-    rc, rr = beta * x.pc, beta * x.pr
-    return softplus(-(rc - rr)) + hp["nll_weight"] * nll, rc, rr, {"nll_loss": nll}
+    rewards_chosen, rewards_rejected = beta * x.policy_chosen, beta * x.policy_rejected
+    loss = softplus(-(rewards_chosen - rewards_rejected)) + hp["nll_weight"] * nll
+    return loss, rewards_chosen, rewards_rejected, {"nll_loss": nll}
 
 
 def _log_odds(mean_logp):
@@ -452,7 +455,7 @@ def _orpo(x, hp):
     (the odds difference). Rewards: lam * m(y) (as TRL).
     """
     lam = hp["lam"]
-    mw, ml = x.pc / x.lc, x.pr / x.lr
+    mw, ml = x.policy_chosen / x.chosen_length, x.policy_rejected / x.rejected_length
     diff = _log_odds(mw) - _log_odds(ml)
     nll = -mw
     loss = nll + lam * softplus(-diff)
@@ -469,5 +472,5 @@ def _nll_objective(x, hp):
     reward; accuracies then say whether the chosen response is the likelier
     per token).
     """
-    rc, rr = x.pc / x.lc, x.pr / x.lr
-    return -rc, rc, rr, {}
+    rewards_chosen, rewards_rejected = x.policy_chosen / x.chosen_length, x.policy_rejected / x.rejected_length
+    return -rewards_chosen, rewards_chosen, rewards_rejected, {}

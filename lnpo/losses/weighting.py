@@ -32,14 +32,14 @@ EXCLUDED = ("aot", "aot_unpaired")
 def wpo_weights(x) -> jax.Array:
     """w(y_w) w(y_l) ``[B]`` under stop_gradient, from ``x.aligned`` (see the module docstring)."""
     s = x.aligned
-    return jax.lax.stop_gradient(capped_exp(s.policy_chosen / x.lc + s.policy_rejected / x.lr))
+    return jax.lax.stop_gradient(capped_exp(s.policy_chosen / x.chosen_length + s.policy_rejected / x.rejected_length))
 
 
 def _weighted(base: _registry.Objective):
     def core(x, hp):
-        loss, rc, rr, extra = base.core(x, hp)
+        loss, rewards_chosen, rewards_rejected, extra = base.core(x, hp)
         w = wpo_weights(x)
-        return loss * w, rc, rr, {**extra, "wpo/weight": w}
+        return loss * w, rewards_chosen, rewards_rejected, {**extra, "wpo/weight": w}
 
     core.__doc__ = (f"{base.name} weighted by WPO (Zhou et al. 2024; TRL ``use_weighting=True``):\n"
                     f"L = w(y_w) w(y_l) * L_{base.name}, w(y) = exp(mean_t [log pi(y_t) - log sum_v pi(v)^2])\n"

@@ -239,7 +239,7 @@ def train_stage(config, workdir: str, *, init_path: str | None, paths: rundir.St
     and ``"export"`` (the exported model directory) when exported."""
     paths = paths or rundir.StagePaths.for_config(config)
     stage = stages.get(config.stage)
-    mesh = parallel.make_mesh(config.mesh.shape)
+    mesh = parallel.make_mesh(parallel.mesh_shape_of(config.mesh))
     inputs = load_inputs(config, init_path, paths)
     model = build_model(config, init_path, inputs.tokenizer, mesh, num_labels=stage.num_labels)
     graphdef, params = nnx.split(model, nnx.Param)
