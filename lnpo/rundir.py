@@ -129,7 +129,9 @@ def _digest(obj) -> str:
 
 
 def embedded_sft_workdir(config) -> str:
-    """``runs/sft-embedded-<hash>``: one cached SFT model per (tiny model, SFT recipe, data, seed)."""
+    """``runs/sft-embedded-<hash>``: one cached SFT model per (tiny model, SFT recipe, data, seed, mesh)."""
+    from lnpo import parallel  # JAX: imported only by the run that trains the embedded model, not by readers
+
     key = _digest({
         "tiny": config.model.tiny.to_dict(),
         "sft": config.sft.to_dict(),
