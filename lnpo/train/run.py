@@ -61,6 +61,8 @@ def sft_config_for(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     sft.optim.schedule = "cosine"
     sft.data.layout = "packed"  # short SFT examples: packing wastes no compute on padding
     sft.eval.enabled = False
+    sft.model.lora.rank = 0  # the starting model trains whole; LoRA is the configured stage's
+    sft.reference.mode = "cache"
     return sft
 
 

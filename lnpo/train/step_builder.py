@@ -49,22 +49,45 @@ def initial_state(params, tx: optax.GradientTransformation, mesh) -> tuple[steps
     return jax.device_put(state, shardings), shardings
 
 
+class WithFrozen:
+    """A jitted ``(state, batch, ref_params, hparams, frozen)`` step called as ``(state, batch, ref_params,
+    hparams)``: ``frozen`` (LoRA's base) is passed on every call as an argument (never a baked-in constant)."""
+
+    def __init__(self, jitted, frozen):
+        self.jitted, self.frozen = jitted, frozen
+
+    def __call__(self, state, batch, ref_params, hparams):
+        return self.jitted(state, batch, ref_params, hparams, self.frozen)
+
+    def lower(self, state, batch, ref_params, hparams):
+        return self.jitted.lower(state, batch, ref_params, hparams, self.frozen)
+
+
 def build_train_step(params, graphdef, tx: optax.GradientTransformation, mesh, *, stage: str, sums_fn: Callable,
-                     ref_params=None, ref_graphdef=None) -> BuiltStep:
+                     ref_params=None, ref_graphdef=None, frozen=None, dropout_seed: int | None = None) -> BuiltStep:
     """The initial state and the jitted step for ``stage`` ("sft", "po", "rm"); see the module docstring.
 
     ``sums_fn``: :func:`lnpo.train.steps.micro_sums_fn` (or any function of the same contract);
-    ``ref_params``/``ref_graphdef``: an in-step reference (None: none, or cached log-probs in the batch)."""
+    ``ref_params``/``ref_graphdef``: an in-step reference (None: none, or cached log-probs in the batch).
+    LoRA: ``params`` are the adapters, ``frozen`` the base state (in its own shardings, not donated);
+    ``ref_graphdef`` without ``ref_params`` makes the base with adapters off the reference; ``dropout_seed``
+    turns LoRA dropout on (:func:`lnpo.train.steps.train_step`)."""
     state, state_shardings = initial_state(params, tx, mesh)
     replicated = NamedSharding(mesh, P())
 
-    def step_fn(state, batch, ref_params, hparams):
+    def step_fn(state, batch, ref_params, hparams, frozen=None):
         with parallel.use_rules(mesh):
-            return steps.train_step(state, batch, ref_params, hparams, graphdef=graphdef,
-                                    ref_graphdef=ref_graphdef, tx=tx, stage=stage, sums_fn=sums_fn)
+            return steps.train_step(state, batch, ref_params, hparams, frozen, graphdef=graphdef,
+                                    ref_graphdef=ref_graphdef, tx=tx, stage=stage, sums_fn=sums_fn,
+                                    dropout_seed=dropout_seed)
 
     ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
-    jitted = jax.jit(step_fn,
-                     in_shardings=(state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings, replicated),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    shardings = (state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings, replicated)
+    if frozen is None:
+        jitted = jax.jit(step_fn, in_shardings=shardings, out_shardings=(state_shardings, replicated),
+                         donate_argnums=0)
+    else:
+        frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+        jitted = WithFrozen(jax.jit(step_fn, in_shardings=(*shardings, frozen_shardings),
+                                    out_shardings=(state_shardings, replicated), donate_argnums=0), frozen)
     return BuiltStep(state=state, state_shardings=state_shardings, jitted=jitted)

@@ -262,8 +262,31 @@ def _denominator(stage: str, sums: dict, batch: dict) -> jax.Array:
     return jnp.maximum(jnp.sum(batch["pair_valid"]), 1.0)
 
 
-def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, graphdef, ref_graphdef=None,
-               tx: optax.GradientTransformation, stage: str, sums_fn: Callable):
+def policy_model(graphdef, params, frozen=None):
+    """The policy: ``params`` (what trains) merged with the ``frozen`` state (LoRA's base weights) if any."""
+    return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
+
+
+def reference_model(ref_graphdef, ref_params, frozen=None):
+    """The in-step reference: ``ref_params`` in ``ref_graphdef``; with ``ref_graphdef`` but no ``ref_params``, the
+    frozen base itself with the adapters off (LoRA's ``reference.mode="base"``: no copy); else None."""
+    if ref_params is not None:
+        return nnx.merge(ref_graphdef, ref_params)
+    if ref_graphdef is not None and frozen is not None:
+        return nnx.merge(ref_graphdef, frozen)
+    return None
+
+
+def dropout_key(seed, sample_key):
+    """LoRA dropout's key for one micro-batch: ``key(seed)`` folded with (step, micro-batch); None without seed."""
+    if seed is None:
+        return None
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), sample_key[0]), sample_key[1])
+
+
+def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, frozen=None, *, graphdef,
+               ref_graphdef=None, tx: optax.GradientTransformation, stage: str, sums_fn: Callable,
+               dropout_seed: int | None = None):
     """One optimizer step over ``A`` micro-batches; returns ``(new_state, metrics)``.
 
     ``hparams`` is :func:`step_hparams`'s dict; ``tx`` is
@@ -271,15 +294,22 @@ def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, gra
     for a peak learning rate of 1 and are scaled here by
     ``hparams["learning_rate"]``.
 
-    Pure: jit it with explicit shardings and donate ``state``. A non-finite
+    ``frozen``: LoRA's frozen base state (``state.params`` are then the adapters alone: only they get
+    gradients and optimizer state); the reference is :func:`reference_model`. ``dropout_seed``: LoRA dropout
+    on, keyed by (seed, step, micro-batch).
+
+    Pure: jit it with explicit shardings and donate ``state`` (never ``frozen``). A non-finite
     loss or gradient leaves the parameters and optimizer state unchanged and
     reports ``finite = 0``.
     """
-    reference = None if ref_params is None else nnx.merge(ref_graphdef, ref_params)
+    from lnpo.models import lora
+
+    reference = reference_model(ref_graphdef, ref_params, frozen)
 
     def micro_loss(params, mb):
-        model = nnx.merge(graphdef, params)
-        sums = sums_fn(model, mb, reference, hparams["loss"])
+        model = policy_model(graphdef, params, frozen)
+        with lora.dropout_key(dropout_key(dropout_seed, mb["sample_key"])):
+            sums = sums_fn(model, mb, reference, hparams["loss"])
         return sums["loss"], sums
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -321,13 +351,13 @@ def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, gra
     return new_state, metrics
 
 
-def eval_step(params, batch: dict, ref_params, loss_hparams: dict, *, graphdef, ref_graphdef=None, stage: str,
-              sums_fn: Callable) -> dict:
-    """Held-out sums over a batch: the same sums as training, no gradient. Returns the
+def eval_step(params, batch: dict, ref_params, loss_hparams: dict, frozen=None, *, graphdef, ref_graphdef=None,
+              stage: str, sums_fn: Callable) -> dict:
+    """Held-out sums over a batch: the same sums as training, no gradient (and no dropout). Returns the
     sums and the count (pairs or tokens) they are to be divided by. ``loss_hparams``
-    is :func:`step_hparams`'s ``"loss"`` entry."""
-    model = nnx.merge(graphdef, params)
-    reference = None if ref_params is None else nnx.merge(ref_graphdef, ref_params)
+    is :func:`step_hparams`'s ``"loss"`` entry; ``frozen`` as in :func:`train_step`."""
+    model = policy_model(graphdef, params, frozen)
+    reference = reference_model(ref_graphdef, ref_params, frozen)
 
     def body(total, mb):
         sums = sums_fn(model, with_sample_key(mb, EVAL_STEP), reference, loss_hparams)

@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 from lnpo import losses as losses_lib
 from lnpo import parallel
 from lnpo.config import ConfigError, data_columns, loss_hparams, model_runtime
+from lnpo.models import lora as lora_lib
 from lnpo.models import preflight
 from lnpo.train import reference_cache, steps
 from lnpo.train.flops import device_peak_flops, forward_flops_per_token
@@ -113,10 +114,41 @@ def to_global(local: dict, mesh) -> dict:
 
 # ----------------------------------------------------------------------------- model
 def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0):
-    """The policy (or reward model) as an NNX module with parameters placed on ``mesh``."""
+    """The policy (or reward model) as an NNX module with parameters placed on ``mesh``; with LoRA
+    (``config.model.lora.rank`` > 0) the base in ``lora.base_dtype`` with adapters (:func:`add_lora`)."""
+    from lnpo.models import lora
+
+    spec = lora.spec_from_config(config.model.lora) if config.stage != "rm" else None
+    model = _build_base(config, init_path, tokenizer, mesh, num_labels=num_labels, lora_spec=spec)
+    if spec is not None:
+        add_lora(model, spec, config, mesh)
+    return model
+
+
+def add_lora(model, spec, config, mesh) -> None:
+    """Adapters (PEFT init from ``config.seed``, or ``model.lora.init_from``'s) on ``model``; an int8 base is
+    quantized after the adapters exist (they never see the float kernels' dtype)."""
+    from lnpo.models import lora, peft_io
+
+    lora.add_adapters(model, spec, jax.random.fold_in(jax.random.key(config.seed), 0x10AA), mesh=mesh)
+    if config.model.lora.init_from:
+        found = peft_io.read_spec(config.model.lora.init_from)
+        for field in ("rank", "alpha", "targets", "rslora"):
+            if getattr(found, field) != getattr(spec, field):
+                raise ConfigError(f"config.model.lora.{field}: {getattr(spec, field)!r} differs from the adapter "
+                                  f"config.model.lora.init_from={config.model.lora.init_from!r} "
+                                  f"({getattr(found, field)!r})")
+        peft_io.load_adapter(model, config.model.lora.init_from)
+    if config.model.lora.base_dtype == "int8":
+        lora.quantize_base(model)
+
+
+def _build_base(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0, lora_spec=None):
     from lnpo.models import ModelConfig, from_pretrained, init_sharded
 
     runtime = model_runtime(config)
+    if lora_spec is not None:  # the frozen base's storage dtype (int8: bfloat16, quantized after)
+        runtime["param_dtype"] = {"int8": "bfloat16"}.get(config.model.lora.base_dtype, config.model.lora.base_dtype)
     if init_path is None:
         t = config.model.tiny
         cfg = ModelConfig.tiny(
@@ -222,7 +254,11 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
                           f"{len(train_ds)} usable training examples")
 
     model = build_model(config, init_path, tokenizer, mesh, num_labels=1 if stage == "rm" else 0)
-    graphdef, params = nnx.split(model, nnx.Param)
+    use_lora = lora_lib.has_adapters(model) if stage != "rm" else False
+    if use_lora:  # params: the adapters (what trains); frozen: the base (never donated, no optimizer state)
+        graphdef, params, frozen = lora_lib.split(model)
+    else:
+        (graphdef, params), frozen = nnx.split(model, nnx.Param), None
     model_cfg = model.config
     del model
     preflight.check_token_ids(tokenizer, model_cfg.vocab_size, [train_ds, eval_ds], tokenizer_dir=tokenizer_dir,
@@ -242,7 +278,9 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
 
     ref_params = ref_graphdef = None
     ref_train = ref_eval = None
-    if uses_reference and config.reference.mode == "in_step":
+    if uses_reference and use_lora:  # reference.mode "base": the frozen base with the adapters off, no copy
+        ref_graphdef = lora_lib.base_graphdef(graphdef, params, frozen)
+    elif uses_reference and config.reference.mode == "in_step":
         ref_dtype = jnp.dtype(config.reference.dtype)
         ref_graphdef = graphdef
         ref_params = steps.reference_copy(params, ref_dtype)
@@ -255,8 +293,9 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     sums_fn = steps.micro_sums_fn(stage, objective=objective, num_pairs=M, chunk_size=chunk, seed=config.seed)
     # Step inputs, not compile-time constants: a sweep's grid points share one compiled step.
     step_hparams = jax.device_put(steps.step_hparams(config.optim.lr, hparams), replicated)
+    dropout_seed = config.seed if use_lora and config.model.lora.dropout > 0 else None
     built = build_train_step(params, graphdef, tx, mesh, stage=stage, sums_fn=sums_fn, ref_params=ref_params,
-                             ref_graphdef=ref_graphdef)
+                             ref_graphdef=ref_graphdef, frozen=frozen, dropout_seed=dropout_seed)
     state, jitted = built.state, built.jitted
     train_step = lambda s, b: jitted(s, b, ref_params, step_hparams)  # noqa: E731
 
@@ -279,9 +318,10 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     if eval_ds is not None and stage != "sft":
         evaluate = _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh,
                                    stage=stage, sums_fn=sums_fn, loss_hparams=step_hparams["loss"], pairs=M,
-                                   row_multiple=row_multiple)
+                                   row_multiple=row_multiple, frozen=frozen)
 
-    flops_per_token = forward_flops_per_token(model_cfg, row_length(config)) * (3 + (1 if ref_params is not None else 0))
+    in_step_reference = ref_graphdef is not None
+    flops_per_token = forward_flops_per_token(model_cfg, row_length(config)) * (3 + (1 if in_step_reference else 0))
     spec = LoopSpec(
         step_fn=train_step, batches=batches(), iterator_state=iterator.state, restore_iterator=iterator.restore,
         evaluate=evaluate, total_steps=config.train.steps, log_every=config.train.log_every,
@@ -293,7 +333,7 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
 
     out = {"step": result.step, "preempted": result.preempted, "last_metrics": result.last_metrics}
     if not result.preempted and config.train.export:
-        out["export"] = export(config, workdir, nnx.merge(graphdef, result.state.params), tokenizer,
+        out["export"] = export(config, workdir, steps.policy_model(graphdef, result.state.params, frozen), tokenizer,
                                init_path=init_path, embedded_paths=embedded_paths)
     return out
 
@@ -337,16 +377,16 @@ def _reference_from_cache(config, workdir, init_path, params, graphdef, mesh, tr
 
 
 def _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh, *, stage, sums_fn,
-                    loss_hparams, pairs, row_multiple):
+                    loss_hparams, pairs, row_multiple, frozen=None):
     from lnpo.data import EvalIterator
 
     iterator = EvalIterator(eval_ds, global_batch=pairs, layout=config.data.layout, seq_len=row_length(config),
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             row_multiple=row_multiple, max_batches=config.train.eval_batches)
 
-    def eval_fn(params, batch, ref_params, loss_hparams):
+    def eval_fn(params, batch, ref_params, loss_hparams, frozen):
         with parallel.use_rules(mesh):
-            return steps.eval_step(params, batch, ref_params, loss_hparams, graphdef=graphdef,
+            return steps.eval_step(params, batch, ref_params, loss_hparams, frozen, graphdef=graphdef,
                                    ref_graphdef=ref_graphdef, stage=stage, sums_fn=sums_fn)
 
     jitted = jax.jit(eval_fn, out_shardings=NamedSharding(mesh, P()))
@@ -358,7 +398,7 @@ def _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eva
                 indices = np.arange(b * pairs, (b + 1) * pairs)
                 indices[indices >= len(eval_ds)] = -1
                 local.update(_cached_reference_slice(ref_eval, indices, 1))
-            sums = jax.device_get(jitted(state.params, to_global(local, mesh), ref_params, loss_hparams))
+            sums = jax.device_get(jitted(state.params, to_global(local, mesh), ref_params, loss_hparams, frozen))
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         count = max(totals.pop("count", 0.0), 1.0)
@@ -372,9 +412,23 @@ def export(config, workdir: str, model, tokenizer, *, init_path, embedded_paths)
     """Write the trained model (HF format) and ``run.json`` (what evaluation and sweeps read)."""
     from lnpo.models import save_pretrained
 
+    from lnpo.models import lora, peft_io
+
     path = os.path.join(workdir, "export")
     dtype = config.train.export_dtype or preflight.own_dtype(init_path) or config.model.param_dtype
-    save_pretrained(model, path, tokenizer=tokenizer, dtype=dtype)
+    adapter = None
+    if lora.has_adapters(model):  # the PEFT adapter in adapter/, the merged model in export/
+        adapter = os.path.join(workdir, "adapter")
+        spec = lora.spec_from_config(config.model.lora)
+        peft_io.save_adapter(model, spec, adapter, base_model_name_or_path=os.path.abspath(init_path) if init_path
+                             else None)
+        if tokenizer is not None and jax.process_index() == 0:
+            tokenizer.save_pretrained(adapter)
+        model = peft_io.merged_model(model) if config.train.export_merged else None
+    if model is not None:
+        save_pretrained(model, path, tokenizer=tokenizer, dtype=dtype)
+    else:
+        path = adapter
     if jax.process_index() == 0:
         info = {
             "name": config.name, "stage": config.stage, "method": config.loss.name,
@@ -389,6 +443,8 @@ def export(config, workdir: str, model, tokenizer, *, init_path, embedded_paths)
             | {"max_prompts": config.eval.max_prompts or None, "max_prompt_len": config.data.max_prompt_len},
             "status": "trained",
         }
+        if adapter is not None:
+            info["adapter"] = os.path.abspath(adapter)
         with open(os.path.join(workdir, "run.json"), "w") as f:
             json.dump(info, f, indent=2)
     return path
