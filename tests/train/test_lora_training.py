@@ -105,3 +105,34 @@ def test_interrupted_lora_run_resumes_as_an_uninterrupted_one(tmp_path, tiny_sft
     a, b = losses_of(straight), losses_of(resumed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     assert a == b
+
+
+MESH_SCRIPT = """
+import json, sys
+sys.path.insert(0, "tests/train")
+import jax
+from test_lora_training import _lora_config
+from train_helpers import losses_of
+from lnpo.train.run import run
+assert jax.device_count() == 8, jax.devices()
+config = _lora_config(MODEL, TASK, **{"mesh.shape": (2, 2, 2), "train.steps": 3, "train.checkpoint_every": 100,
+                                      "train.micro_batches": 2, "data.layout": "packed"})
+run(config, ROOT)
+print("RESULT" + json.dumps(losses_of(ROOT)))
+"""
+
+
+@pytest.mark.slow
+def test_lora_on_a_2x2x2_mesh_equals_one_device(tmp_path, tiny_sft_dir, task_files, simulated_devices):
+    from train_helpers import result_of, run_python
+
+    code = f"MODEL={tiny_sft_dir!r}\nTASK={task_files!r}\nROOT={str(tmp_path / 'mesh')!r}\n" + MESH_SCRIPT
+    proc = run_python(code, env_extra=simulated_devices(8))
+    result = {int(k): v for k, v in result_of(proc).items()}
+    single = str(tmp_path / "single")
+    run(_lora_config(tiny_sft_dir, task_files, **{"mesh.shape": (1, 1, 1), "train.steps": 3,
+                                                  "train.checkpoint_every": 100, "train.micro_batches": 2,
+                                                  "data.layout": "packed"}), single)
+    expected = losses_of(single)
+    assert sorted(result) == sorted(expected) == [1, 2, 3]
+    np.testing.assert_allclose([result[k] for k in expected], [expected[k] for k in expected], rtol=2e-5, atol=2e-6)
