@@ -23,7 +23,7 @@ def get_base() -> ml_collections.ConfigDict:
     c.model.path = ""  # a local Hugging Face directory (config.json + safetensors)
     c.model.param_dtype = "float32"  # master weights
     c.model.compute_dtype = "float32"  # "bfloat16" for mixed precision
-    c.model.remat = "none"  # "none" | "full" | "dots"
+    c.model.remat = "none"  # "none" | "full" | "dots" (lnpo.models.config.REMAT_POLICIES lists the rest)
     # > 0: attention over this many query positions at a time (recomputed in the backward
     # pass): less activation memory, a slower step (docs/performance.md). 0 = all at once.
     c.model.attn_query_chunk = 0

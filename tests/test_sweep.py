@@ -135,10 +135,8 @@ def _parse_with_lnpo_main_flags(args: list[str]) -> dict:
     """The config lnpo.main would build from ``args`` (its absl flags: --config file + overrides)."""
     code = ("import sys, json\n"
             "from absl import flags\n"
-            "from ml_collections import config_flags\n"
-            "from lnpo.main import _config_root_on_path\n"
-            "_config_root_on_path(sys.argv)\n"
-            "config_flags.DEFINE_config_file('config', None, '', lock_config=True)\n"
+            "from lnpo.config_files import define_config_flag\n"
+            "define_config_flag(sys.argv)\n"
             "flags.DEFINE_string('workdir', None, '')\n"
             "flags.FLAGS(sys.argv)\n"
             "print(json.dumps({'workdir': flags.FLAGS.workdir, 'config': flags.FLAGS.config.to_dict()}))\n")

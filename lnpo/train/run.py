@@ -48,22 +48,11 @@ def _digest(obj) -> str:
 
 
 def sft_config_for(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The SFT-stage config that makes the embedded starting model for ``config``."""
-    sft = ml_collections.ConfigDict(config.to_dict())
-    sft.name = "sft"
-    sft.stage = "sft"
-    sft.loss = ml_collections.ConfigDict({"name": "nll"})
-    sft.train.steps = config.sft.steps
-    sft.train.global_batch = config.sft.global_batch
-    sft.train.micro_batches = 1
-    sft.optim.lr = config.sft.lr
-    sft.optim.warmup_steps = config.sft.warmup_steps
-    sft.optim.schedule = "cosine"
-    sft.data.layout = "packed"  # short SFT examples: packing wastes no compute on padding
-    sft.eval.enabled = False
-    sft.model.lora.rank = 0  # the starting model trains whole; LoRA is the configured stage's
-    sft.reference.mode = "cache"
-    return sft
+    """The SFT-stage config that makes the embedded starting model for ``config``: the one SFT recipe,
+    ``configs/sft.py``'s ``sft_stage``, applied to a copy of ``config``."""
+    from lnpo.config_files import load_module, recipe_file
+
+    return load_module(recipe_file("sft")).sft_stage(ml_collections.ConfigDict(config.to_dict()))
 
 
 def embedded_sft_workdir(config, workdir: str) -> str:

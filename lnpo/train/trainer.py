@@ -21,7 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 from lnpo import losses as losses_lib
 from lnpo import parallel
-from lnpo.config import ConfigError, data_columns, loss_hparams, model_runtime
+from lnpo.config import ConfigError, data_columns, loss_hparams
+from lnpo.implied import data_parallel, model_runtime, reference_mode, row_length, tiny_model_config
 from lnpo.models import lora as lora_lib
 from lnpo.models import preflight
 from lnpo.train import reference_cache, steps
@@ -144,19 +145,16 @@ def add_lora(model, spec, config, mesh) -> None:
 
 
 def _build_base(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0, lora_spec=None):
-    from lnpo.models import ModelConfig, from_pretrained, init_sharded
+    from lnpo.models import from_pretrained, init_sharded
 
     runtime = model_runtime(config)
     if lora_spec is not None:  # the frozen base's storage dtype (int8: bfloat16, quantized after)
         runtime["param_dtype"] = {"int8": "bfloat16"}.get(config.model.lora.base_dtype, config.model.lora.base_dtype)
     if init_path is None:
-        t = config.model.tiny
-        cfg = ModelConfig.tiny(
-            vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
-            max_position_embeddings=max(config.data.max_len * 2, 256),
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **runtime)
+        cfg = tiny_model_config(config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                num_labels=num_labels)
+        cfg = cfg.replace(param_dtype=runtime["param_dtype"])  # LoRA: the base's dtype
         return init_sharded(cfg, config.seed, mesh)
     load = functools.partial(from_pretrained, init_path, dtype=runtime.pop("param_dtype"),
                              compute_dtype=runtime.pop("compute_dtype"), mesh=mesh, **runtime)
@@ -197,7 +195,7 @@ def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pair
     ``steps.cached_reference_names(needs)`` (``chosen``, ``rejected``, ...)."""
     from lnpo.data import EvalIterator
 
-    dp = _data_parallel(mesh)
+    dp = data_parallel(mesh.shape)
     iterator = EvalIterator(dataset, global_batch=batch_pairs, layout="padded", seq_len=config.data.max_len,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             row_multiple=max(dp // jax.process_count(), 1))
@@ -218,17 +216,6 @@ def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pair
 
 def _replicated(x, mesh):
     return jax.jit(lambda a: a, out_shardings=NamedSharding(mesh, P()))(x)
-
-
-def row_length(config) -> int:
-    """Row length T of the configured layout (``data.seq_len``, or its default)."""
-    if config.data.seq_len:
-        return config.data.seq_len
-    return 2 * config.data.max_len if config.data.layout == "shared_prompt" else config.data.max_len
-
-
-def _data_parallel(mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -265,26 +252,25 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
                               model_dir=init_path or "(the tiny model)")
 
     # objective and reference
-    objective, hparams, uses_reference = None, {}, False
+    objective, hparams = None, {}
     if stage == "po":
         objective = losses_lib.get(config.loss.name)
         hparams = losses_lib.validate(config.loss.name, loss_hparams(config))
-        uses_reference = losses_lib.requires_reference(config.loss.name)
     A = config.train.micro_batches
     M = config.train.global_batch // A  # pairs (examples) per micro-batch
-    dp = _data_parallel(mesh)
+    dp = data_parallel(mesh.shape)
     row_multiple = max(dp // jax.process_count(), 1)
     chunk = config.train.logprob_chunk
 
     ref_params = ref_graphdef = None
     ref_train = ref_eval = None
-    if uses_reference and use_lora:  # reference.mode "base": the frozen base with the adapters off, no copy
+    if reference_mode(config) == "base":  # LoRA: the frozen base with the adapters off, no copy
         ref_graphdef = lora_lib.base_graphdef(graphdef, params, frozen)
-    elif uses_reference and config.reference.mode == "in_step":
+    elif reference_mode(config) == "in_step":
         ref_dtype = jnp.dtype(config.reference.dtype)
         ref_graphdef = graphdef
         ref_params = steps.reference_copy(params, ref_dtype)
-    elif uses_reference:
+    elif reference_mode(config) == "cache":
         ref_train, ref_eval = _reference_from_cache(config, workdir, init_path, params, graphdef, mesh,
                                                     train_ds, eval_ds, batch_pairs=M)
 
