@@ -305,16 +305,28 @@ def run_lnpo(args) -> dict:
                                 attn_query_chunk=args.attn_chunk, attn_implementation=args.attn_impl)
     else:
         model = init_sharded(cfg, args.seed, mesh)
-    graphdef, params = nnx.split(model, nnx.Param)
-    del model
-    n_params = int(sum(x.size for x in jax.tree.leaves(params)))
-    init_norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(params))))
+    frozen = None
+    if args.lora_rank:  # the trainer's LoRA: adapters on every projection, the base frozen (train.trainer.add_lora)
+        from lnpo.models import lora
 
-    # reference: an in-step frozen copy, or cached log-probs (per-pair arrays in the batch)
+        spec = lora.LoraSpec(rank=args.lora_rank, alpha=2.0 * args.lora_rank)
+        lora.add_adapters(model, spec, jax.random.key(args.seed), mesh=mesh)
+        graphdef, params, frozen = lora.split(model)
+    else:
+        graphdef, params = nnx.split(model, nnx.Param)
+    del model
+    everything = jax.tree.leaves(params) + (jax.tree.leaves(frozen) if frozen is not None else [])
+    n_params = int(sum(x.size for x in everything))
+    init_norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in everything)))
+
+    # reference: an in-step frozen copy, cached log-probs (per-pair arrays in the batch), or with LoRA the
+    # frozen base with the adapters off (reference.mode "base": no copy)
     objective = losses_lib.get("dpo")
     hparams = losses_lib.validate("dpo", {"beta": 0.1})
     ref_params = ref_graphdef = None
-    if args.reference == "in_step":
+    if args.lora_rank and args.reference == "in_step":
+        ref_graphdef = lora.base_graphdef(graphdef, params, frozen)
+    elif args.reference == "in_step":
         ref_graphdef = graphdef
         ref_params = steps_lib.reference_copy(params, jnp.float32)
 
@@ -330,7 +342,7 @@ def run_lnpo(args) -> dict:
     step_hparams = jax.device_put(steps_lib.step_hparams(optim.lr, hparams), replicated)
     # the trainer's own builder: state in its shardings, jit with in/out shardings, the state donated
     built = build_train_step(params, graphdef, tx, mesh, stage="po", sums_fn=sums_fn, ref_params=ref_params,
-                             ref_graphdef=ref_graphdef)
+                             ref_graphdef=ref_graphdef, frozen=frozen)
     state, jitted = built.state, built.jitted
 
     rng = np.random.default_rng(args.seed + 1)
@@ -376,7 +388,8 @@ def run_lnpo(args) -> dict:
             jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
         t = time.perf_counter()
         batch = jax.device_put(local, sharding)
-        state, metrics = executables[local["input_ids"].shape[1]](state, batch, ref_params, step_hparams)
+        state, metrics = executables[local["input_ids"].shape[1]](state, batch, ref_params, step_hparams,
+                                                                  *([] if frozen is None else [frozen]))
         jax.block_until_ready(metrics)
         if profile:
             jax.profiler.stop_trace()
@@ -392,7 +405,8 @@ def run_lnpo(args) -> dict:
     tokens_per_step = pair_tokens([x for b in timed_batches for x in b]) / len(timed_batches)
     real = sum(int((h["segment_ids"] > 0).sum()) for h in host_batches)
     slots = sum(h["segment_ids"].size for h in host_batches)
-    extra = {"reference": args.reference, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
+    extra = {"reference": ("base" if args.lora_rank else "in_step") if args.reference == "in_step" else "cache",
+             "lora_rank": args.lora_rank, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
              "remat": args.remat, "attn_chunk": args.attn_chunk, "attn_impl": args.attn_impl, "dtype": args.dtype,
              "rows": sorted(executables), "compiles": len(executables), "row_buckets": list(buckets),
              "seq_len": seq_len,
@@ -745,6 +759,9 @@ def parse_args(argv=None):
                     help="DIR: a Hugging Face model directory (config.json, safetensors, tokenizer): both sides "
                          "start from its weights, the shape flags are ignored, and the pairs are drawn from its "
                          "tokenizer's whole-word tokens (re-tokenized by TRL to the same ids)")
+    ap.add_argument("--lora-rank", type=int, default=0,
+                    help="lnpo: train rank-R LoRA adapters (alpha 2R) on every projection of the frozen base; the "
+                         "in-step reference is then the base with the adapters off (0: full fine-tuning)")
     ap.add_argument("--batch", type=int, default=8, help="pairs per step")
     ap.add_argument("--prompt-len", type=int, default=96, help="prompt tokens (the maximum for long-tailed)")
     ap.add_argument("--response-len", type=int, default=160, help="tokens per completion (maximum for long-tailed)")
