@@ -6,6 +6,8 @@ field from the command line, e.g. ``--config.loss.beta=0.05``.
 
 import ml_collections
 
+from lnpo.eval_settings import EvalSettings
+
 
 def get_base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -138,12 +140,7 @@ def get_base() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True
     c.eval.scorer = ""  # "" = the embedded task's scorer; "jax:/rm-dir" or "torch:/rm-dir"
-    c.eval.max_new_tokens = 48
-    c.eval.temperature = 1.0
-    c.eval.top_p = 1.0
-    c.eval.top_k = 0
-    c.eval.num_samples = 1
-    c.eval.max_prompts = 0  # 0 = every prompt
-    c.eval.batch_size = 64
-    c.eval.seed = 0
+    # Sampling and batching: max_new_tokens, temperature, top_p, top_k, num_samples, max_prompts (0 = every
+    # prompt), batch_size, seed, with lnpo.eval_settings.EvalSettings's defaults (the only ones).
+    c.eval.update(EvalSettings.config_defaults())
     return c

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import ml_collections
 
+from lnpo.train import stages
+
 #: Upper bound of the embedded task's tokenizer vocabulary (lnpo.data.embedded): the planner's tiny-model vocab.
 EMBEDDED_VOCAB = 4096
 
@@ -36,7 +38,7 @@ def row_length(config: ml_collections.ConfigDict) -> int:
 def reference_mode(config: ml_collections.ConfigDict) -> str:
     """``"none"`` when the stage's objective reads no reference model (SFT, reward model, reference-free
     objectives), else ``config.reference.mode`` (``"cache"``, ``"in_step"`` or LoRA's ``"base"``)."""
-    if config.stage != "po":
+    if not stages.get(config.stage).objective:
         return "none"
     from lnpo import losses
 
@@ -82,6 +84,6 @@ def model_config(config: ml_collections.ConfigDict):
             cfg = ModelConfig.from_hf(json.load(f), **model_runtime(config))
     else:
         cfg = tiny_model_config(config, vocab_size=EMBEDDED_VOCAB)
-    if config.stage == "rm" and cfg.num_labels == 0:
-        cfg = cfg.replace(num_labels=1, tie_embeddings=False)
+    if stages.get(config.stage).num_labels and cfg.num_labels == 0:
+        cfg = cfg.replace(num_labels=stages.get(config.stage).num_labels, tie_embeddings=False)
     return cfg

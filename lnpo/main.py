@@ -54,7 +54,8 @@ def main(argv=None):
         from absl import logging
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-        from lnpo.train.run import default_workdir, run
+        from lnpo.rundir import default_workdir
+        from lnpo.train.run import run
 
         config = flags.FLAGS.config
         workdir = flags.FLAGS.workdir or default_workdir(config)

@@ -54,6 +54,7 @@ from lnpo.errors import ConfigError
 from lnpo.implied import EMBEDDED_VOCAB, data_parallel, model_config, reference_mode, row_length
 from lnpo.plan_activations import ITEMSIZE, activation_bytes
 from lnpo.plan_state import lora_infos, optimizer_bytes, param_infos, per_chip_param_elements
+from lnpo.train import stages
 
 GIB = 1024**3
 
@@ -73,7 +74,7 @@ USABLE_FRACTION = 0.9  # of HBM: XLA's runtime, fragmentation and the unplanned 
 # ----------------------------------------------------------------------------- inputs
 def rows_per_micro_batch(config, items: int) -> int:
     """Rows of one micro-batch of ``items`` pairs (examples): exact for "padded", an upper bound otherwise."""
-    if config.stage == "sft" or config.data.layout == "shared_prompt":
+    if stages.get(config.stage).examples == "sft" or config.data.layout == "shared_prompt":
         return items
     return 2 * items
 
@@ -237,7 +238,7 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
 
     out = {
         "name": config.name, "stage": config.stage, "layout": config.data.layout,
-        "loss": config.loss.name if config.stage == "po" else None,
+        "loss": config.loss.name if stages.get(config.stage).objective else None,
         "model": {"source": config.model.path or "embedded tiny", "model_type": cfg.model_type,
                   "params": sum(math.prod(i.shape) for i in infos), "matmul_params": matmul_params(cfg),
                   "layers": cfg.num_layers, "hidden": cfg.hidden_size, "heads": cfg.num_heads,

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from lnpo import rundir
 from lnpo.errors import InputNotFound
 
 __all__ = ["METHOD_LABELS", "FIGURES", "build_report", "collect_runs", "main"]
@@ -98,13 +99,13 @@ def collect_runs(root: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {"ok": [], "failed": [], "other": []}
     for d, subdirs, files in os.walk(root):
         subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
-        if "run.json" not in files:
+        if rundir.RUN_JSON not in files:
             continue
         subdirs[:] = []
         name = os.path.relpath(d, root)
         entry: dict[str, Any] = {"name": name, "dir": d}
         try:
-            run = _read_json(os.path.join(d, "run.json"))
+            run = _read_json(rundir.run_json(d))
             if not isinstance(run, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
@@ -126,7 +127,7 @@ def collect_runs(root: str) -> dict[str, list[dict]]:
             entry["reason"] = "run.json status failed" + (f": {run['error']}" if run.get("error") else "")
             out["failed"].append(entry)
             continue
-        spath = os.path.join(d, "eval", "summary.json")
+        spath = rundir.eval_summary(d)
         if not os.path.isfile(spath):
             entry["reason"] = "no eval/summary.json"
             out["failed"].append(entry)
@@ -144,7 +145,7 @@ def collect_runs(root: str) -> dict[str, list[dict]]:
             out["failed"].append(entry)
             continue
         entry["summary"] = summary
-        entry["samples"] = _read_jsonl(os.path.join(d, "eval", "samples.jsonl"))
+        entry["samples"] = _read_jsonl(rundir.samples_path(rundir.eval_dir(d)))
         out["ok"].append(entry)
     return out
 

@@ -122,7 +122,7 @@ def _compiled_temp_bytes(config, mesh=None) -> int:
     from lnpo import losses, parallel
     from lnpo.models import Decoder
     from lnpo.models.decoder import param_shardings
-    from lnpo.train import steps
+    from lnpo.train import stages, steps
     from lnpo.train.optim import make_optimizer
     from lnpo.train.step_builder import build_train_step
 
@@ -133,11 +133,11 @@ def _compiled_temp_bytes(config, mesh=None) -> int:
     tx, _ = make_optimizer(config.optim, steps=10)
     A, M = config.train.micro_batches, config.train.global_batch // config.train.micro_batches
     T = implied.row_length(config)
-    sums_fn = steps.micro_sums_fn("po", objective=losses.get(config.loss.name), num_pairs=M,
+    sums_fn = stages.micro_sums_fn("po", objective=losses.get(config.loss.name), num_pairs=M,
                                   chunk_size=config.train.logprob_chunk)
-    built = build_train_step(params, graphdef, tx, mesh, stage="po", sums_fn=sums_fn)
+    built = build_train_step(params, graphdef, tx, mesh, sums_fn=sums_fn)
     batch = {k: jnp.zeros((A, 2 * M, T), jnp.int32) for k in steps.ROW_KEYS}
-    batch.update({k: jnp.zeros((A, M), jnp.float32) for k in ("pair_valid", "ref_chosen", "ref_rejected")})
+    batch.update({k: jnp.zeros((A, M), jnp.float32) for k in ("example_valid", "ref_chosen", "ref_rejected")})
     hparams = steps.step_hparams(1e-4, {"beta": 0.1})
     compiled = built.jitted.lower(built.state, batch, None, hparams).compile()
     return compiled.memory_analysis().temp_size_in_bytes

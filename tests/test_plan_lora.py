@@ -49,7 +49,7 @@ def _compiled(config):
 
     from lnpo import losses, parallel
     from lnpo.models import Decoder, lora
-    from lnpo.train import steps
+    from lnpo.train import stages, steps
     from lnpo.train.optim import make_optimizer
     from lnpo.train.step_builder import build_train_step
 
@@ -65,11 +65,11 @@ def _compiled(config):
     tx, _ = make_optimizer(config.optim, steps=10)
     A, M = config.train.micro_batches, config.train.global_batch // config.train.micro_batches
     T = implied.row_length(config)
-    sums_fn = steps.micro_sums_fn("po", objective=losses.get("dpo"), num_pairs=M, chunk_size=config.train.logprob_chunk)
-    built = build_train_step(adapters, graphdef, tx, mesh, stage="po", sums_fn=sums_fn, ref_graphdef=ref_graphdef,
+    sums_fn = stages.micro_sums_fn("po", objective=losses.get("dpo"), num_pairs=M, chunk_size=config.train.logprob_chunk)
+    built = build_train_step(adapters, graphdef, tx, mesh, sums_fn=sums_fn, ref_graphdef=ref_graphdef,
                              frozen=frozen)
     batch = {k: jnp.zeros((A, 2 * M, T), jnp.int32) for k in steps.ROW_KEYS}
-    batch["pair_valid"] = jnp.zeros((A, M), jnp.float32)
+    batch["example_valid"] = jnp.zeros((A, M), jnp.float32)
     hparams = steps.step_hparams(1e-4, {"beta": 0.1})
     return built.jitted.lower(built.state, batch, None, hparams).compile().memory_analysis()
 

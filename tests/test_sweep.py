@@ -373,3 +373,26 @@ def test_sweep_process_shares_compiled_programs_in_its_workdir_unless_a_cache_is
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sweep")], env=env, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [str(tmp_path / "mine")] * 2
+
+
+def test_re_evaluation_passes_the_sweeps_settings_and_leaves_run_json_alone(tmp_path, monkeypatch):
+    """A trained run whose run.json holds other evaluation settings is evaluated with the sweep config's
+    EvalSettings, handed to the evaluator; run.json is not rewritten."""
+    import lnpo.evaluate
+    from lnpo import rundir
+    from lnpo.eval_settings import EvalSettings
+    from lnpo.sweep.execute import execute_run
+
+    sweep = sweep_lib.load_sweep(SMOKE, overrides={"methods.dpo.beta": (0.1,), "methods.simpo.enabled": False},
+                                 run_overrides={**TINY_EVAL, "eval.top_k": 3})
+    spec = sweep_lib.expand(sweep, str(tmp_path / "sweep"), config_root=REPO)[0]
+    os.makedirs(rundir.export_dir(spec.workdir))
+    rundir.write_run_info(spec.workdir, rundir.RunInfo(name=spec.name, method="dpo", export=rundir.export_dir(
+        spec.workdir), eval_prompts="p.jsonl", scorer="embedded", eval=EvalSettings(max_new_tokens=99)))
+    before = open(rundir.run_json(spec.workdir), encoding="utf-8").read()
+    seen = {}
+    monkeypatch.setattr(lnpo.evaluate, "evaluate_workdir", lambda workdir, **kw: seen.update(kw) or {})
+    assert execute_run(spec, log=lambda _: None) == "finished"
+    assert seen["settings"] == EvalSettings.from_config(spec.config())
+    assert seen["settings"].max_new_tokens == 8 and seen["settings"].top_k == 3
+    assert open(rundir.run_json(spec.workdir), encoding="utf-8").read() == before

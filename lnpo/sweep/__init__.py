@@ -62,7 +62,6 @@ Python API: :func:`load_sweep`, :func:`expand`, :func:`run_sweep`,
 - :mod:`lnpo.sweep.grid`: grid expansion (methods x axes x seeds -> :class:`RunSpec` list);
 - :mod:`lnpo.sweep.spec`: :class:`RunSpec`, one run (its config, its ``lnpo.main`` command);
 - :mod:`lnpo.sweep.records`: run status, ``sweep_run.json``, failure records;
-- :mod:`lnpo.sweep.reevaluate`: completing ``run.json`` for the evaluator;
 - :mod:`lnpo.sweep.execute`: running the runs one after another;
 - :mod:`lnpo.sweep.commands`: ``--print_commands``;
 - :mod:`lnpo.sweep.cli`: ``python -m lnpo.sweep``.
@@ -76,7 +75,6 @@ from lnpo.sweep.grid import GRID_AXES, expand
 from lnpo.sweep.load import finalize_sweep, load_sweep, set_run_overrides
 from lnpo.sweep.overrides import apply_overrides, flatten
 from lnpo.sweep.records import record_failure, run_status
-from lnpo.sweep.reevaluate import prepare_eval
 from lnpo.sweep.spec import RunSpec
 
 __all__ = [
@@ -91,7 +89,6 @@ __all__ = [
     "load_sweep",
     "main",
     "missing_fields",
-    "prepare_eval",
     "print_commands",
     "record_failure",
     "run_status",

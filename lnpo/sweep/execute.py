@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
+from lnpo import rundir
+from lnpo.eval_settings import EvalSettings
 from lnpo.sweep.grid import expand
 from lnpo.sweep.records import (
     is_writer,
@@ -19,7 +21,6 @@ from lnpo.sweep.records import (
     settings_changed,
     write_json,
 )
-from lnpo.sweep.reevaluate import prepare_eval
 from lnpo.sweep.spec import RunSpec
 
 
@@ -28,18 +29,19 @@ def execute_run(spec: RunSpec, *, config: ml_collections.ConfigDict | None = Non
     """Train (unless already trained) and evaluate one run; returns ``"finished"`` or ``"preempted"``.
 
     Raises whatever the run raises (:func:`run_sweep` records it). Training runs with
-    ``config.eval.enabled`` off; the sweep then completes run.json (:func:`prepare_eval`)
-    and calls :func:`lnpo.evaluate.evaluate_workdir`, so the sampling settings of
-    ``config.eval`` apply whatever the trainer writes into run.json.
+    ``config.eval.enabled`` off; the sweep then calls :func:`lnpo.evaluate.evaluate_workdir` with
+    ``config``'s :class:`~lnpo.eval_settings.EvalSettings` (and its scorer and prompts, when set), so the
+    sampling settings of ``config.eval`` apply whatever an earlier run wrote into run.json (which the sweep
+    never rewrites).
     """
     config = config if config is not None else spec.config()
     if is_writer():
         os.makedirs(spec.workdir, exist_ok=True)
-        write_json(os.path.join(spec.workdir, "sweep_run.json"), run_record(spec))
+        write_json(rundir.sweep_run_record(spec.workdir), run_record(spec))
     evaluate = bool(config.eval.enabled)
     status = run_status(spec.workdir, evaluate=evaluate)
-    info = read_json(os.path.join(spec.workdir, "run.json")) or {}
-    export = info.get("export") or os.path.join(spec.workdir, "export")
+    info = rundir.read_run_json(spec.workdir) or {}
+    export = info.get("export") or rundir.export_dir(spec.workdir)
     if status == "trained" and os.path.isdir(export):
         log(f"lnpo.sweep: {spec.name}: already trained; evaluating")
     else:
@@ -51,11 +53,12 @@ def execute_run(spec: RunSpec, *, config: ml_collections.ConfigDict | None = Non
         if summary.get("preempted"):
             return "preempted"
     if evaluate:
-        prepare_eval(spec.workdir, config)
         import lnpo.evaluate
 
-        result = lnpo.evaluate.evaluate_workdir(spec.workdir)
-        summary_path = os.path.join(spec.workdir, "summary.json")  # run()'s summary, as lnpo.main leaves it
+        result = lnpo.evaluate.evaluate_workdir(spec.workdir, settings=EvalSettings.from_config(config),
+                                                scorer=config.eval.scorer or None,
+                                                prompts_source=config.data.get("ood_prompts") or None)
+        summary_path = rundir.summary_path(spec.workdir)  # run()'s summary, as lnpo.main leaves it
         summary = read_json(summary_path)
         if summary is not None and is_writer():
             summary["eval"] = result

@@ -9,6 +9,7 @@ import traceback
 
 import ml_collections
 
+from lnpo import rundir
 from lnpo.sweep.grid import GRID_AXES
 from lnpo.sweep.spec import RunSpec
 
@@ -37,9 +38,9 @@ def run_status(workdir: str, *, evaluate: bool = True) -> str:
     """``"finished"`` (eval/summary.json exists, or run.json status "trained" and ``evaluate`` is off),
     ``"trained"`` (trained and exported, not evaluated), ``"failed"`` (run.json status "failed"),
     ``"started"`` (the directory exists) or ``"new"``."""
-    if os.path.isfile(os.path.join(workdir, "eval", "summary.json")):
+    if os.path.isfile(rundir.eval_summary(workdir)):
         return "finished"
-    run = read_json(os.path.join(workdir, "run.json"))
+    run = rundir.read_run_json(workdir)
     status = (run or {}).get("status")
     if status == "trained":
         return "trained" if evaluate else "finished"
@@ -69,8 +70,7 @@ def record_failure(spec: RunSpec, exc: BaseException, config: ml_collections.Con
     keeping what the trainer wrote; the traceback goes to ``error.log``."""
     if not is_writer():
         return
-    path = os.path.join(spec.workdir, "run.json")
-    info = read_json(path)
+    info = rundir.read_run_json(spec.workdir)
     if info is None:
         loss = {k: v for k, v in ((config.loss.to_dict() if config is not None else {}).items()) if k != "name"}
         for axis, field in GRID_AXES.items():
@@ -86,8 +86,8 @@ def record_failure(spec: RunSpec, exc: BaseException, config: ml_collections.Con
         }
     info["status"] = "failed"
     info["error"] = one_line(exc)
-    write_json(path, info)
-    with open(os.path.join(spec.workdir, "error.log"), "w", encoding="utf-8") as f:
+    rundir.write_run_info(spec.workdir, info)
+    with open(rundir.error_log(spec.workdir), "w", encoding="utf-8") as f:
         f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
@@ -99,7 +99,7 @@ def run_record(spec: RunSpec) -> dict:
 
 def settings_changed(spec: RunSpec) -> bool:
     """Whether the run's ``sweep_run.json`` names another config file or other overrides than ``spec``."""
-    old = read_json(os.path.join(spec.workdir, "sweep_run.json"))
+    old = read_json(rundir.sweep_run_record(spec.workdir))
     if old is None:
         return False
     new = json.loads(json.dumps(run_record(spec), default=str))
