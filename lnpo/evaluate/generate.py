@@ -69,7 +69,8 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
-    """Sampling settings (validated; only ``max_new_tokens`` is static under jit).
+    """Sampling settings (validated; only ``max_new_tokens`` is static under jit). No defaults of its own:
+    an evaluation's come from :class:`lnpo.eval_settings.EvalSettings`.
 
     temperature: 0 = greedy argmax; otherwise logits are divided by it.
     top_k: keep the k largest logits (0 = all; ties with the k-th value are kept).
@@ -78,9 +79,9 @@ class SamplingSettings:
     """
 
     max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float
+    top_p: float
+    top_k: int
 
     def __post_init__(self):
         if int(self.max_new_tokens) < 1:
