@@ -12,9 +12,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from configs.lora_dpo import get_config  # noqa: E402
-from lnpo import implied  # noqa: E402
-from lnpo import plan as planlib  # noqa: E402
+from configs.lora_dpo import get_config
+from lnpo import implied
+from lnpo import plan as planlib
 
 SMALL = dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
              model_type="llama")

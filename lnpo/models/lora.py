@@ -25,7 +25,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -274,5 +274,14 @@ def quantize_base(model) -> None:
         proj.kernel_scale = nnx.Param(s, eager_sharding=False, out_sharding=axes[:lead] + axes[lead + proj.n_in:])
 
 
-__all__: Sequence[str] = ("LoraParam", "LoraSpec", "TARGETS", "add_adapters", "split", "base_graphdef",
-                          "quantize_base", "dropout_key", "spec_from_config")
+__all__: Sequence[str] = (
+    "TARGETS",
+    "LoraParam",
+    "LoraSpec",
+    "add_adapters",
+    "base_graphdef",
+    "dropout_key",
+    "quantize_base",
+    "spec_from_config",
+    "split",
+)

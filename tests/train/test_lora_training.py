@@ -9,9 +9,9 @@ import os
 
 import numpy as np
 import pytest
+from train_helpers import losses_of, small_config
 
 from lnpo.train.run import run
-from train_helpers import losses_of, small_config
 
 LORA = {"model.lora.rank": 4, "model.lora.alpha": 8.0, "reference.mode": "base", "optim.lr": 1e-2,
         "loss.name": "dpo", "loss.beta": 0.5}
