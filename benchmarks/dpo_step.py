@@ -261,6 +261,8 @@ def lnpo_model(args, mesh):
     ``--model DIR``'s weights loaded as the trainer loads ``model.path``."""
     from flax import nnx
 
+    import jax
+
     from lnpo.models import from_pretrained, init_sharded
 
     if args.model:
@@ -270,6 +272,14 @@ def lnpo_model(args, mesh):
         cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat,
                                 attn_query_chunk=args.attn_chunk, attn_implementation=args.attn_impl)
         model = init_sharded(cfg, args.seed, mesh)
+    if getattr(args, "lora_rank", 0):  # the trainer's LoRA (train.trainer.add_lora): adapters on every projection
+        from lnpo.models import lora
+
+        lora.add_adapters(model, lora.LoraSpec(rank=args.lora_rank, alpha=2.0 * args.lora_rank),
+                          jax.random.key(args.seed), mesh=mesh)
+        graphdef, adapters, frozen = lora.split(model)
+        args._lora_frozen = frozen  # the frozen base: lnpo_step passes it to the step (never donated)
+        return graphdef, adapters
     return nnx.split(model, nnx.Param)
 
 
@@ -285,14 +295,19 @@ def lnpo_step(args, params, graphdef, mesh, *, total_steps: int, seq_len: int):
     from lnpo.train.step_builder import build_stage_step
 
     ref_params = ref_graphdef = None
-    if args.reference == "in_step":
+    frozen = getattr(args, "_lora_frozen", None)
+    if frozen is not None and args.reference == "in_step":  # LoRA: the base with the adapters off, no copy
+        from lnpo.models import lora
+
+        ref_graphdef = lora.base_graphdef(graphdef, params, frozen)
+    elif args.reference == "in_step":
         ref_graphdef, ref_params = graphdef, steps_lib.reference_copy(params, jnp.float32)
     chunk = args.logprob_chunk if args.logprob_chunk > 0 else 0
     objective = losses_lib.get("dpo")
     built = build_stage_step(params, graphdef, mesh, stage="po", optim=OPTIM, total_steps=max(total_steps, 1),
                              learning_rate=OPTIM.lr, num_pairs=args.batch, chunk_size=chunk or seq_len,
                              objective=objective, loss_hparams=losses_lib.validate("dpo", DPO_HPARAMS),
-                             ref_params=ref_params, ref_graphdef=ref_graphdef,
+                             ref_params=ref_params, ref_graphdef=ref_graphdef, frozen=frozen,
                              sums_fn=_naive_sums_fn(objective, args.batch) if chunk == 0 else None)
     return built, ref_params
 
@@ -336,8 +351,9 @@ def run_lnpo(args) -> dict:
 
     mesh = parallel.make_mesh((-1, 1, 1))
     graphdef, params = lnpo_model(args, mesh)
-    n_params = int(sum(x.size for x in jax.tree.leaves(params)))
-    init_norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(params))))
+    everything = jax.tree.leaves(params) + jax.tree.leaves(getattr(args, "_lora_frozen", None))  # LoRA: + base
+    n_params = int(sum(x.size for x in everything))
+    init_norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in everything)))
     built, ref_params = lnpo_step(args, params, graphdef, mesh, total_steps=total_steps, seq_len=seq_len)
     state, jitted, step_hparams = built.state, built.jitted, built.hparams
 
@@ -384,7 +400,9 @@ def run_lnpo(args) -> dict:
             jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
         t = time.perf_counter()
         batch = jax.device_put(local, sharding)
-        state, metrics = executables[local["input_ids"].shape[1]](state, batch, ref_params, step_hparams)
+        frozen = getattr(args, "_lora_frozen", None)  # LoRA's base: an argument of the compiled step
+        state, metrics = executables[local["input_ids"].shape[1]](state, batch, ref_params, step_hparams,
+                                                                  *([] if frozen is None else [frozen]))
         jax.block_until_ready(metrics)
         if profile:
             jax.profiler.stop_trace()
@@ -400,7 +418,8 @@ def run_lnpo(args) -> dict:
     tokens_per_step = pair_tokens([x for b in timed_batches for x in b]) / len(timed_batches)
     real = sum(int((h["segment_ids"] > 0).sum()) for h in host_batches)
     slots = sum(h["segment_ids"].size for h in host_batches)
-    extra = {"reference": args.reference, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
+    extra = {"reference": ("base" if args.lora_rank else "in_step") if args.reference == "in_step" else "cache",
+             "lora_rank": args.lora_rank, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
              "remat": args.remat, "attn_chunk": args.attn_chunk, "attn_impl": args.attn_impl, "dtype": args.dtype,
              "rows": sorted(executables), "compiles": len(executables), "row_buckets": list(buckets),
              "seq_len": seq_len,
@@ -753,6 +772,9 @@ def parse_args(argv=None):
                     help="DIR: a Hugging Face model directory (config.json, safetensors, tokenizer): both sides "
                          "start from its weights, the shape flags are ignored, and the pairs are drawn from its "
                          "tokenizer's whole-word tokens (re-tokenized by TRL to the same ids)")
+    ap.add_argument("--lora-rank", type=int, default=0,
+                    help="lnpo: train rank-R LoRA adapters (alpha 2R) on every projection of the frozen base; the "
+                         "in-step reference is then the base with the adapters off (0: full fine-tuning)")
     ap.add_argument("--batch", type=int, default=8, help="pairs per step")
     ap.add_argument("--prompt-len", type=int, default=96, help="prompt tokens (the maximum for long-tailed)")
     ap.add_argument("--response-len", type=int, default=160, help="tokens per completion (maximum for long-tailed)")

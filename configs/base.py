@@ -40,9 +40,20 @@ def get_base() -> ml_collections.ConfigDict:
     c.model.tiny.num_heads = 4
     c.model.tiny.num_kv_heads = 2
 
+    # LoRA (lnpo.models.lora, docs/lora.md): rank > 0 trains adapters on the frozen base (stages sft, po).
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0  # 0 = full fine-tuning
+    c.model.lora.alpha = 16.0  # scale alpha / rank (rslora: alpha / sqrt(rank)), as PEFT
+    c.model.lora.dropout = 0.0  # on the adapters' input, as PEFT's lora_dropout
+    c.model.lora.targets = "all-linear"  # or PEFT module names, e.g. "q_proj,v_proj"
+    c.model.lora.rslora = False
+    c.model.lora.base_dtype = "float32"  # the frozen base: "float32" | "bfloat16" | "int8" (per-channel scales)
+    c.model.lora.init_from = ""  # a PEFT adapter directory to continue training
+
     # Reference log-probs: "cache" (one pass over the training set before
     # training, reused by every run with the same fingerprint) or "in_step"
-    # (frozen reference parameters evaluated inside the train step).
+    # (frozen reference parameters evaluated inside the train step) or, with LoRA, "base" (the
+    # frozen base with the adapters off, inside the step: no copy, no cache).
     c.reference = ml_collections.ConfigDict()
     c.reference.mode = "cache"
     c.reference.dtype = "float32"  # in_step reference weights may be held in bfloat16
@@ -106,6 +117,7 @@ def get_base() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 50
     c.train.keep_checkpoints = 2
     c.train.export = True
+    c.train.export_merged = True  # LoRA: also export the merged model (export/; the adapter is in adapter/)
     c.train.export_dtype = ""  # "" = the starting model's own dtype (config.json); "float32" | "bfloat16" | "float16"
 
     # The device mesh by named axes; -1 = the rest of the devices (at most one axis). Or the tuple

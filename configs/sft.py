@@ -26,6 +26,8 @@ def sft_stage(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optim.schedule = "cosine"
     c.data.layout = "packed"  # short SFT examples: packing wastes no compute on padding
     c.eval.enabled = False
+    c.model.lora.rank = 0  # the embedded starting model trains whole (override after this for an SFT LoRA)
+    c.reference.mode = "cache"
     return c
 
 

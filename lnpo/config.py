@@ -18,7 +18,7 @@ from lnpo.errors import ConfigError
 from lnpo.implied import data_parallel, row_length, tiny_model_config
 
 STAGES = ("sft", "po", "rm")
-REFERENCE_MODES = ("cache", "in_step")
+REFERENCE_MODES = ("cache", "in_step", "base")  # base: LoRA only
 # Parameter, compute and in-step reference dtypes; float16 is not offered (lnpo trains without loss scaling).
 TRAINING_DTYPES = ("float32", "bfloat16")
 # The other choice lists are declared by the modules that own them: data.layout (lnpo.data.layouts.LAYOUTS),
@@ -130,6 +130,27 @@ def _check_tiny_model(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.tiny: {str(e).replace('ModelConfig', 'the tiny model')}") from None
 
 
+def _check_lora(config: ml_collections.ConfigDict) -> None:
+    """``config.model.lora`` (lnpo.models.lora.check_config) and how it fits the stage and the reference."""
+    from lnpo import losses
+    from lnpo.models.lora import check_config
+
+    lora = config.model.lora
+    check_config(lora)
+    if not lora.rank:
+        if config.reference.mode == "base":
+            raise ConfigError("config.reference.mode: 'base' (the base with the adapters off) needs LoRA: "
+                              "set model.lora.rank > 0, or use 'cache' / 'in_step'")
+        return
+    if config.stage == "rm":
+        raise ConfigError("config.model.lora.rank: LoRA trains the sft and po stages; a reward model trains whole "
+                          "(set model.lora.rank=0)")
+    if (config.stage == "po" and losses.requires_reference(config.loss.name)
+            and config.reference.mode != "base"):
+        raise ConfigError(f"config.reference.mode: a LoRA run's reference is the base with the adapters off: set "
+                          f"'base', not {config.reference.mode!r}")
+
+
 def _check_data(config: ml_collections.ConfigDict) -> None:
     from lnpo.data.adapters import PKU_PREFERENCES
     from lnpo.data.sources import PREFERENCE_COLUMNS, SFT_COLUMNS
@@ -178,7 +199,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
             losses.validate(config.loss.name, loss_hparams(config))
         except ValueError as e:
             raise ConfigError(f"config.loss: {e}") from None
-        if "sampled" in losses.needs(config.loss.name) and config.reference.mode != "in_step":
+        if "sampled" in losses.needs(config.loss.name) and config.reference.mode == "cache":
             raise ConfigError(f"config.reference.mode: {config.loss.name} re-draws its tokens every step, so its "
                               f"reference must run in the step: set 'in_step', not {config.reference.mode!r}")
     _choice("model.param_dtype", config.model.param_dtype, TRAINING_DTYPES)
@@ -186,6 +207,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
     _choice("model.remat", config.model.remat, REMAT_POLICIES)
     _check_attention(config)
     _choice("reference.mode", config.reference.mode, REFERENCE_MODES)
+    _check_lora(config)
     _choice("reference.dtype", config.reference.dtype, TRAINING_DTYPES)
     _choice("data.layout", config.data.layout, LAYOUTS)
     _choice("data.truncation", config.data.truncation, TRUNCATIONS)

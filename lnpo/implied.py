@@ -37,7 +37,7 @@ def row_length(config: ml_collections.ConfigDict) -> int:
 
 def reference_mode(config: ml_collections.ConfigDict) -> str:
     """``"none"`` when the stage's objective reads no reference model (SFT, reward model, reference-free
-    objectives), else ``config.reference.mode`` (``"cache"`` or ``"in_step"``)."""
+    objectives), else ``config.reference.mode`` (``"cache"``, ``"in_step"`` or LoRA's ``"base"``)."""
     if not stages.get(config.stage).objective:
         return "none"
     from lnpo import losses

@@ -53,7 +53,7 @@ from typing import Any
 from lnpo.errors import ConfigError
 from lnpo.implied import EMBEDDED_VOCAB, data_parallel, model_config, reference_mode, row_length
 from lnpo.plan_activations import ITEMSIZE, activation_bytes
-from lnpo.plan_state import optimizer_bytes, param_infos, per_chip_param_elements
+from lnpo.plan_state import lora_infos, optimizer_bytes, param_infos, per_chip_param_elements
 from lnpo.train import stages
 
 GIB = 1024**3
@@ -87,7 +87,7 @@ class Settings:
     mesh: tuple[int, int, int, int]  # (data, fsdp, tensor, context)
     micro_batches: int
     remat: str
-    reference: str  # "none" | "cache" | "in_step"
+    reference: str  # "none" | "cache" | "in_step" | "base" (LoRA: no copy)
     reference_dtype: str
 
 
@@ -101,9 +101,16 @@ def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str,
     problems = []
     params = sum(n * i.itemsize for n, i in zip(counts, infos))
     param_elems = sum(counts)
-    opt = optimizer_bytes(config, abstract, infos, counts)
+    lora = _lora_parts(config, cfg, mesh)
+    if lora is None:
+        adapters = 0
+        opt = optimizer_bytes(config, abstract, infos, counts)
+        trained = params
+    else:  # LoRA: the frozen base in its dtype; adapters, their gradients and AdamW state in float32
+        params, adapters, opt = lora["base"], lora["adapters"], lora["optimizer"]
+        trained = adapters
     ref = param_elems * ITEMSIZE[st.reference_dtype] if st.reference == "in_step" else 0
-    grads = params * (2 if st.micro_batches > 1 else 1)  # accumulator (+ this micro-batch's)
+    grads = trained * (2 if st.micro_batches > 1 else 1)  # accumulator (+ this micro-batch's)
 
     dp = data_parallel(mesh)
     G, A = int(config.train.global_batch), st.micro_batches
@@ -136,13 +143,28 @@ def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str,
         gathers = 0
     batch = 6 * 4 * A * rows_chip * T + (8 * A * per_micro // dp if st.reference == "cache" else 0)
 
-    parts = {"params": params, "optimizer": opt, "reference": ref, "gradients": grads,
+    parts = {"params": params, "adapters": adapters, "optimizer": opt, "reference": ref, "gradients": grads,
              "activations": acts["total"], "weight_gathers": gathers, "batch": batch}
     parts = {k: int(round(v)) for k, v in parts.items()}
     parts["total"] = sum(parts.values())
     return {"bytes": parts, "activation_parts": {k: int(v) for k, v in acts.items()}, "problems": problems,
             "replicated": replicated,
             "rows_per_chip": rows_chip, "rows_per_micro_batch": rows, "pairs_per_micro_batch": per_micro}
+
+
+def _lora_parts(config, cfg, mesh) -> dict | None:
+    """Per-chip bytes of a LoRA run's frozen base, adapters and the adapters' optimizer state (None: no LoRA)."""
+    from lnpo.models import lora
+
+    spec = lora.spec_from_config(config.model.lora) if config.stage != "rm" else None
+    if spec is None:
+        return None
+    base_infos, adapter_infos, abstract = lora_infos(cfg, spec, config.model.lora.base_dtype)
+    base_counts, _ = per_chip_param_elements(base_infos, mesh)
+    counts, _ = per_chip_param_elements(adapter_infos, mesh)
+    return {"base": sum(n * i.itemsize for n, i in zip(base_counts, base_infos)),
+            "adapters": sum(n * i.itemsize for n, i in zip(counts, adapter_infos)),
+            "optimizer": optimizer_bytes(config, abstract, adapter_infos, counts)}
 
 
 def _resolve_chip(chip_type, hbm_gib, peak_tflops):
@@ -198,7 +220,7 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
     T = row_length(config)
     G, A = int(config.train.global_batch), st.micro_batches
     tokens = A * mem["rows_per_micro_batch"] * T
-    passes = 3 + (1 if ref_mode == "in_step" else 0)
+    passes = 3 + (1 if ref_mode in ("in_step", "base") else 0)  # base: the reference forward runs in the step
     flops = tokens * forward_flops_per_token(cfg, T) * passes
     step_time = flops / (chips * peak * mfu)
 
@@ -223,6 +245,8 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
                   "kv_heads": cfg.num_kv_heads, "vocab": cfg.vocab_size, "param_dtype": cfg.param_dtype,
                   "compute_dtype": cfg.compute_dtype, "remat": cfg.remat},
         "chips": chips, "mesh": given, "chip": {"type": chip_type, "hbm_gib": hbm, "peak_flops": peak},
+        "lora": ({"rank": int(config.model.lora.rank), "base_dtype": config.model.lora.base_dtype}
+                 if config.model.lora.rank and config.stage != "rm" else None),
         "reference": {"mode": ref_mode, "dtype": config.reference.dtype if ref_mode == "in_step" else None},
         "batch": {"pairs_per_step": G, "micro_batches": A, "pairs_per_micro_batch": mem["pairs_per_micro_batch"],
                   "rows_per_micro_batch": mem["rows_per_micro_batch"], "seq_len": T,
@@ -355,7 +379,9 @@ def format_plan(p: dict) -> str:
         "  per-chip memory                            GiB",
     ]
     rows = [
-        (f"parameters ({m['param_dtype']} master)", by["params"]),
+        (f"parameters ({m['param_dtype']} master)" if not p.get("lora") else
+         f"frozen base ({p['lora']['base_dtype']})", by["params"]),
+        *([(f"LoRA adapters (rank {p['lora']['rank']}, float32)", by["adapters"])] if p.get("lora") else []),
         ("optimizer (AdamW mu + nu)", by["optimizer"]),
         (f"reference ({ref['mode']}{', ' + ref['dtype'] if ref['dtype'] else ''})", by["reference"]),
         ("gradients", by["gradients"]),

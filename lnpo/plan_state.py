@@ -79,3 +79,36 @@ def optimizer_bytes(config, abstract_params, infos, counts) -> int:
         else:
             total += math.prod(leaf.shape) * leaf.dtype.itemsize  # replicated (step counters)
     return total
+
+
+@functools.lru_cache(maxsize=8)
+def lora_infos(cfg, spec, base_dtype: str) -> tuple[list[ParamInfo], list[ParamInfo], Any]:
+    """A LoRA run's arrays: the frozen base's (in ``base_dtype``: "int8" is int8 projection kernels with float32
+    per-channel scales and bfloat16 for the rest, as the trainer holds them), the adapters' (float32), and the
+    abstract adapter state (what the optimizer sees). Nothing is allocated."""
+    import jax
+    from flax import nnx
+
+    from lnpo.models import Decoder, lora
+
+    float_dtype = "bfloat16" if base_dtype == "int8" else base_dtype
+
+    def build():
+        model = Decoder(cfg.replace(param_dtype=float_dtype), rngs=nnx.Rngs(0))
+        lora.add_adapters(model, spec, jax.random.key(0))
+        if base_dtype == "int8":
+            lora.quantize_base(model)
+        return model
+
+    abstract = nnx.eval_shape(build)
+    _, adapters, base = lora.split(abstract)
+
+    def infos(state):
+        out = []
+        variables = jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        for (path, _), var in zip(jax.tree_util.tree_flatten_with_path(state)[0], variables):
+            axes = tuple(var.get_metadata().get("out_sharding") or (None,) * len(var.shape))
+            out.append(ParamInfo(tuple(path), tuple(var.shape), axes, var.dtype.itemsize))
+        return out
+
+    return infos(base), infos(adapters), adapters

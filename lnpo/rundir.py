@@ -8,7 +8,8 @@ Stdlib only (``lnpo.report`` reads run directories without JAX).
     <workdir>/metrics.jsonl            one JSON object per logged step
     <workdir>/tensorboard/             the same scalars
     <workdir>/checkpoints/<step>/      orbax: state + data (iterator position) + checksums
-    <workdir>/export/                  Hugging Face config.json + safetensors + tokenizer
+    <workdir>/export/                  Hugging Face config.json + safetensors + tokenizer (LoRA: merged)
+    <workdir>/adapter/                 a LoRA run's PEFT adapter (adapter_config.json, adapter_model.safetensors)
     <workdir>/run.json                 RunInfo (below): what evaluation, sweeps and reports read
     <workdir>/summary.json             the run's summary (lnpo.train.run)
     <workdir>/eval/summary.json        the generation-based evaluation (lnpo.evaluate), with
@@ -40,6 +41,7 @@ DEFAULT_RUNS_ROOT = "runs"
 
 RUN_JSON = "run.json"
 EXPORT = "export"
+ADAPTER = "adapter"
 EVAL = "eval"
 SUMMARY = "summary.json"
 SAMPLES = "samples.jsonl"
@@ -59,6 +61,11 @@ def run_json(workdir: str) -> str:
 
 def export_dir(workdir: str) -> str:
     return os.path.join(workdir, EXPORT)
+
+
+def adapter_dir(workdir: str) -> str:
+    """A LoRA run's PEFT adapter (adapter_config.json + adapter_model.safetensors + tokenizer)."""
+    return os.path.join(workdir, ADAPTER)
 
 
 def eval_dir(workdir: str) -> str:
@@ -186,12 +193,15 @@ class RunInfo:
     eval: EvalSettings = EvalSettings()
     status: str = "trained"
     error: str | None = None
+    adapter: str | None = None  # a LoRA run's PEFT adapter directory (absolute)
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["eval"] = self.eval.to_json()
         if out["error"] is None:
             del out["error"]
+        if out["adapter"] is None:
+            del out["adapter"]
         return out
 
     @classmethod

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from lnpo.models import lora
 from lnpo.models.attention import Attention, TokenInfo
 from lnpo.models.config import ModelConfig, dtype_of
 from lnpo.models.layers import Embed, LMHead, Proj, RMSNorm, activation, init_normal_params
@@ -194,19 +195,22 @@ class Decoder(nnx.Module):
         """Scan the stacked layers. Returns (x, (k, v) stacked caches or None)."""
         graphdef, state = nnx.split(self.layers)
         windows = jnp.asarray(self.config.layer_windows, jnp.int32)
+        dropout_key = lora.active_dropout_key()  # LoRA dropout (train step only): one key per layer
+        layer_index = None if dropout_key is None else jnp.arange(self.config.num_layers, dtype=jnp.int32)
 
         def body(carry, xs):
-            layer_state, window, kc, vc = xs
+            layer_state, window, kc, vc, i = xs
             block = nnx.merge(graphdef, layer_state)
             kv = None if kc is None else (kc, vc, cache.index)
-            y, new_kv = block(carry, cos, sin, q_info, k_info, window, kv)
+            with lora.dropout_key(None if i is None else jax.random.fold_in(dropout_key, i)):
+                y, new_kv = block(carry, cos, sin, q_info, k_info, window, kv)
             return y, new_kv
 
         body = _remat(body, self.config.remat)
         kc = vc = None
         if cache is not None:
             kc, vc = cache.k, cache.v
-        return jax.lax.scan(body, x, (state, windows, kc, vc))
+        return jax.lax.scan(body, x, (state, windows, kc, vc, layer_index))
 
     # ------------------------------------------------------------------ decoding
     def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:

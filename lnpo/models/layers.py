@@ -88,7 +88,8 @@ def init_normal_params(module: nnx.Module, key: jax.Array, std: float) -> None:
 
 
 class Proj(nnx.Module):
-    """Linear map contracting the trailing ``in_shape`` dims of x with a kernel.
+    """Linear map contracting the trailing ``in_shape`` dims of x with a kernel (optionally int8 with a
+    per-output-channel ``kernel_scale``, optionally with LoRA adapters: :mod:`lnpo.models.lora`).
 
     kernel: ``[*in_shape, *out_shape]`` (logical ``in_axes + out_axes``), optional
     bias ``[*out_shape]``. ``x [..., *in_shape] -> y [..., *out_shape]`` in
@@ -106,10 +107,14 @@ class Proj(nnx.Module):
         bias: bool = False,
         layers: int = 0,
     ):
-        self.n_in = len(in_shape)
+        self.n_in, self.n_out = len(in_shape), len(out_shape)
         self.compute_dtype = config.compute_dtype
         self.kernel = init_param((*in_shape, *out_shape), (*in_axes, *out_axes), config, layers=layers)
         self.bias = init_param(tuple(out_shape), tuple(out_axes), config, init="zeros", layers=layers) if bias else None
+        # Set by lnpo.models.lora: an int8 kernel's per-output-channel scale, and LoRA adapters.
+        self.kernel_scale = nnx.data(None)
+        self.lora_a, self.lora_b = nnx.data(None), nnx.data(None)
+        self.lora_scale, self.lora_dropout, self.lora_salt = 0.0, 0.0, 0
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = dtype_of(self.compute_dtype)
@@ -121,6 +126,12 @@ class Proj(nnx.Module):
         x2 = x.astype(dtype).reshape((-1, *feat))
         contract = (tuple(range(1, 1 + n)), tuple(range(n)))
         y = jax.lax.dot_general(x2, kernel, (contract, ((), ())))
+        if self.kernel_scale is not None:  # int8 kernel: scale each output channel
+            y = y * self.kernel_scale[...].astype(dtype)
+        if self.lora_a is not None:
+            from lnpo.models import lora
+
+            y = y + lora.delta(self, x2, dtype)
         y = y.reshape((*lead, *kernel.shape[n:]))
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)

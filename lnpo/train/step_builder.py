@@ -58,39 +58,62 @@ def initial_state(params, tx: optax.GradientTransformation, mesh) -> tuple[steps
     return jax.device_put(state, shardings), shardings
 
 
-def step_function(graphdef, tx: optax.GradientTransformation, mesh, *, sums_fn: Callable, ref_graphdef=None):
-    """``step_fn(state, batch, ref_params, hparams)``: :func:`lnpo.train.steps.train_step` under ``mesh``'s
-    logical axis rules, before jit (what :func:`build_train_step` jits)."""
+def step_function(graphdef, tx: optax.GradientTransformation, mesh, *, sums_fn: Callable, ref_graphdef=None,
+                  dropout_seed: int | None = None):
+    """``step_fn(state, batch, ref_params, hparams, frozen=None)``: :func:`lnpo.train.steps.train_step` under
+    ``mesh``'s logical axis rules, before jit (what :func:`build_train_step` jits)."""
 
-    def step_fn(state, batch, ref_params, hparams):
+    def step_fn(state, batch, ref_params, hparams, frozen=None):
         with parallel.use_rules(mesh):
-            return steps.train_step(state, batch, ref_params, hparams, graphdef=graphdef,
-                                    ref_graphdef=ref_graphdef, tx=tx, sums_fn=sums_fn)
+            return steps.train_step(state, batch, ref_params, hparams, frozen, graphdef=graphdef,
+                                    ref_graphdef=ref_graphdef, tx=tx, sums_fn=sums_fn, dropout_seed=dropout_seed)
 
     return step_fn
 
 
+class WithFrozen:
+    """A jitted ``(state, batch, ref_params, hparams, frozen)`` step called as ``(state, batch, ref_params,
+    hparams)``: ``frozen`` (LoRA's base) is passed on every call as an argument (never a baked-in constant)."""
+
+    def __init__(self, jitted, frozen):
+        self.jitted, self.frozen = jitted, frozen
+
+    def __call__(self, state, batch, ref_params, hparams):
+        return self.jitted(state, batch, ref_params, hparams, self.frozen)
+
+    def lower(self, state, batch, ref_params, hparams):
+        return self.jitted.lower(state, batch, ref_params, hparams, self.frozen)
+
+
 def build_train_step(params, graphdef, tx: optax.GradientTransformation, mesh, *, sums_fn: Callable,
-                     ref_params=None, ref_graphdef=None) -> BuiltStep:
+                     ref_params=None, ref_graphdef=None, frozen=None, dropout_seed: int | None = None) -> BuiltStep:
     """The initial state and the jitted step; see the module docstring.
 
-    ``params``: the parameters the optimizer trains (``nnx.split(model, nnx.Param)``'s state);
-    ``sums_fn``: a stage's micro-sums function (:func:`lnpo.train.stages.micro_sums_fn`, or any function of
-    its contract); ``ref_params``/``ref_graphdef``: an in-step reference (None: none, or cached log-probs in
-    the batch)."""
+    ``params``: the parameters the optimizer trains (``nnx.split(model, nnx.Param)``'s state, or LoRA's
+    adapters); ``sums_fn``: a stage's micro-sums function (:func:`lnpo.train.stages.micro_sums_fn`, or any
+    function of its contract); ``ref_params``/``ref_graphdef``: an in-step reference (None: none, or cached
+    log-probs in the batch). LoRA: ``frozen`` is the base state (its own shardings, never donated; the jitted
+    step is a :class:`WithFrozen`), ``ref_graphdef`` without ``ref_params`` makes the base with the adapters off
+    the reference, ``dropout_seed`` turns adapter dropout on (:func:`lnpo.train.steps.train_step`)."""
     state, state_shardings = initial_state(params, tx, mesh)
     replicated = NamedSharding(mesh, P())
-    step_fn = step_function(graphdef, tx, mesh, sums_fn=sums_fn, ref_graphdef=ref_graphdef)
+    step_fn = step_function(graphdef, tx, mesh, sums_fn=sums_fn, ref_graphdef=ref_graphdef, dropout_seed=dropout_seed)
     ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
-    jitted = jax.jit(step_fn,
-                     in_shardings=(state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings, replicated),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    shardings = (state_shardings, NamedSharding(mesh, BATCH_SPEC), ref_shardings, replicated)
+    if frozen is None:
+        jitted = jax.jit(step_fn, in_shardings=shardings, out_shardings=(state_shardings, replicated),
+                         donate_argnums=0)
+    else:
+        frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+        jitted = WithFrozen(jax.jit(step_fn, in_shardings=(*shardings, frozen_shardings),
+                                    out_shardings=(state_shardings, replicated), donate_argnums=0), frozen)
     return BuiltStep(state=state, state_shardings=state_shardings, jitted=jitted)
 
 
 def build_stage_step(params, graphdef, mesh, *, stage: str, optim, total_steps: int, learning_rate: float,
                      num_pairs: int, chunk_size: int, objective=None, loss_hparams: dict | None = None, seed: int = 0,
-                     ref_params=None, ref_graphdef=None, sums_fn: Callable | None = None) -> BuiltStep:
+                     ref_params=None, ref_graphdef=None, sums_fn: Callable | None = None, frozen=None,
+                     dropout_seed: int | None = None) -> BuiltStep:
     """:func:`build_train_step` for stage ``stage`` (:mod:`lnpo.train.stages`) with its optimizer and inputs.
 
     ``optim``: the optimizer settings (``config.optim``: schedule, warmup_steps, clip_norm, b1, b2, eps,
@@ -99,12 +122,13 @@ def build_stage_step(params, graphdef, mesh, *, stage: str, optim, total_steps: 
     per micro-batch, log-probs in ``chunk_size`` blocks; ``sums_fn`` replaces the stage's micro-sums
     function (a benchmark's unchunked baseline). The returned step's ``hparams`` are its replicated
     :func:`lnpo.train.steps.step_hparams` input (inputs, not constants: a sweep's grid points share one
-    compiled program) and ``schedule`` the learning rate at each step."""
+    compiled program) and ``schedule`` the learning rate at each step. ``frozen``/``dropout_seed``: LoRA
+    (:func:`build_train_step`)."""
     tx, schedule = make_optimizer(optim, steps=total_steps)
     if sums_fn is None:
         sums_fn = stages.micro_sums_fn(stage, objective=objective, num_pairs=num_pairs, chunk_size=chunk_size,
                                        seed=seed)
     built = build_train_step(params, graphdef, tx, mesh, sums_fn=sums_fn, ref_params=ref_params,
-                             ref_graphdef=ref_graphdef)
+                             ref_graphdef=ref_graphdef, frozen=frozen, dropout_seed=dropout_seed)
     hparams = jax.device_put(steps.step_hparams(learning_rate, loss_hparams or {}), NamedSharding(mesh, P()))
     return dataclasses.replace(built, hparams=hparams, schedule=schedule, sums_fn=sums_fn)

@@ -281,13 +281,32 @@ def scan_micro_batches(fn: Callable, batch: dict, step):
     return total
 
 
-def merge_model(graphdef, params):
-    """The module the step differentiates: ``graphdef`` with ``params`` (the state's trainable parameters)."""
-    return nnx.merge(graphdef, params)
+def merge_model(graphdef, params, frozen=None):
+    """The module the step differentiates: ``graphdef`` with ``params`` (the state's trainable parameters) and,
+    for LoRA, the ``frozen`` base state (``params`` are then the adapters)."""
+    return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
 
 
-def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, graphdef, ref_graphdef=None,
-               tx: optax.GradientTransformation, sums_fn: Callable):
+def reference_model(ref_graphdef, ref_params, frozen=None):
+    """The in-step reference: ``ref_params`` in ``ref_graphdef``; with ``ref_graphdef`` but no ``ref_params``, the
+    frozen base itself with the adapters off (LoRA's ``reference.mode="base"``: no copy); else None."""
+    if ref_params is not None:
+        return nnx.merge(ref_graphdef, ref_params)
+    if ref_graphdef is not None and frozen is not None:
+        return nnx.merge(ref_graphdef, frozen)
+    return None
+
+
+def dropout_key(seed, sample_key):
+    """LoRA dropout's key for one micro-batch: ``key(seed)`` folded with (step, micro-batch); None without seed."""
+    if seed is None:
+        return None
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), sample_key[0]), sample_key[1])
+
+
+def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, frozen=None, *, graphdef,
+               ref_graphdef=None, tx: optax.GradientTransformation, sums_fn: Callable,
+               dropout_seed: int | None = None):
     """One optimizer step over ``A`` micro-batches; returns ``(new_state, metrics)``.
 
     ``sums_fn(model, mb, reference, loss_hparams) -> WeightedSums`` is the stage's
@@ -301,14 +320,21 @@ def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, gra
     for a peak learning rate of 1 and are scaled here by
     ``hparams["learning_rate"]``.
 
-    Pure: jit it with explicit shardings and donate ``state``. A non-finite
+    ``frozen``: LoRA's frozen base state (``state.params`` are then the adapters alone: only they get
+    gradients and optimizer state); the reference is :func:`reference_model`. ``dropout_seed``: LoRA dropout
+    on, keyed by (seed, step, micro-batch).
+
+    Pure: jit it with explicit shardings and donate ``state`` (never ``frozen``). A non-finite
     loss or gradient leaves the parameters and optimizer state unchanged and
     reports ``finite = 0``.
     """
-    reference = None if ref_params is None else nnx.merge(ref_graphdef, ref_params)
+    from lnpo.models import lora
+
+    reference = reference_model(ref_graphdef, ref_params, frozen)
 
     def micro_loss(params, mb):
-        sums = sums_fn(merge_model(graphdef, params), mb, reference, hparams["loss"])
+        with lora.dropout_key(dropout_key(dropout_seed, mb["sample_key"])):
+            sums = sums_fn(merge_model(graphdef, params, frozen), mb, reference, hparams["loss"])
         return sums.sums["loss"], sums
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -338,11 +364,11 @@ def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, gra
     return new_state, metrics
 
 
-def eval_step(params, batch: dict, ref_params, loss_hparams: dict, *, graphdef, ref_graphdef=None,
+def eval_step(params, batch: dict, ref_params, loss_hparams: dict, frozen=None, *, graphdef, ref_graphdef=None,
               sums_fn: Callable) -> WeightedSums:
     """Held-out loss of a batch: the training step's :class:`WeightedSums` over its micro-batches, no
-    gradient (the caller adds batches and takes ``.mean()``). ``loss_hparams`` is :func:`step_hparams`'s
-    ``"loss"`` entry."""
-    model = merge_model(graphdef, params)
-    reference = None if ref_params is None else nnx.merge(ref_graphdef, ref_params)
+    gradient and no dropout (the caller adds batches and takes ``.mean()``). ``loss_hparams`` is
+    :func:`step_hparams`'s ``"loss"`` entry; ``frozen`` as in :func:`train_step`."""
+    model = merge_model(graphdef, params, frozen)
+    reference = reference_model(ref_graphdef, ref_params, frozen)
     return scan_micro_batches(lambda mb: sums_fn(model, mb, reference, loss_hparams), batch, EVAL_STEP)

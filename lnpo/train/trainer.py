@@ -26,6 +26,7 @@ from lnpo import parallel, rundir
 from lnpo.config import ConfigError, data_columns, loss_hparams
 from lnpo.eval_settings import EvalSettings
 from lnpo.implied import data_parallel, model_runtime, reference_mode, row_length, tiny_model_config
+from lnpo.models import lora as lora_lib
 from lnpo.models import preflight
 from lnpo.train import reference_cache, stages, steps
 from lnpo.train.flops import device_peak_flops, forward_flops_per_token
@@ -119,14 +120,44 @@ def to_global(local: dict, mesh) -> dict:
 
 # ----------------------------------------------------------------------------- model
 def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0):
-    """The policy (or reward model) as an NNX module with parameters placed on ``mesh``."""
+    """The policy (or reward model) as an NNX module with parameters placed on ``mesh``; with LoRA
+    (``config.model.lora.rank`` > 0) the base in ``lora.base_dtype`` with adapters (:func:`add_lora`)."""
+    spec = lora_lib.spec_from_config(config.model.lora) if not num_labels else None
+    model = _build_base(config, init_path, tokenizer, mesh, num_labels=num_labels, lora_spec=spec)
+    if spec is not None:
+        add_lora(model, spec, config, mesh)
+    return model
+
+
+def add_lora(model, spec, config, mesh) -> None:
+    """Adapters (PEFT init from ``config.seed``, or ``model.lora.init_from``'s) on ``model``; an int8 base is
+    quantized after the adapters exist."""
+    from lnpo.models import peft_io
+
+    lora_lib.add_adapters(model, spec, jax.random.fold_in(jax.random.key(config.seed), 0x10AA), mesh=mesh)
+    if config.model.lora.init_from:
+        found = peft_io.read_spec(config.model.lora.init_from)
+        for field in ("rank", "alpha", "targets", "rslora"):
+            if getattr(found, field) != getattr(spec, field):
+                raise ConfigError(f"config.model.lora.{field}: {getattr(spec, field)!r} differs from the adapter "
+                                  f"config.model.lora.init_from={config.model.lora.init_from!r} "
+                                  f"({getattr(found, field)!r})")
+        peft_io.load_adapter(model, config.model.lora.init_from)
+    if config.model.lora.base_dtype == "int8":
+        lora_lib.quantize_base(model)
+
+
+def _build_base(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0, lora_spec=None):
     from lnpo.models import from_pretrained, init_sharded
 
     runtime = model_runtime(config)
+    if lora_spec is not None:  # the frozen base's storage dtype (int8: bfloat16, quantized after)
+        runtime["param_dtype"] = {"int8": "bfloat16"}.get(config.model.lora.base_dtype, config.model.lora.base_dtype)
     if init_path is None:
         cfg = tiny_model_config(config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                 num_labels=num_labels)
+        cfg = cfg.replace(param_dtype=runtime["param_dtype"])  # LoRA: the base's dtype
         return init_sharded(cfg, config.seed, mesh)
     load = functools.partial(from_pretrained, init_path, dtype=runtime.pop("param_dtype"),
                              compute_dtype=runtime.pop("compute_dtype"), mesh=mesh, **runtime)
@@ -220,7 +251,8 @@ def load_inputs(config, init_path: str | None, paths: rundir.StagePaths) -> Stag
     return StageInputs(tokenizer, tokenizer_dir, train_ds, eval_ds, embedded_paths)
 
 
-def make_stage_step(config, params, graphdef, mesh, *, num_pairs: int, ref_params=None, ref_graphdef=None):
+def make_stage_step(config, params, graphdef, mesh, *, num_pairs: int, ref_params=None, ref_graphdef=None,
+                    frozen=None):
     """The trainer's :func:`~lnpo.train.step_builder.build_stage_step` call for ``config``: its stage,
     objective, optimizer, log-prob chunk and seed (``tests/benchmarks`` lowers it beside the benchmark's)."""
     objective, hparams = None, {}
@@ -230,7 +262,9 @@ def make_stage_step(config, params, graphdef, mesh, *, num_pairs: int, ref_param
     return build_stage_step(params, graphdef, mesh, stage=config.stage, optim=config.optim,
                             total_steps=config.train.steps, learning_rate=config.optim.lr, num_pairs=num_pairs,
                             chunk_size=config.train.logprob_chunk, objective=objective, loss_hparams=hparams,
-                            seed=config.seed, ref_params=ref_params, ref_graphdef=ref_graphdef)
+                            seed=config.seed, ref_params=ref_params, ref_graphdef=ref_graphdef, frozen=frozen,
+                            dropout_seed=config.seed if frozen is not None and config.model.lora.dropout > 0
+                            else None)
 
 
 def train_stage(config, workdir: str, *, init_path: str | None, paths: rundir.StagePaths | None = None) -> dict:
@@ -244,7 +278,10 @@ def train_stage(config, workdir: str, *, init_path: str | None, paths: rundir.St
     mesh = parallel.make_mesh(parallel.mesh_shape_of(config.mesh))
     inputs = load_inputs(config, init_path, paths)
     model = build_model(config, init_path, inputs.tokenizer, mesh, num_labels=stage.num_labels)
-    graphdef, params = nnx.split(model, nnx.Param)
+    if lora_lib.has_adapters(model):  # params: the adapters (what trains); frozen: the base (never donated)
+        graphdef, params, frozen = lora_lib.split(model)
+    else:
+        (graphdef, params), frozen = nnx.split(model, nnx.Param), None
     model_cfg = model.config
     del model
     preflight.check_token_ids(inputs.tokenizer, model_cfg.vocab_size, [inputs.train, inputs.eval],
@@ -253,19 +290,22 @@ def train_stage(config, workdir: str, *, init_path: str | None, paths: rundir.St
     M = config.train.global_batch // A  # pairs (examples) per micro-batch
 
     ref_params = ref_graphdef = ref_train = ref_eval = None
-    if reference_mode(config) == "in_step":
+    if reference_mode(config) == "base":  # LoRA: the frozen base with the adapters off, no copy
+        ref_graphdef = lora_lib.base_graphdef(graphdef, params, frozen)
+    elif reference_mode(config) == "in_step":
         ref_graphdef, ref_params = graphdef, steps.reference_copy(params, jnp.dtype(config.reference.dtype))
     elif reference_mode(config) == "cache":
         ref_train, ref_eval = _reference_from_cache(config, paths, init_path, params, graphdef, mesh,
                                                     inputs.train, inputs.eval, batch_pairs=M)
     built = make_stage_step(config, params, graphdef, mesh, num_pairs=M, ref_params=ref_params,
-                            ref_graphdef=ref_graphdef)
+                            ref_graphdef=ref_graphdef, frozen=frozen)
     iterator = _train_iterator(config, stage, inputs.train, mesh)
     held_out = None
     if inputs.eval is not None and stage.held_out_loss:
         held_out = make_held_out_loss(config, inputs.eval, graphdef, ref_graphdef, ref_params, ref_eval, mesh,
-                                      sums_fn=built.sums_fn, loss_hparams=built.hparams["loss"], pairs=M)
-    flops_per_token = forward_flops_per_token(model_cfg, row_length(config)) * (3 + (ref_params is not None))
+                                      sums_fn=built.sums_fn, loss_hparams=built.hparams["loss"], pairs=M,
+                                      frozen=frozen)
+    flops_per_token = forward_flops_per_token(model_cfg, row_length(config)) * (3 + (ref_graphdef is not None))
     spec = LoopSpec(
         step_fn=lambda s, b: built.jitted(s, b, ref_params, built.hparams),
         batches=_global_batches(iterator, ref_train, A, mesh), iterator_state=iterator.state,
@@ -278,7 +318,8 @@ def train_stage(config, workdir: str, *, init_path: str | None, paths: rundir.St
 
     out = {"step": result.step, "preempted": result.preempted, "last_metrics": result.last_metrics}
     if not result.preempted and config.train.export:
-        out["export"] = export(config, workdir, nnx.merge(graphdef, result.state.params), inputs.tokenizer,
+        out["export"] = export(config, workdir, steps.merge_model(graphdef, result.state.params, frozen),
+                               inputs.tokenizer,
                                init_path=init_path, embedded_paths=inputs.embedded_paths)
     return out
 
@@ -349,7 +390,7 @@ def _reference_from_cache(config, paths: rundir.StagePaths, init_path, params, g
 
 
 def make_held_out_loss(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh, *, sums_fn,
-                       loss_hparams, pairs):
+                       loss_hparams, pairs, frozen=None):
     """``held_out_loss(state) -> {"eval/<metric>": mean}``: the training loss and its metrics on the eval split
     (at most ``config.train.eval_batches`` batches of ``pairs``), summed as :class:`~lnpo.train.steps.WeightedSums`
     over every batch, then divided once. (Not the generation-based evaluation of :mod:`lnpo.evaluate`.)"""
@@ -360,9 +401,9 @@ def make_held_out_loss(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_
                             process_index=group, process_count=groups, row_multiple=_row_multiple(mesh),
                             max_batches=config.train.eval_batches)
 
-    def eval_fn(params, batch, ref_params, loss_hparams):
+    def eval_fn(params, batch, ref_params, loss_hparams, frozen):
         with parallel.use_rules(mesh):
-            return steps.eval_step(params, batch, ref_params, loss_hparams, graphdef=graphdef,
+            return steps.eval_step(params, batch, ref_params, loss_hparams, frozen, graphdef=graphdef,
                                    ref_graphdef=ref_graphdef, sums_fn=sums_fn)
 
     jitted = jax.jit(eval_fn, out_shardings=NamedSharding(mesh, P()))
@@ -374,7 +415,7 @@ def make_held_out_loss(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_
                 indices = np.arange(b * pairs, (b + 1) * pairs)
                 indices[indices >= len(eval_ds)] = -1
                 local.update(_cached_reference_slice(ref_eval, indices, 1, (group, groups)))
-            sums = jax.device_get(jitted(state.params, to_global(local, mesh), ref_params, loss_hparams))
+            sums = jax.device_get(jitted(state.params, to_global(local, mesh), ref_params, loss_hparams, frozen))
             sums = jax.tree.map(np.float64, sums)  # summed over batches on the host in float64
             total = sums if total is None else jax.tree.map(np.add, total, sums)
         if total is None:
@@ -389,11 +430,22 @@ def make_held_out_loss(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_
 def export(config, workdir: str, model, tokenizer, *, init_path, embedded_paths) -> str:
     """Write the trained model (HF format) and ``run.json`` (:class:`lnpo.rundir.RunInfo`: what evaluation and
     sweeps read); returns the export directory."""
-    from lnpo.models import save_pretrained
+    from lnpo.models import peft_io, save_pretrained
 
     path = rundir.export_dir(workdir)
     dtype = config.train.export_dtype or preflight.own_dtype(init_path) or config.model.param_dtype
-    save_pretrained(model, path, tokenizer=tokenizer, dtype=dtype)
+    adapter = None
+    if lora_lib.has_adapters(model):  # LoRA: the PEFT adapter in adapter/, the merged model in export/
+        adapter = rundir.adapter_dir(workdir)
+        peft_io.save_adapter(model, lora_lib.spec_from_config(config.model.lora), adapter,
+                             base_model_name_or_path=os.path.abspath(init_path) if init_path else None)
+        if tokenizer is not None and jax.process_index() == 0:
+            tokenizer.save_pretrained(adapter)
+        model = peft_io.merged_model(model) if config.train.export_merged else None
+    if model is not None:
+        save_pretrained(model, path, tokenizer=tokenizer, dtype=dtype)
+    else:
+        path = adapter
     if jax.process_index() == 0:
         rundir.write_run_info(workdir, rundir.RunInfo(
             name=config.name, stage=config.stage, method=config.loss.name, loss=loss_hparams(config),
@@ -401,5 +453,5 @@ def export(config, workdir: str, model, tokenizer, *, init_path, embedded_paths)
             sft_path=os.path.abspath(init_path) if init_path else None, chat_template=config.data.chat_template,
             eval_prompts=config.data.ood_prompts or (embedded_paths or {}).get("ood_prompts", ""),
             scorer=config.eval.scorer or ("embedded" if config.data.source == "embedded" else ""),
-            eval=EvalSettings.from_config(config)))
+            eval=EvalSettings.from_config(config), adapter=os.path.abspath(adapter) if adapter else None))
     return path
