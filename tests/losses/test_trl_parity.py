@@ -33,17 +33,18 @@ def _accelerator():
                                  unwrap_model=lambda m: m)
 
 
-class FakeModel:
+class FakeModel(torch.nn.Module):
     """Stands in for a causal LM called with TRL's fused head: returns the given per-token outputs, looked up by
-    the identity of ``input_ids`` (KTO calls the model on its completions and on its KL completions)."""
+    the identity of ``input_ids`` (KTO calls the model on its completions and on its KL completions). A torch
+    module, so TRL's checks that inspect it (accelerate's ``is_peft_model`` when peft is installed) see one."""
 
-    training = True
     is_gradient_checkpointing = False
 
     def __init__(self, outputs: dict):
+        super().__init__()
         self.outputs = outputs  # id(input_ids) -> (log_probs, log_sum_sq_probs)
 
-    def __call__(self, input_ids=None, labels=None, **kwargs):
+    def forward(self, input_ids=None, labels=None, **kwargs):
         log_probs, log_sum_sq = self.outputs[id(input_ids)]
         zeros = torch.zeros_like(log_probs)
         return types.SimpleNamespace(log_probs=log_probs, log_sum_sq_probs=log_sum_sq, entropy=zeros,
