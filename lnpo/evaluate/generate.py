@@ -191,6 +191,34 @@ def eos_token_ids(model=None, tokenizer=None) -> tuple[int, ...]:
     return tuple(sorted(set(ids)))
 
 
+def _eos_mask(eos_ids: Sequence[int], vocab_size: int) -> np.ndarray:
+    """bool ``[V]``: which ids end a response. A fixed-shape mask, so any set of EOS ids runs the same
+    compiled program; an id outside the vocabulary is ignored with a warning."""
+    eos = np.zeros((vocab_size,), bool)
+    for e in eos_ids:
+        if 0 <= int(e) < vocab_size:
+            eos[int(e)] = True
+        else:
+            log.warning("EOS id %d is outside the model's vocabulary (%d): ignored", int(e), vocab_size)
+    return eos
+
+
+def _left_padded(prompts: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, valid, positions)`` int32/bool/int32 ``[B, P]``: the prompts right-aligned in rows of the
+    bucketed length ``P`` of the longest (so every row's next token is written at the same slot), positions
+    counting from each prompt's first token."""
+    P = bucket_length(max(len(p) for p in prompts))
+    ids = np.full((len(prompts), P), pad_id, np.int32)
+    valid = np.zeros((len(prompts), P), bool)
+    pos = np.zeros((len(prompts), P), np.int32)
+    for b, p in enumerate(prompts):
+        n = len(p)
+        ids[b, P - n:] = p
+        valid[b, P - n:] = True
+        pos[b, P - n:] = np.arange(n)
+    return ids, valid, pos
+
+
 def generate_ids(
     model,
     prompt_ids: Sequence[Sequence[int]],
@@ -233,13 +261,7 @@ def generate_ids(
     order = sorted(range(len(rows)), key=lambda r: len(prompts[rows[r][0]]))
     B = min(int(batch_size), len(rows))
     graphdef, state = nnx.split(model)
-    V = int(model.config.vocab_size)
-    eos = np.zeros((V,), bool)  # a fixed-shape mask: any set of EOS ids runs the same compiled program
-    for e in eos_ids:
-        if 0 <= int(e) < V:
-            eos[int(e)] = True
-        else:
-            log.warning("EOS id %d is outside the model's vocabulary (%d): ignored", int(e), V)
+    eos = _eos_mask(eos_ids, int(model.config.vocab_size))
     max_pos = getattr(model.config, "max_position_embeddings", None)
     longest = max(len(p) for p in prompts) + settings.max_new_tokens
     if max_pos and longest > max_pos:
@@ -250,16 +272,7 @@ def generate_ids(
         chunk = order[start:start + B]
         real = len(chunk)
         chunk = chunk + [chunk[-1]] * (B - real)
-        P = bucket_length(max(len(prompts[rows[r][0]]) for r in chunk))
-        ids = np.full((B, P), pad_id, np.int32)
-        valid = np.zeros((B, P), bool)
-        pos = np.zeros((B, P), np.int32)
-        for b, r in enumerate(chunk):
-            p = prompts[rows[r][0]]
-            n = len(p)
-            ids[b, P - n:] = p
-            valid[b, P - n:] = True
-            pos[b, P - n:] = np.arange(n)
+        ids, valid, pos = _left_padded([prompts[rows[r][0]] for r in chunk], pad_id)
         pidx = np.asarray([rows[r][0] for r in chunk], np.int32)
         sidx = np.asarray([rows[r][1] for r in chunk], np.int32)
         out, lengths, done = _generate_batch(

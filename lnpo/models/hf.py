@@ -386,19 +386,7 @@ def save_pretrained(
     params = {k: v[...] for k, v in _flatten(nnx.state(model, nnx.Param), is_leaf=_is_var)[0].items()}
     writer_proc = jax.process_index() == 0
 
-    entries = [(name, t) for t in layout for name in t.names(config.num_layers)]
-    limit = _parse_size(max_shard_size)
-    shards: list[list[tuple[str, HFTensor, int]]] = [[]]
-    size = 0
-    for i, (name, t) in enumerate(entries):
-        nbytes = int(np.prod(t.shape)) * out_np.itemsize
-        if shards[-1] and size + nbytes > limit:
-            shards.append([])
-            size = 0
-        layer = int(re.match(r"model\.layers\.(\d+)\.", name).group(1)) if t.stacked else -1
-        shards[-1].append((name, t, layer))
-        size += nbytes
-
+    shards = _plan_shards(layout, config.num_layers, out_np.itemsize, _parse_size(max_shard_size))
     if writer_proc:
         os.makedirs(path, exist_ok=True)
         for stale in glob.glob(os.path.join(path, "model*.safetensors")) + glob.glob(os.path.join(path, INDEX_FILE)):
@@ -435,9 +423,31 @@ def save_pretrained(
             total += arr.nbytes
         if writer is not None:
             writer.close()
-    if not writer_proc:
-        return
-    if n > 1:
+    if writer_proc:
+        _write_metadata(path, hf_cfg, tokenizer, weight_map if n > 1 else None, total)
+
+
+def _plan_shards(layout, num_layers: int, itemsize: int, limit: int) -> list[list[tuple[str, HFTensor, int]]]:
+    """The HF tensors in file order, ``(name, tensor, layer or -1)``, cut into shards of at most ``limit``
+    bytes (a tensor larger than the limit gets a shard of its own)."""
+    shards: list[list[tuple[str, HFTensor, int]]] = [[]]
+    size = 0
+    for t in layout:
+        for name in t.names(num_layers):
+            nbytes = int(np.prod(t.shape)) * itemsize
+            if shards[-1] and size + nbytes > limit:
+                shards.append([])
+                size = 0
+            layer = int(re.match(r"model\.layers\.(\d+)\.", name).group(1)) if t.stacked else -1
+            shards[-1].append((name, t, layer))
+            size += nbytes
+    return shards
+
+
+def _write_metadata(path: str, hf_cfg: dict, tokenizer, weight_map: dict | None, total: int) -> None:
+    """``config.json``, ``generation_config.json``, the shard index (``weight_map`` None: one file) and the
+    tokenizer's files."""
+    if weight_map is not None:
         with open(os.path.join(path, INDEX_FILE), "w", encoding="utf-8") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
