@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 
-from lnpo import parallel
 from lnpo.errors import CheckpointError, InputNotFound
 from lnpo.eval_settings import EvalSettings
 
