@@ -235,7 +235,7 @@ def evaluate_run(policy_dir: str, sft_dir: str | None, prompts_source, out_dir: 
 
 def _check_inputs(policy_dir: str, sft_dir: str | None, scorer) -> None:
     """Fail fast on a wrong model path or scorer spec, before any loading."""
-    from lnpo.models.hf import read_config
+    from lnpo.models.hf_config import read_config
 
     for d in (policy_dir, sft_dir):
         if d:

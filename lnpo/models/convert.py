@@ -186,7 +186,8 @@ def check_converted(out: str, info: dict, source: str) -> None:
     import transformers
 
     from lnpo.models.config import ModelConfig
-    from lnpo.models.hf import _Checkpoint, hf_layout, read_config
+    from lnpo.models.hf import _Checkpoint, hf_layout
+    from lnpo.models.hf_config import read_config
 
     hf = read_config(out)
     try:

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from lnpo.models import lora
-from lnpo.models.attention import Attention, TokenInfo
+from lnpo.models.attention import Attention
+from lnpo.models.attention_kernels import TokenInfo
 from lnpo.models.config import ModelConfig, dtype_of
 from lnpo.models.layers import Embed, LMHead, Proj, RMSNorm, activation, init_normal_params
 from lnpo.models.rope import rope_tables

@@ -30,6 +30,8 @@ from jax.sharding import SingleDeviceSharding
 from lnpo.errors import InputNotFound, ModelError
 from lnpo.models.config import ModelConfig, dtype_of
 from lnpo.models.decoder import Decoder, logical_axes
+from lnpo.models.hf_config import read_config
+from lnpo.models.preflight import model_config
 from lnpo.models.safetensors_io import FLOAT_DTYPES, SafetensorsFile, SafetensorsWriter
 from lnpo.parallel import DEFAULT_RULES, named_sharding
 
@@ -167,19 +169,6 @@ def _dtype_name(dtype) -> str:
     return {jnp.dtype(jnp.float32): "float32", jnp.dtype(jnp.bfloat16): "bfloat16", jnp.dtype(jnp.float16): "float16"}[jnp.dtype(dtype)]
 
 
-def read_config(path: str) -> dict:
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isdir(path):
-        raise InputNotFound(f"{path}: no such model directory")
-    if not os.path.isfile(cfg_path):
-        raise InputNotFound(f"{cfg_path}: missing (a Hugging Face model directory needs config.json)")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{cfg_path}: invalid JSON ({e})") from None
-
-
 class _Checkpoint:
     """Name -> (file, view) over a single file or a sharded index."""
 
@@ -296,8 +285,6 @@ def from_pretrained(
     Raises FileNotFoundError (no directory / config.json / safetensors, or
     pickle-only checkpoints) or ValueError naming the field, file or tensor.
     """
-    from lnpo.models.preflight import model_config
-
     config = model_config(  # a ModelError naming <path>/config.json for what lnpo cannot map
         path,
         param_dtype=_dtype_name(dtype),

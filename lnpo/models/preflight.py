@@ -16,7 +16,8 @@ import glob
 import os
 
 from lnpo.errors import ModelError
-from lnpo.models.config import DTYPES
+from lnpo.models.config import DTYPES, ModelConfig
+from lnpo.models.hf_config import read_config
 
 # Files one of which a tokenizer directory holds (fast tokenizer, sentencepiece, BPE / WordPiece vocab, tiktoken).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
@@ -25,9 +26,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentenc
 
 def model_config(path: str, **overrides):
     """``ModelConfig`` of the Hugging Face directory ``path`` (``overrides``: runtime fields such as dtypes)."""
-    from lnpo.models.config import ModelConfig
-    from lnpo.models.hf import read_config
-
     config_json = os.path.join(path, "config.json")
     hf = read_config(path)  # FileNotFoundError / ValueError naming the file
     try:
@@ -98,8 +96,6 @@ def own_dtype(path: str | None) -> str | None:
     :data:`lnpo.models.config.DTYPES`; ``None`` otherwise (and for ``path=None``)."""
     if not path:
         return None
-    from lnpo.models.hf import read_config
-
     hf = read_config(path)
     for key in ("dtype", "torch_dtype"):
         value = hf.get(key)

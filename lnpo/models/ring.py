@@ -2,7 +2,7 @@
 queries and passes its keys and values around the ring, so no chip ever holds a whole row.
 
 With ``c`` context shards, shard ``i`` holds positions ``[i T/c, (i+1) T/c)`` of each of its rows:
-queries, keys, values and their mask inputs (:class:`~lnpo.models.attention.TokenInfo`). In
+queries, keys, values and their mask inputs (:class:`~lnpo.models.attention_kernels.TokenInfo`). In
 ``c`` steps it attends its queries to one block of ``T/c`` keys, then hands that block to shard
 ``i + 1`` (``jax.lax.ppermute``) and receives one from shard ``i - 1``. The softmax over all
 ``T`` keys is assembled online (flash attention's running maximum ``m``, normalizer ``l`` and
@@ -19,13 +19,13 @@ blocks, never a score matrix over the row: per chip the float32 scores are
 ``[B, H, T/c, T/c]`` for one block at a time, against ``[B, H, T/c, T]`` when the keys are
 all-gathered (``attn_implementation="xla"`` on a context axis).
 
-The mask is the model's own (:func:`~lnpo.models.attention.attention_mask`), computed per block
+The mask is the model's own (:func:`~lnpo.models.attention_kernels.attention_mask`), computed per block
 from the blocks' token ids, so packed segments, the shared-prompt layout's branches, sliding
 windows and the causal order all hold across shards. A query that sees no key at all (padding)
 gets zeros, which no consumer reads (its targets are masked).
 
 Without an active mesh (:func:`lnpo.parallel.use_rules`) or with a context axis of 1, it is the
-einsum attention (:func:`~lnpo.models.attention.dot_product_attention`) over the whole row.
+einsum attention (:func:`~lnpo.models.attention_kernels.dot_product_attention`) over the whole row.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from lnpo.models.attention import TokenInfo, attention_mask, dot_product_attention
+from lnpo.models.attention_kernels import TokenInfo, attention_mask, dot_product_attention
 from lnpo.parallel import active_mesh_rules, logical_to_spec, spec_entry_axes
 
 _NEG = -1e30  # the running maximum before any visible key; exp(_NEG - m) underflows to 0

@@ -2,7 +2,7 @@
 
 The kernel's mask is a *static* block-sparse pattern shared by every row (here causal,
 or causal-local on sliding-window layers) AND-ed with per-token segment ids
-(``q_ids[t] == kv_ids[s]``). lnpo's mask (:func:`lnpo.models.attention.attention_mask`)
+(``q_ids[t] == kv_ids[s]``). lnpo's mask (:func:`lnpo.models.attention_kernels.attention_mask`)
 maps onto it exactly:
 
 - causal order: ``CausalMask``; a sliding window ``w``: ``LocalMask`` with ``(w - 1, 0)``

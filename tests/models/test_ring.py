@@ -17,7 +17,7 @@ import json
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from lnpo import parallel
-from lnpo.models import attention as A
+from lnpo.models import attention_kernels as A
 from lnpo.models.ring import ring_attention
 assert jax.device_count() == 8, jax.devices()
 
@@ -111,10 +111,10 @@ def test_ring_attention_on_a_context_axis_equals_one_devices_attention_and_gradi
 
 def test_ring_attention_without_a_mesh_is_the_einsum_attention():
     """Outside :func:`lnpo.parallel.use_rules` (one device), ring attention is exactly
-    :func:`lnpo.models.attention.dot_product_attention` with the model's mask."""
+    :func:`lnpo.models.attention_kernels.dot_product_attention` with the model's mask."""
     import jax.numpy as jnp
 
-    from lnpo.models import attention as A
+    from lnpo.models import attention_kernels as A
     from lnpo.models.ring import ring_attention
 
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from flax import nnx
 
 import lnpo.models as M
 from lnpo.errors import ModelError
-from lnpo.models import attention as A
+from lnpo.models import attention_kernels as A
 from lnpo.models import splash as S
 from lnpo.models.splash import splash_attention
 
@@ -147,7 +147,7 @@ import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, "tests/models")
 from test_splash import _rows, T
 from lnpo import parallel
-from lnpo.models import attention as A
+from lnpo.models import attention_kernels as A
 from lnpo.models.splash import sharded_splash_attention
 assert jax.device_count() == 8
 out = {}

@@ -1,4 +1,4 @@
-"""lnpo.models.attention: the fused (jax.nn / cuDNN) route against lnpo's einsum attention."""
+"""lnpo.models.attention_kernels: the fused (jax.nn / cuDNN) route against lnpo's einsum attention."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 import lnpo.models as M
-from lnpo.models import attention as A
+from lnpo.models import attention as attention_layer
+from lnpo.models import attention_kernels as A
 
 HAS_GPU = any(d.platform == "gpu" for d in jax.devices())
 
@@ -80,7 +81,7 @@ def test_decoder_routes_training_attention_to_the_fused_kernel(monkeypatch):
         calls.append(implementation)
         return fused(q, k, v, mask, scale=scale, implementation="xla")
 
-    monkeypatch.setattr(A, "fused_attention", stand_in)
+    monkeypatch.setattr(attention_layer, "fused_attention", stand_in)  # the name the Attention layer calls
     rng = np.random.default_rng(0)
     seg, br, pos = _mask_inputs()
     ids = jnp.asarray(rng.integers(1, 64, seg.shape), jnp.int32)
