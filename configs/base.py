@@ -48,6 +48,11 @@ def get_base() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "embedded"  # "embedded", a local file/directory, or a hub name
+    # The embedded task's version (docs/embedded_task.md): 2 = noisy SFT data, pairs that prefer correct and
+    # longer answers, explanations of 5-150 tokens; 1 = the first task, kept for the record (run it with
+    # --config.data.embedded_version=1 --config.data.max_len=64 --config.eval.max_new_tokens=48).
+    c.data.embedded_version = 2
+    c.data.embedded_seed = -1  # seed of the embedded task's data and SFT model; -1 = config.seed
     c.data.schema = "auto"
     c.data.split = "train"
     c.data.eval_source = ""  # held-out preference data; "" = the embedded task's
@@ -62,9 +67,10 @@ def get_base() -> ml_collections.ConfigDict:
         c.data.columns[column] = ""
     c.data.pku_preference = "better"  # PKU-SafeRLHF label: "better" (better_response_id) or "safer" (safer_response_id)
     c.data.max_prompt_len = 32
-    c.data.max_len = 64  # prompt + one response, in tokens
+    c.data.max_len = 192  # prompt + one response, in tokens (the embedded task v2 needs 192, v1 64)
     c.data.truncation = "keep_end"  # "keep_end" | "drop"
-    c.data.layout = "padded"  # "padded" | "packed" | "shared_prompt"
+    # "padded" | "packed" | "shared_prompt"; packed: the embedded task v2's responses span 5-176 tokens
+    c.data.layout = "packed"
     # Row length of a batch; 0 = max_len (padded, packed) or 2 * max_len (shared_prompt,
     # which holds the prompt and both responses in one row).
     c.data.seq_len = 0
@@ -116,7 +122,7 @@ def get_base() -> ml_collections.ConfigDict:
 
     # The SFT stage that makes the starting model when model.path == "".
     c.sft = ml_collections.ConfigDict()
-    c.sft.steps = 1000
+    c.sft.steps = 500  # the embedded task v2 (the v1 study used 1000)
     c.sft.lr = 3e-3
     c.sft.global_batch = 64
     c.sft.warmup_steps = 20
@@ -126,7 +132,7 @@ def get_base() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True
     c.eval.scorer = ""  # "" = the embedded task's scorer; "jax:/rm-dir" or "torch:/rm-dir"
-    c.eval.max_new_tokens = 48
+    c.eval.max_new_tokens = 176  # the embedded task v2's longest response (v1: 48)
     c.eval.temperature = 1.0
     c.eval.top_p = 1.0
     c.eval.top_k = 0

@@ -35,8 +35,17 @@ def default_workdir(config) -> str:
     return os.path.join(config.get("runs_root") or DEFAULT_RUNS_ROOT, config.name)
 
 
+def embedded_seed(config) -> int:
+    """The seed of the embedded task's data and SFT model: ``data.embedded_seed``, or ``config.seed`` when it
+    is -1 (so a sweep's seeds can share one task and SFT model and vary only the *PO run)."""
+    seed = config.data.get("embedded_seed", -1)
+    return config.seed if seed == -1 else seed
+
+
 def embedded_task_dir(config, workdir: str) -> str:  # noqa: ARG001 (shared by every run under the runs root)
-    return os.path.join(runs_root(config), "embedded_task", f"seed{config.seed}")
+    version = config.data.get("embedded_version", 1)
+    prefix = "" if version == 1 else f"v{version}-"
+    return os.path.join(runs_root(config), "embedded_task", f"{prefix}seed{embedded_seed(config)}")
 
 
 def reference_cache_dir(config) -> str:
@@ -59,6 +68,7 @@ def sft_config_for(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     sft.optim.lr = config.sft.lr
     sft.optim.warmup_steps = config.sft.warmup_steps
     sft.optim.schedule = "cosine"
+    sft.seed = embedded_seed(config)
     sft.data.layout = "packed"  # short SFT examples: packing wastes no compute on padding
     sft.eval.enabled = False
     return sft
@@ -66,13 +76,16 @@ def sft_config_for(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def embedded_sft_workdir(config, workdir: str) -> str:
     """``runs/sft-embedded-<hash>``: one cached SFT model per (tiny model, SFT recipe, data, seed)."""
-    key = _digest({
+    recipe = {
         "tiny": config.model.tiny.to_dict(),
         "sft": config.sft.to_dict(),
         "data": {k: config.data[k] for k in ("max_prompt_len", "max_len", "truncation")},
-        "seed": config.seed,
+        "seed": embedded_seed(config),
         "mesh": list(config.mesh.shape),
-    })
+    }
+    if config.data.get("embedded_version", 1) != 1:  # version 1's key (and cached model) stays as it was
+        recipe["embedded_version"] = config.data.embedded_version
+    key = _digest(recipe)
     return os.path.join(runs_root(config), f"sft-embedded-{key}")
 
 

@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 from lnpo import losses as losses_lib
 from lnpo import parallel
 from lnpo.config import ConfigError, data_columns, loss_hparams, model_runtime
+from lnpo.data.embedded import scorer_spec as embedded_scorer_spec
 from lnpo.models import preflight
 from lnpo.train import reference_cache, steps
 from lnpo.train.flops import device_peak_flops, forward_flops_per_token
@@ -209,9 +210,10 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     embedded_paths = None
     if config.data.source == "embedded" or init_path is None:
         from lnpo.data.embedded import materialize
-        from lnpo.train.run import embedded_task_dir
+        from lnpo.train.run import embedded_seed, embedded_task_dir
 
-        embedded_paths = materialize(embedded_task_dir(config, workdir), seed=config.seed)
+        embedded_paths = materialize(embedded_task_dir(config, workdir), seed=embedded_seed(config),
+                                     version=config.data.embedded_version)
     if init_path is not None:  # the model first: an unusable config.json fails before any data is read
         preflight.model_config(init_path, **model_runtime(config))
     tokenizer_dir = config.data.tokenizer or init_path or embedded_paths["tokenizer"]
@@ -383,7 +385,8 @@ def export(config, workdir: str, model, tokenizer, *, init_path, embedded_paths)
             "sft_path": os.path.abspath(init_path) if init_path else None,
             "chat_template": config.data.chat_template,
             "eval_prompts": config.data.ood_prompts or (embedded_paths or {}).get("ood_prompts", ""),
-            "scorer": config.eval.scorer or ("embedded" if config.data.source == "embedded" else ""),
+            "scorer": config.eval.scorer or (embedded_scorer_spec(config.data.embedded_version)
+                                              if config.data.source == "embedded" else ""),
             "eval": {k: config.eval[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k", "num_samples",
                                                   "batch_size", "seed")}
             | {"max_prompts": config.eval.max_prompts or None, "max_prompt_len": config.data.max_prompt_len},
