@@ -102,6 +102,18 @@ def _errorbar(ax, xs, stats, **kw):
     ax.errorbar(xs, m, yerr=err, marker="o", capsize=3, **kw)
 
 
+def _log_x(ax, xs) -> None:
+    """A log x axis labelled at the grid's own values."""
+    import matplotlib.ticker
+
+    ax.set_xscale("log")
+    xs = sorted(set(xs))
+    if xs:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{v:g}" for v in xs])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _sft_line(ax, runs, key: str = "sft_score_mean") -> None:
     ref = values(runs, key)
     if ref.size:
@@ -120,7 +132,7 @@ def _beta_figure(fig, points: Sequence[GridPoint], runs, method: str) -> None:
         for rest, line in _lines(pts, "beta").items():
             _errorbar(ax, [p.hparams["beta"] for p in line], [p.stat(key) for p in line], label=rest or None)
         _sft_line(ax, runs, sft_key)
-        ax.set_xscale("log")
+        _log_x(ax, [p.hparams["beta"] for p in pts])
         ax.set_xlabel("beta (log scale)")
         ax.set_ylabel(ylabel + " (mean, 95% interval across seeds)")
         ax.legend(fontsize=8)
@@ -143,7 +155,7 @@ def _simpo_figure(ax, points, runs, axis: str) -> None:
         _errorbar(ax, [p.hparams[axis] for p in line], [p.stat("score_mean") for p in line], label=rest or None)
     _sft_line(ax, runs)
     if axis == "beta":
-        ax.set_xscale("log")
+        _log_x(ax, [p.hparams["beta"] for p in pts])
     ax.set_xlabel(axis + (" (log scale)" if axis == "beta" else " (target reward margin)"))
     ax.set_ylabel("mean score (mean, 95% interval across seeds)")
     ax.legend(fontsize=8)
