@@ -38,7 +38,7 @@ lnpo's step is the trainer's: built by ``lnpo.train.step_builder.build_train_ste
 ``make_optimizer``'s transformation and DPO's micro-batch sums: the state in its
 shardings, jitted with explicit shardings on a ``(data, fsdp, tensor)`` mesh and
 the state donated; batches are ``lnpo.data.layouts.layout_pairs`` rows stacked to
-``[1, R, T]`` plus ``pair_valid`` (and ``ref_chosen``/``ref_rejected`` with
+``[1, R, T]`` plus ``example_valid`` (and ``ref_chosen``/``ref_rejected`` with
 ``--reference cache``). R is set per batch as the trainer's iterator sets it:
 the rows the batch needs rounded up to its row bucket
 (``lnpo.data.layouts.row_buckets``; padded: always ``2 x batch``), so the step
@@ -84,6 +84,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 DEFAULT_TRL_PYTHON = "/work/venv-bench/bin/python"
 
@@ -249,24 +250,63 @@ def summarize(args, impl: str, step_times: list[float], pairs_per_step: float, t
 
 
 # ----------------------------------------------------------------------------- lnpo
-def run_lnpo(args) -> dict:
-    import types
+#: The benchmark's optimizer settings (``config.optim``'s fields): what ``lnpo_step`` hands the trainer's builder.
+OPTIM = types.SimpleNamespace(lr=1e-6, warmup_steps=0, schedule="linear", clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8,
+                              weight_decay=0.0)
+DPO_HPARAMS = {"beta": 0.1}
 
+
+def lnpo_model(args, mesh):
+    """``(graphdef, params)``: as trainer.build_model builds a fresh model (created in its shardings), or
+    ``--model DIR``'s weights loaded as the trainer loads ``model.path``."""
+    from flax import nnx
+
+    from lnpo.models import from_pretrained, init_sharded
+
+    if args.model:
+        model = from_pretrained(args.model, dtype="float32", compute_dtype=args.dtype, mesh=mesh, remat=args.remat,
+                                attn_query_chunk=args.attn_chunk, attn_implementation=args.attn_impl)
+    else:
+        cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat,
+                                attn_query_chunk=args.attn_chunk, attn_implementation=args.attn_impl)
+        model = init_sharded(cfg, args.seed, mesh)
+    return nnx.split(model, nnx.Param)
+
+
+def lnpo_step(args, params, graphdef, mesh, *, total_steps: int, seq_len: int):
+    """``(built step, ref_params)``: DPO's step from the trainer's own builder
+    (:func:`lnpo.train.step_builder.build_stage_step`: the state in its shardings, jit with in/out shardings,
+    the state donated); the reference an in-step frozen copy (``--reference in_step``) or cached log-probs in
+    the batch (``ref_params`` None)."""
+    import jax.numpy as jnp
+
+    from lnpo import losses as losses_lib
+    from lnpo.train import steps as steps_lib
+    from lnpo.train.step_builder import build_stage_step
+
+    ref_params = ref_graphdef = None
+    if args.reference == "in_step":
+        ref_graphdef, ref_params = graphdef, steps_lib.reference_copy(params, jnp.float32)
+    chunk = args.logprob_chunk if args.logprob_chunk > 0 else 0
+    objective = losses_lib.get("dpo")
+    built = build_stage_step(params, graphdef, mesh, stage="po", optim=OPTIM, total_steps=max(total_steps, 1),
+                             learning_rate=OPTIM.lr, num_pairs=args.batch, chunk_size=chunk or seq_len,
+                             objective=objective, loss_hparams=losses_lib.validate("dpo", DPO_HPARAMS),
+                             ref_params=ref_params, ref_graphdef=ref_graphdef,
+                             sums_fn=_naive_sums_fn(objective, args.batch) if chunk == 0 else None)
+    return built, ref_params
+
+
+def run_lnpo(args) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
     from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from lnpo import losses as losses_lib
     from lnpo import parallel
     from lnpo.data.layouts import bucket_rows, layout_pairs, plan_rows, round_up, row_buckets, unit_lengths
-    from lnpo.models import init_sharded
     from lnpo.train import steps as steps_lib
     from lnpo.train.memory import release_freed_host_memory
-    from lnpo.train.optim import make_optimizer
-    from lnpo.train.step_builder import build_train_step
 
     if args.data_stack == "on":  # what the trainer's process also holds: datasets, pyarrow, pandas
         import lnpo.data.sources  # noqa: F401
@@ -294,51 +334,19 @@ def run_lnpo(args) -> dict:
                                ([len(x["chosen_ids"]) for x in b], [len(x["rejected_ids"]) for x in b]), args.layout)
         batch_rows.append(bucket_rows(plan_rows(lengths, seq_len, args.layout).num_rows, buckets))
 
-    # model + parameters, as trainer.build_model builds a fresh one (created in their shardings)
-    cfg = lnpo_model_config(args, param_dtype="float32", compute_dtype=args.dtype, remat=args.remat,
-                            attn_query_chunk=args.attn_chunk, attn_implementation=args.attn_impl)
     mesh = parallel.make_mesh((-1, 1, 1))
-    if args.model:  # the real weights, loaded as the trainer loads model.path
-        from lnpo.models import from_pretrained
-
-        model = from_pretrained(args.model, dtype="float32", compute_dtype=args.dtype, mesh=mesh, remat=args.remat,
-                                attn_query_chunk=args.attn_chunk, attn_implementation=args.attn_impl)
-    else:
-        model = init_sharded(cfg, args.seed, mesh)
-    graphdef, params = nnx.split(model, nnx.Param)
-    del model
+    graphdef, params = lnpo_model(args, mesh)
     n_params = int(sum(x.size for x in jax.tree.leaves(params)))
     init_norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(params))))
-
-    # reference: an in-step frozen copy, or cached log-probs (per-pair arrays in the batch)
-    objective = losses_lib.get("dpo")
-    hparams = losses_lib.validate("dpo", {"beta": 0.1})
-    ref_params = ref_graphdef = None
-    if args.reference == "in_step":
-        ref_graphdef = graphdef
-        ref_params = steps_lib.reference_copy(params, jnp.float32)
-
-    optim = types.SimpleNamespace(lr=1e-6, warmup_steps=0, schedule="linear", clip_norm=1.0, b1=0.9, b2=0.999,
-                                  eps=1e-8, weight_decay=0.0)
-    tx, _ = make_optimizer(optim, steps=max(total_steps, 1))
-    replicated = NamedSharding(mesh, P())
-    chunk = args.logprob_chunk if args.logprob_chunk > 0 else 0
-    sums_fn = steps_lib.micro_sums_fn("po", objective=objective, num_pairs=args.batch,
-                                      chunk_size=chunk or seq_len)
-    if chunk == 0:
-        sums_fn = _naive_sums_fn(objective, args.batch)
-    step_hparams = jax.device_put(steps_lib.step_hparams(optim.lr, hparams), replicated)
-    # the trainer's own builder: state in its shardings, jit with in/out shardings, the state donated
-    built = build_train_step(params, graphdef, tx, mesh, stage="po", sums_fn=sums_fn, ref_params=ref_params,
-                             ref_graphdef=ref_graphdef)
-    state, jitted = built.state, built.jitted
+    built, ref_params = lnpo_step(args, params, graphdef, mesh, total_steps=total_steps, seq_len=seq_len)
+    state, jitted, step_hparams = built.state, built.jitted, built.hparams
 
     rng = np.random.default_rng(args.seed + 1)
     host_batches = []
     for b, num_rows in zip(batches, batch_rows):
         rows = layout_pairs(b, args.layout, seq_len, num_rows=num_rows)
         local = {k: v[None] for k, v in rows.items()}
-        local["pair_valid"] = np.ones((1, args.batch), np.float32)
+        local["example_valid"] = np.ones((1, args.batch), np.float32)
         if args.reference == "cache":  # precomputed once per dataset in the trainer; not part of the step
             local["ref_chosen"] = rng.normal(-300, 10, (1, args.batch)).astype(np.float32)
             local["ref_rejected"] = rng.normal(-300, 10, (1, args.batch)).astype(np.float32)
@@ -448,7 +456,7 @@ def _naive_sums_fn(objective, num_pairs):
             ref_chosen, ref_rejected = mb["ref_chosen"], mb["ref_rejected"]
         pair = losses_lib.PairLogps(sums[0::2], sums[1::2], ref_chosen, ref_rejected, counts[0::2], counts[1::2])
         per_pair, metrics = objective(pair, **hparams)
-        return steps_lib._masked_sums(per_pair, metrics, mb["pair_valid"])
+        return steps_lib.weighted_by_valid(per_pair, metrics, mb["example_valid"])
 
     return fn
 

@@ -6,6 +6,8 @@ field from the command line, e.g. ``--config.loss.beta=0.05``.
 
 import ml_collections
 
+from lnpo.eval_settings import EvalSettings
+
 
 def get_base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -23,7 +25,7 @@ def get_base() -> ml_collections.ConfigDict:
     c.model.path = ""  # a local Hugging Face directory (config.json + safetensors)
     c.model.param_dtype = "float32"  # master weights
     c.model.compute_dtype = "float32"  # "bfloat16" for mixed precision
-    c.model.remat = "none"  # "none" | "full" | "dots"
+    c.model.remat = "none"  # "none" | "full" | "dots" (lnpo.models.config.REMAT_POLICIES lists the rest)
     # > 0: attention over this many query positions at a time (recomputed in the backward
     # pass): less activation memory, a slower step (docs/performance.md). 0 = all at once.
     c.model.attn_query_chunk = 0
@@ -132,12 +134,7 @@ def get_base() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True
     c.eval.scorer = ""  # "" = the embedded task's scorer; "jax:/rm-dir" or "torch:/rm-dir"
-    c.eval.max_new_tokens = 176  # the embedded task v2's longest response (v1: 48)
-    c.eval.temperature = 1.0
-    c.eval.top_p = 1.0
-    c.eval.top_k = 0
-    c.eval.num_samples = 1
-    c.eval.max_prompts = 0  # 0 = every prompt
-    c.eval.batch_size = 64
-    c.eval.seed = 0
+    # Sampling and batching: max_new_tokens, temperature, top_p, top_k, num_samples, max_prompts (0 = every
+    # prompt), batch_size, seed, with lnpo.eval_settings.EvalSettings's defaults (the only ones).
+    c.eval.update(EvalSettings.config_defaults())
     return c

@@ -15,13 +15,16 @@ import ml_collections
 
 from lnpo.errors import ConfigError
 
+from lnpo.implied import data_parallel, row_length, tiny_model_config
+
 STAGES = ("sft", "po", "rm")
-LAYOUTS = ("padded", "packed", "shared_prompt")
-TRUNCATIONS = ("keep_end", "drop")
 REFERENCE_MODES = ("cache", "in_step")
-DTYPES = ("float32", "bfloat16")
-REMAT = ("none", "full", "dots")
-EXPORT_DTYPES = ("", "float32", "bfloat16", "float16")  # "" = the starting model's own dtype
+# Parameter, compute and in-step reference dtypes; float16 is not offered (lnpo trains without loss scaling).
+TRAINING_DTYPES = ("float32", "bfloat16")
+# The other choice lists are declared by the modules that own them: data.layout (lnpo.data.layouts.LAYOUTS),
+# data.truncation (lnpo.data.tokenize.TRUNCATIONS), model.remat (lnpo.models.config.REMAT_POLICIES),
+# train.export_dtype ("" = the starting model's own dtype, or one of lnpo.models.config.DTYPES),
+# optim.schedule (lnpo.train.optim.SCHEDULES).
 
 
 def _choice(field: str, value, allowed) -> None:
@@ -65,8 +68,6 @@ def _check_context(config: ml_collections.ConfigDict, context: int) -> None:
     """A context axis splits every row's positions evenly (einsum or splash attention)."""
     if context == 1:
         return
-    from lnpo.train.trainer import row_length
-
     length = row_length(config)
     if length % context:
         raise ConfigError(f"config.mesh.shape: the context axis ({context}) must divide the row length {length} "
@@ -105,8 +106,6 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
 def _check_tiny_model(config: ml_collections.ConfigDict) -> None:
     """``config.model.tiny`` (the embedded model's architecture): whole sizes > 0 that make a model lnpo can
     build and export; checked before any data is loaded."""
-    from lnpo.models.config import ModelConfig
-
     t = config.model.tiny
     for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
         check_positive(f"model.tiny.{key}", t[key], integer=True)
@@ -120,14 +119,14 @@ def _check_tiny_model(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.tiny.num_heads: head size hidden_size / num_heads = "
                           f"{t.hidden_size // t.num_heads} must be even (rotary embeddings)")
     try:
-        ModelConfig.tiny(hidden_size=t.hidden_size, intermediate_size=t.intermediate_size, num_layers=t.num_layers,
-                         num_heads=t.num_heads, num_kv_heads=t.num_kv_heads, **model_runtime(config)).to_hf()
+        tiny_model_config(config, vocab_size=256).to_hf()
     except ValueError as e:
         raise ConfigError(f"config.model.tiny: {str(e).replace('ModelConfig', 'the tiny model')}") from None
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
-    from lnpo.data.sources import PKU_PREFERENCES, PREFERENCE_COLUMNS, SFT_COLUMNS
+    from lnpo.data.adapters import PKU_PREFERENCES
+    from lnpo.data.sources import PREFERENCE_COLUMNS, SFT_COLUMNS
 
     d = config.data
     _choice("data.pku_preference", d.pku_preference, tuple(PKU_PREFERENCES))
@@ -147,14 +146,6 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
                           "'plain' (lnpo's plain-text template) or a user-turn format containing '{content}'")
 
 
-def model_runtime(config: ml_collections.ConfigDict) -> dict:
-    """How the run builds its model (``lnpo.models.config.RUNTIME_FIELDS`` from ``config.model``:
-    dtypes, remat, attention), the same for a fresh, a loaded and a planned model."""
-    from lnpo.models.config import RUNTIME_FIELDS
-
-    return {name: config.model[name] for name in RUNTIME_FIELDS}
-
-
 def data_columns(config: ml_collections.ConfigDict) -> dict:
     """The column mapping of ``config.data.columns``: canonical column -> source column, set fields only."""
     return {key: column for key, column in config.data.columns.items() if column}
@@ -168,6 +159,9 @@ def loss_hparams(config: ml_collections.ConfigDict) -> dict:
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[int, ...]:
     """Check ``config`` for ``num_devices`` devices; returns the resolved mesh shape."""
     from lnpo import losses, parallel
+    from lnpo.data.layouts import LAYOUTS
+    from lnpo.data.tokenize import TRUNCATIONS
+    from lnpo.models.config import DTYPES, REMAT_POLICIES
 
     _choice("stage", config.stage, STAGES)
     if config.stage == "po":
@@ -181,16 +175,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
         if "sampled" in losses.needs(config.loss.name) and config.reference.mode != "in_step":
             raise ConfigError(f"config.reference.mode: {config.loss.name} re-draws its tokens every step, so its "
                               f"reference must run in the step: set 'in_step', not {config.reference.mode!r}")
-    _choice("model.param_dtype", config.model.param_dtype, DTYPES)
-    _choice("model.compute_dtype", config.model.compute_dtype, DTYPES)
-    _choice("model.remat", config.model.remat, REMAT)
+    _choice("model.param_dtype", config.model.param_dtype, TRAINING_DTYPES)
+    _choice("model.compute_dtype", config.model.compute_dtype, TRAINING_DTYPES)
+    _choice("model.remat", config.model.remat, REMAT_POLICIES)
     _check_attention(config)
     _choice("reference.mode", config.reference.mode, REFERENCE_MODES)
-    _choice("reference.dtype", config.reference.dtype, DTYPES)
+    _choice("reference.dtype", config.reference.dtype, TRAINING_DTYPES)
     _choice("data.layout", config.data.layout, LAYOUTS)
     _choice("data.truncation", config.data.truncation, TRUNCATIONS)
     _check_data(config)
-    _choice("train.export_dtype", config.train.export_dtype, EXPORT_DTYPES)
+    _choice("train.export_dtype", config.train.export_dtype, ("", *DTYPES))
     _check_optimizer(config)
     if config.model.path:
         if not os.path.isdir(config.model.path):
@@ -219,13 +213,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
     except ValueError as e:
         raise ConfigError(f"config.mesh.shape: {e}") from None
     _check_context(config, parallel.full_mesh_shape(mesh_shape)[3])
-    data_parallel = mesh_shape[0] * mesh_shape[1]
+    dp = data_parallel(dict(zip(parallel.MESH_AXES, parallel.full_mesh_shape(mesh_shape))))
     batch, micro = config.train.global_batch, config.train.micro_batches
     if batch % micro:
         raise ConfigError(f"config.train.global_batch: {batch} is not divisible by train.micro_batches ({micro})")
-    if (batch // micro) % data_parallel:
+    if (batch // micro) % dp:
         raise ConfigError(
             f"config.train.global_batch: {batch} / micro_batches {micro} = {batch // micro} per micro-batch is not "
-            f"divisible by the data-parallel size {data_parallel} (mesh data x fsdp)"
+            f"divisible by the data-parallel size {dp} (mesh data x fsdp)"
         )
     return mesh_shape

@@ -38,3 +38,7 @@ class InputNotFound(UserError, FileNotFoundError):
 
 class LostPeer(UserError, RuntimeError):
     """Another process of a multi-process job is gone (``main`` exits 3, not 2)."""
+
+
+class SweepError(ConfigError):
+    """An invalid sweep config: the message names ``sweep.<field>`` (or the override), the value and what is allowed."""

@@ -17,7 +17,7 @@ numbers as a dict (bytes per chip under ``"bytes"``).
 What the numbers are:
 
 - parameters, optimizer, reference, gradients: exact per-chip sizes of the
-  arrays the trainer holds, from the model's real parameter shapes and logical
+  arrays the trainer holds (``lnpo.plan_state``), from the model's real parameter shapes and logical
   axes (``lnpo.parallel`` rules) on the configured mesh: each dimension split
   over its mesh axes. The parameters are the float32 master weights
   (``model.param_dtype``); AdamW's two moments have the parameters' dtype
@@ -45,15 +45,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import math
-import os
 import sys
 from typing import Any
 
 from lnpo.errors import ConfigError
-from lnpo.plan_activations import activation_bytes, layer_bytes_per_token  # noqa: F401  (the planner's API)
+from lnpo.implied import EMBEDDED_VOCAB, data_parallel, model_config, reference_mode, row_length
+from lnpo.plan_activations import ITEMSIZE, activation_bytes
+from lnpo.plan_state import optimizer_bytes, param_infos, per_chip_param_elements
+from lnpo.train import stages
 
 GIB = 1024**3
 
@@ -68,126 +69,14 @@ CHIPS: dict[str, tuple[float, float]] = {
     "a100": (312e12, 80.0),
 }
 USABLE_FRACTION = 0.9  # of HBM: XLA's runtime, fragmentation and the unplanned rest
-EMBEDDED_VOCAB = 4096  # upper bound of the embedded task's tokenizer (lnpo.data.embedded)
-from lnpo.plan_activations import ITEMSIZE as _ITEMSIZE  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- inputs
-def model_config(config):
-    """The ``ModelConfig`` the trainer would build for ``config`` (no weights read)."""
-    from lnpo.config import model_runtime
-    from lnpo.models import ModelConfig
-
-    m = config.model
-    runtime = model_runtime(config)
-    if m.path:
-        path = os.path.join(m.path, "config.json")
-        with open(path) as f:
-            cfg = ModelConfig.from_hf(json.load(f), **runtime)
-    else:
-        t = m.tiny
-        cfg = ModelConfig.tiny(
-            vocab_size=EMBEDDED_VOCAB, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
-            max_position_embeddings=max(config.data.max_len * 2, 256), **runtime)
-    if config.stage == "rm" and cfg.num_labels == 0:
-        cfg = cfg.replace(num_labels=1, tie_embeddings=False)
-    return cfg
-
-
-def row_length(config) -> int:
-    """Row length T (mirrors lnpo.train.trainer.row_length)."""
-    if config.data.seq_len:
-        return config.data.seq_len
-    return 2 * config.data.max_len if config.data.layout == "shared_prompt" else config.data.max_len
-
-
 def rows_per_micro_batch(config, items: int) -> int:
     """Rows of one micro-batch of ``items`` pairs (examples): exact for "padded", an upper bound otherwise."""
-    if config.stage == "sft" or config.data.layout == "shared_prompt":
+    if stages.get(config.stage).examples == "sft" or config.data.layout == "shared_prompt":
         return items
     return 2 * items
-
-
-def _uses_reference(config) -> bool:
-    if config.stage != "po":
-        return False
-    from lnpo import losses
-
-    return losses.requires_reference(config.loss.name)
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamInfo:
-    path: tuple  # jax key path of the leaf in nnx.state(model, nnx.Param)
-    shape: tuple[int, ...]
-    axes: tuple  # logical axis names
-    itemsize: int
-
-
-@functools.lru_cache(maxsize=8)
-def param_infos(cfg) -> tuple[list[ParamInfo], Any]:
-    """Shapes, logical axes and itemsizes of the model's parameters, and the abstract
-    parameter state (``jax.ShapeDtypeStruct`` leaves: nothing is allocated)."""
-    import jax
-    from flax import nnx
-
-    from lnpo.models import Decoder, logical_axes
-
-    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
-    state = nnx.state(abstract, nnx.Param)
-    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    axes = jax.tree_util.tree_leaves(logical_axes(abstract), is_leaf=lambda x: isinstance(x, tuple))
-    assert len(axes) == len(leaves)
-    infos = [ParamInfo(tuple(p), tuple(l.shape), tuple(a), l.dtype.itemsize) for (p, l), a in zip(leaves, axes)]
-    return infos, state
-
-
-# ----------------------------------------------------------------------------- sharding
-def shard_shape(shape, axes, mesh: dict[str, int], rules=None) -> tuple[tuple[int, ...], list[str]]:
-    """Per-device shape of an array with logical ``axes`` on ``mesh`` ({axis: size}), sharded
-    as the trainer shards it (``lnpo.parallel.named_sharding``: a mesh axis that does not
-    divide a dimension replicates it), and those replicated dimensions, named."""
-    from lnpo.parallel import DEFAULT_RULES, logical_to_spec, spec_entry_axes, uneven_dims
-
-    rules = DEFAULT_RULES if rules is None else rules
-    spec = logical_to_spec(axes, rules, shape=shape, mesh_shape=mesh)
-    out = []
-    for i, dim in enumerate(shape):
-        names = spec_entry_axes(spec[i] if i < len(spec) else None)
-        out.append(dim // math.prod(mesh[n] for n in names))
-    return tuple(out), uneven_dims(axes, shape, mesh, rules)
-
-
-def _per_chip_param_elements(infos, mesh) -> tuple[list[int], list[str]]:
-    """Per-chip elements of each parameter, and the logical dimensions replicated because a
-    mesh axis does not divide them (e.g. ``"kv_heads 2 over tensor 4"``)."""
-    counts, replicated = [], []
-    for info in infos:
-        shp, uneven = shard_shape(info.shape, info.axes, mesh)
-        counts.append(math.prod(shp))
-        replicated += uneven
-    return counts, sorted(set(replicated))
-
-
-def optimizer_bytes(config, abstract_params, infos, counts) -> int:
-    """Per-chip bytes of the trainer's optimizer state (lnpo.train.optim.make_optimizer): every
-    parameter-shaped leaf sharded like its parameter, scalars (step counters) replicated."""
-    import jax
-
-    from lnpo.train.optim import make_optimizer
-
-    tx, _ = make_optimizer(config.optim, steps=max(int(config.train.steps), 1))
-    by_path = {info.path: (info, n) for info, n in zip(infos, counts)}
-    total = 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.eval_shape(tx.init, abstract_params))[0]:
-        path = tuple(path)
-        match = next((by_path[path[i:]] for i in range(len(path)) if path[i:] in by_path), None)
-        if match is not None and tuple(leaf.shape) == match[0].shape:
-            total += match[1] * leaf.dtype.itemsize
-        else:
-            total += math.prod(leaf.shape) * leaf.dtype.itemsize  # replicated (step counters)
-    return total
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -208,15 +97,15 @@ def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str,
     from lnpo.parallel import MESH_AXES
 
     mesh = dict(zip(MESH_AXES, st.mesh))
-    counts, replicated = _per_chip_param_elements(infos, mesh)
+    counts, replicated = per_chip_param_elements(infos, mesh)
     problems = []
     params = sum(n * i.itemsize for n, i in zip(counts, infos))
     param_elems = sum(counts)
     opt = optimizer_bytes(config, abstract, infos, counts)
-    ref = param_elems * _ITEMSIZE[st.reference_dtype] if st.reference == "in_step" else 0
+    ref = param_elems * ITEMSIZE[st.reference_dtype] if st.reference == "in_step" else 0
     grads = params * (2 if st.micro_batches > 1 else 1)  # accumulator (+ this micro-batch's)
 
-    dp = mesh["data"] * mesh["fsdp"]
+    dp = data_parallel(mesh)
     G, A = int(config.train.global_batch), st.micro_batches
     if G % A:
         problems.append(f"train.global_batch {G} is not divisible by train.micro_batches {A}")
@@ -235,7 +124,7 @@ def _memory(config, cfg, infos, st: Settings, chips: int, abstract) -> dict[str,
                             context=mesh["context"])
 
     # FSDP gathers: two layers' weights in compute dtype in flight and one layer's unsharded gradient.
-    s = _ITEMSIZE[cfg.compute_dtype]
+    s = ITEMSIZE[cfg.compute_dtype]
     layer_elems = sum(math.prod(i.shape[1:]) for i in infos if i.axes[:1] == ("layers",))
     embed_elems = max((math.prod(i.shape) for i in infos if i.axes[:1] != ("layers",)), default=0)
     unit = max(layer_elems, embed_elems) / mesh["tensor"]
@@ -299,8 +188,7 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
     peak, hbm = _resolve_chip(chip_type, hbm_gib, peak_tflops)
     infos, abstract = param_infos(cfg)
 
-    uses_ref = _uses_reference(config)
-    ref_mode = config.reference.mode if uses_ref else "none"
+    ref_mode = reference_mode(config)
     st = Settings(mesh=mesh, micro_batches=int(config.train.micro_batches), remat=cfg.remat, reference=ref_mode,
                   reference_dtype=config.reference.dtype)
     mem = _memory(config, cfg, infos, st, chips, abstract)
@@ -328,7 +216,7 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
 
     out = {
         "name": config.name, "stage": config.stage, "layout": config.data.layout,
-        "loss": config.loss.name if config.stage == "po" else None,
+        "loss": config.loss.name if stages.get(config.stage).objective else None,
         "model": {"source": config.model.path or "embedded tiny", "model_type": cfg.model_type,
                   "params": sum(math.prod(i.shape) for i in infos), "matmul_params": matmul_params(cfg),
                   "layers": cfg.num_layers, "hidden": cfg.hidden_size, "heads": cfg.num_heads,
@@ -517,12 +405,12 @@ def _normalize_argv(argv: list[str]) -> list[str]:
 
 def main(argv=None):
     from absl import app, flags
-    from ml_collections import config_flags
 
     from lnpo.cli import report_user_errors
-    from lnpo.main import _config_root_on_path
+    from lnpo.config_files import define_config_flag
 
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file", lock_config=True)
+    argv = _normalize_argv(sys.argv if argv is None else argv)
+    define_config_flag(argv)
     flags.DEFINE_integer("chips", None, "number of chips (resolves a -1 in config.mesh.shape)")
     flags.DEFINE_float("hbm_gib", None, "HBM per chip in GiB (default: from --chip_type)")
     flags.DEFINE_string("chip_type", "v5p", f"one of {', '.join(CHIPS)}: peak FLOP/s and HBM")
@@ -541,8 +429,6 @@ def main(argv=None):
         print(json.dumps(p, indent=2, default=str) if F.json else format_plan(p))
         sys.exit(0 if p["fits"] else 1)
 
-    argv = _normalize_argv(sys.argv if argv is None else argv)
-    _config_root_on_path(argv)
     app.run(_run, argv=argv)
 
 

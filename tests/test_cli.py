@@ -67,3 +67,37 @@ def test_lnpo_report_prints_user_errors_in_one_line_and_keeps_bugs_tracebacks(mo
     monkeypatch.setattr(report, "build_report", _raise(KeyError("an internal bug")))
     with pytest.raises(KeyError):
         report.main([str(tmp_path)])
+
+
+MAIN_RAISING = """
+import sys
+import lnpo.train.run as run_module
+from lnpo.errors import ConfigError
+
+def run(config, workdir):
+    raise {error}
+
+run_module.run = run
+from lnpo.main import main
+main(["lnpo.main", "--config=configs/dpo.py", "--workdir=" + sys.argv[1]])
+"""
+
+
+@pytest.mark.parametrize("error, code, user", [("ConfigError('config.loss.beta: must be > 0')", 2, True),
+                                               ("KeyError('params')", 1, False),
+                                               ("ValueError('an internal bug')", 1, False)])
+def test_lnpo_main_prints_only_user_errors_in_one_line(tmp_path, error, code, user):
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", MAIN_RAISING.format(error=error), str(tmp_path / "w")], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == code, proc.stderr
+    if user:
+        assert proc.stderr.strip().splitlines()[-1] == "lnpo: error: config.loss.beta: must be > 0"
+        assert "Traceback" not in proc.stderr
+    else:
+        assert "Traceback" in proc.stderr and error.split("(")[0] in proc.stderr

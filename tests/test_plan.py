@@ -13,6 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from configs.lndpo import get_config  # noqa: E402
+from lnpo import implied  # noqa: E402
 from lnpo import plan as planlib  # noqa: E402
 
 # Divisible by every mesh axis used below (fsdp 8 splits embed, tensor 2 splits heads/kv/mlp/vocab).
@@ -48,7 +49,7 @@ sys.path.insert(0, REPO)
 import jax, jax.numpy as jnp, optax
 from flax import nnx
 from configs.lndpo import get_config
-from lnpo import parallel, plan as planlib
+from lnpo import implied, parallel, plan as planlib
 from lnpo.models import Decoder, ModelConfig, param_shardings
 from lnpo.train.optim import make_optimizer
 assert jax.device_count() == 8, jax.devices()
@@ -65,7 +66,7 @@ for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]:
     c.reference.dtype = "bfloat16"
     c.train.global_batch = 16
     p = planlib.plan(c, chips=8)
-    cfg = planlib.model_config(c)
+    cfg = implied.model_config(c)
     mesh = parallel.make_mesh(shape)
     abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
     shardings = param_shardings(abstract, mesh)
@@ -121,22 +122,22 @@ def _compiled_temp_bytes(config, mesh=None) -> int:
     from lnpo import losses, parallel
     from lnpo.models import Decoder
     from lnpo.models.decoder import param_shardings
-    from lnpo.train import steps
+    from lnpo.train import stages, steps
     from lnpo.train.optim import make_optimizer
     from lnpo.train.step_builder import build_train_step
 
     mesh = mesh or parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    model = Decoder(planlib.model_config(config), rngs=nnx.Rngs(0))
+    model = Decoder(implied.model_config(config), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.device_put(params, param_shardings(model, mesh))
     tx, _ = make_optimizer(config.optim, steps=10)
     A, M = config.train.micro_batches, config.train.global_batch // config.train.micro_batches
-    T = planlib.row_length(config)
-    sums_fn = steps.micro_sums_fn("po", objective=losses.get(config.loss.name), num_pairs=M,
+    T = implied.row_length(config)
+    sums_fn = stages.micro_sums_fn("po", objective=losses.get(config.loss.name), num_pairs=M,
                                   chunk_size=config.train.logprob_chunk)
-    built = build_train_step(params, graphdef, tx, mesh, stage="po", sums_fn=sums_fn)
+    built = build_train_step(params, graphdef, tx, mesh, sums_fn=sums_fn)
     batch = {k: jnp.zeros((A, 2 * M, T), jnp.int32) for k in steps.ROW_KEYS}
-    batch.update({k: jnp.zeros((A, M), jnp.float32) for k in ("pair_valid", "ref_chosen", "ref_rejected")})
+    batch.update({k: jnp.zeros((A, M), jnp.float32) for k in ("example_valid", "ref_chosen", "ref_rejected")})
     hparams = steps.step_hparams(1e-4, {"beta": 0.1})
     compiled = built.jitted.lower(built.state, batch, None, hparams).compile()
     return compiled.memory_analysis().temp_size_in_bytes
@@ -226,7 +227,7 @@ def test_step_time_from_flops(tmp_path):
 
     config = _config(_model_dir(tmp_path), **{"mesh.shape": (-1, 1, 1), "train.micro_batches": 2})
     p = planlib.plan(config, chips=4, chip_type="v5e", mfu=0.5)
-    cfg = planlib.model_config(config)
+    cfg = implied.model_config(config)
     tokens = 16 * 2 * 64  # pairs x 2 rows (padded) x max_len
     assert p["batch"]["tokens_per_step"] == tokens
     assert p["mesh"] == (4, 1, 1)
@@ -276,7 +277,7 @@ def test_embedded_tiny_model_default():
     config = get_config()
     p = planlib.plan(config)
     assert p["chips"] == 1 and p["fits"]
-    assert p["model"]["vocab"] == planlib.EMBEDDED_VOCAB and p["model"]["hidden"] == config.model.tiny.hidden_size
+    assert p["model"]["vocab"] == implied.EMBEDDED_VOCAB and p["model"]["hidden"] == config.model.tiny.hidden_size
     assert any("--chips" in n for n in p["notes"])
 
 

@@ -135,10 +135,8 @@ def _parse_with_lnpo_main_flags(args: list[str]) -> dict:
     """The config lnpo.main would build from ``args`` (its absl flags: --config file + overrides)."""
     code = ("import sys, json\n"
             "from absl import flags\n"
-            "from ml_collections import config_flags\n"
-            "from lnpo.main import _config_root_on_path\n"
-            "_config_root_on_path(sys.argv)\n"
-            "config_flags.DEFINE_config_file('config', None, '', lock_config=True)\n"
+            "from lnpo.config_files import define_config_flag\n"
+            "define_config_flag(sys.argv)\n"
             "flags.DEFINE_string('workdir', None, '')\n"
             "flags.FLAGS(sys.argv)\n"
             "print(json.dumps({'workdir': flags.FLAGS.workdir, 'config': flags.FLAGS.config.to_dict()}))\n")
@@ -375,3 +373,26 @@ def test_sweep_process_shares_compiled_programs_in_its_workdir_unless_a_cache_is
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sweep")], env=env, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [str(tmp_path / "mine")] * 2
+
+
+def test_re_evaluation_passes_the_sweeps_settings_and_leaves_run_json_alone(tmp_path, monkeypatch):
+    """A trained run whose run.json holds other evaluation settings is evaluated with the sweep config's
+    EvalSettings, handed to the evaluator; run.json is not rewritten."""
+    import lnpo.evaluate
+    from lnpo import rundir
+    from lnpo.eval_settings import EvalSettings
+    from lnpo.sweep.execute import execute_run
+
+    sweep = sweep_lib.load_sweep(SMOKE, overrides={"methods.dpo.beta": (0.1,), "methods.simpo.enabled": False},
+                                 run_overrides={**TINY_EVAL, "eval.top_k": 3})
+    spec = sweep_lib.expand(sweep, str(tmp_path / "sweep"), config_root=REPO)[0]
+    os.makedirs(rundir.export_dir(spec.workdir))
+    rundir.write_run_info(spec.workdir, rundir.RunInfo(name=spec.name, method="dpo", export=rundir.export_dir(
+        spec.workdir), eval_prompts="p.jsonl", scorer="embedded", eval=EvalSettings(max_new_tokens=99)))
+    before = open(rundir.run_json(spec.workdir), encoding="utf-8").read()
+    seen = {}
+    monkeypatch.setattr(lnpo.evaluate, "evaluate_workdir", lambda workdir, **kw: seen.update(kw) or {})
+    assert execute_run(spec, log=lambda _: None) == "finished"
+    assert seen["settings"] == EvalSettings.from_config(spec.config())
+    assert seen["settings"].max_new_tokens == 8 and seen["settings"].top_k == 3
+    assert open(rundir.run_json(spec.workdir), encoding="utf-8").read() == before

@@ -24,7 +24,7 @@ def get_config(arg=None):
         "optim": {"warmup_steps": 0},
         "train": {"steps": 3, "global_batch": 8, "log_every": 1, "eval_every": 1000, "eval_batches": 1,
                   "checkpoint_every": 1000},
-        # Sampling settings of the evaluation (run.json "eval"; see lnpo.evaluate.DEFAULT_SETTINGS).
+        # Sampling settings of the evaluation (lnpo.eval_settings.EvalSettings; the sweep passes them to it).
         "eval": {"max_new_tokens": 16, "max_prompts": 8, "num_samples": 1, "batch_size": 8},
     }
     return c

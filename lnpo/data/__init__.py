@@ -8,7 +8,7 @@
     tokens, tok_report = data.tokenize_preferences(pairs, tokenizer, max_len=512, max_prompt_len=256)
     batches = data.PairIterator(tokens, global_batch=64, micro_batches=2, layout="packed", seq_len=512,
                                 seed=0, process_index=jax.process_index(), process_count=jax.process_count())
-    batch = next(batches)                                          # {key: [A, R, T]} + pair_valid [A, L]
+    batch = next(batches)                                          # {key: [A, R, T]} + example_valid [A, L]
 
 See :mod:`lnpo.data.sources` (sources and schemas), :mod:`lnpo.data.validate`
 (skip reasons and the report), :mod:`lnpo.data.tokenize` (token contract),

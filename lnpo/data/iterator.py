@@ -8,7 +8,7 @@ rows from the dataset. A host-local batch is the dict
 
 =================  ==========================  ===========================================
 ``input_ids`` ...  int32 ``[A, R, T]``         the :data:`~lnpo.data.layouts.ROW_KEYS` rows
-``pair_valid``     float32 ``[A, L]``          1.0 for a real pair / example, 0.0 for a dummy
+``example_valid``  float32 ``[A, L]``          1.0 for a real pair / example, 0.0 for a dummy
 ``pair_label``     float32 ``[A, L]``          unpaired (KTO) data only: 1.0 desirable (lnpo.data.unpaired)
 =================  ==========================  ===========================================
 
@@ -39,8 +39,8 @@ evaluation).
 
 Dummy pairs (and dummy SFT examples) pad partial batches: prompt ``[0]``, chosen
 ``[0]``, rejected ``[0]``: real one-token sequences (so per-sequence counts are
-never 0 and length-normalized losses stay finite) with ``pair_valid == 0``; the
-train and eval steps must weight per-pair values by ``pair_valid``.
+never 0 and length-normalized losses stay finite) with ``example_valid == 0``; the
+train and eval steps must weight per-pair values by ``example_valid``.
 
 Resume: :meth:`PairIterator.state` is a small JSON-serializable dict saved with
 each checkpoint; ``restore(state)`` (or ``state=`` in the constructor) continues
@@ -173,7 +173,7 @@ class _BatchBuilder:
             examples = [fetched[int(i)] if i >= 0 else dummy for i in own[m]]
             micro.append(build(examples, self.layout, self.seq_len, num_rows=num_rows, seq_offset=offset))
         out = {k: np.stack([mb[k] for mb in micro]) for k in micro[0]}
-        out["pair_valid"] = (own >= 0).astype(np.float32)
+        out["example_valid"] = (own >= 0).astype(np.float32)
         if self.labels is not None:
             out["pair_label"] = self.labels[own]  # index -1 (a dummy) is the appended 0
         return out
@@ -311,7 +311,7 @@ class PairIterator:
 
 class SFTIterator(PairIterator):
     """:class:`PairIterator` over a tokenized SFT dataset (``prompt_ids``, ``completion_ids``);
-    layouts ``"padded"`` / ``"packed"``; ``pair_valid`` marks real examples."""
+    layouts ``"padded"`` / ``"packed"``; ``example_valid`` marks real examples."""
 
     _kind_required = "sft"
 
@@ -320,7 +320,7 @@ class EvalIterator:
     """One ordered pass over a tokenized dataset (pairs or SFT), every example exactly once.
 
     Same batch format and arguments as :class:`PairIterator` (no shuffling, no
-    state). The last batch is filled up with dummy examples whose ``pair_valid``
+    state). The last batch is filled up with dummy examples whose ``example_valid``
     is 0; ``len(iterator)`` is the number of batches, ``ceil(N / global_batch)``.
     Re-iterable.
     """

@@ -31,9 +31,10 @@ object, nested too deeply, or blank is skipped and counted (``undecodable_text``
 ``malformed_json``, ``blank_line``) and never costs another row; a column may mix text
 and message lists from row to row. An empty source is a :class:`~lnpo.errors.DataError`.
 
-Caching: the adapter pass is a ``Dataset.map`` fingerprinted from the input
-dataset, the schema, the column mapping, the options and the code of this module
-and :mod:`lnpo.data.validate`, so a file-backed source is adapted once.
+Caching: the adapter pass (the adapters are :mod:`lnpo.data.adapters`) is a ``Dataset.map``
+fingerprinted from the input dataset, the schema, the column mapping, the options and the code
+of this module, the adapters, :mod:`lnpo.data.files` and :mod:`lnpo.data.validate`, so a
+file-backed source is adapted once.
 
 Schemas (``schema=``; ``"auto"`` detects from the columns, after the column mapping):
 
@@ -74,23 +75,22 @@ rejected="bad")``. A mapped column that does not exist is an error.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
 import numpy as np
 
+from lnpo.data import adapters as adapters_module
 from lnpo.data import files as files_module
 from lnpo.data import validate as validate_module
+from lnpo.data.adapters import PKU_PREFERENCES, PREFERENCE_ADAPTERS, SFT_ADAPTERS, column_value
 from lnpo.data.files import LINE, RAW, open_source, parse_line
 from lnpo.data.validate import (
     LoadReport,
     code_hash,
     fingerprint_of,
     RowIssue,
-    check_messages,
-    check_text,
     make_report,
     check_preference_row,
     check_sft_row,
@@ -103,7 +103,6 @@ log = logging.getLogger(__name__)
 
 PREFERENCE_SCHEMAS = ("generic", "conversational", "hh_rlhf", "pku_saferlhf", "ultrafeedback")
 SFT_SCHEMAS = ("messages", "prompt_completion")
-PKU_PREFERENCES = {"better": "better_response_id", "safer": "safer_response_id"}
 
 # Canonical input columns a mapping may name.
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "system", "response_0", "response_1",
@@ -123,163 +122,6 @@ _SAMPLE_ROWS = 64  # parsed rows that schema detection looks at
 _SAMPLE_SCAN = 4096  # raw rows scanned for them at most
 
 
-# ----------------------------------------------------------------------------- reading rows
-
-
-def _get(row: Mapping, columns: Mapping[str, str], key: str) -> Any:
-    """The value of canonical column ``key`` (``columns``: canonical name -> source column); ``None`` when absent."""
-    column = columns.get(key)
-    return None if column is None else row.get(column)
-
-
-def _as_messages(value: Any, what: str, default_role: str) -> list[dict[str, str]]:
-    """Text -> one ``default_role`` message; a list -> checked messages."""
-    if isinstance(value, (str, bytes, bytearray)):
-        return [{"role": default_role, "content": check_text(value, what)}]
-    if value is None:
-        raise RowIssue("missing_field", f"missing field {what!r}")
-    if not isinstance(value, (list, tuple)):
-        raise RowIssue("wrong_type", f"{what} must be text or a list of messages, got {type(value).__name__}")
-    return check_messages(value, what)
-
-
-def _strip_prompt(prompt: list, completion: list) -> list:
-    """``completion`` without a leading copy of the prompt messages (a common dataset convention).
-
-    The copy may lack a leading system message of ``prompt`` (one added from a ``system`` column).
-    """
-    candidates = [prompt, prompt[1:]] if prompt and prompt[0]["role"] == "system" else [prompt]
-    for p in candidates:
-        n = len(p)
-        if n and len(completion) > n and completion[:n] == p:
-            return completion[n:]
-    return completion
-
-
-def _prompt_with_system(row, columns, prompt_value) -> list[dict[str, str]]:
-    prompt = _as_messages(prompt_value, "prompt", "user")
-    system = _get(row, columns, "system")
-    if system is not None:
-        system = check_text(system, "system")
-        if system.strip():
-            prompt = [{"role": "system", "content": system}] + prompt
-    return prompt
-
-
-# --- preference adapters: raw row -> {"prompt", "chosen", "rejected"} (not yet validated)
-
-
-def _adapt_generic(row, columns, options):
-    prompt = _prompt_with_system(row, columns, _get(row, columns, "prompt"))
-    chosen = _strip_prompt(prompt, _as_messages(_get(row, columns, "chosen"), "chosen", "assistant"))
-    rejected = _strip_prompt(prompt, _as_messages(_get(row, columns, "rejected"), "rejected", "assistant"))
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-
-
-def split_shared_prefix(chosen: list, rejected: list) -> tuple[list, list, list]:
-    """``(prompt, chosen completion, rejected completion)`` of two whole conversations.
-
-    The prompt is the longest shared prefix of messages; the two conversations must
-    then both continue with a (different) assistant message. Raises :class:`RowIssue`
-    (``identical_responses`` or ``prompt_mismatch``) otherwise.
-    """
-    k = 0
-    while k < len(chosen) and k < len(rejected) and chosen[k] == rejected[k]:
-        k += 1
-    if k == len(chosen) and k == len(rejected):
-        raise RowIssue("identical_responses", "chosen is identical to rejected")
-    if k == len(chosen) or k == len(rejected):
-        raise RowIssue("prompt_mismatch", "one conversation is a prefix of the other")
-    if chosen[k]["role"] != "assistant" or rejected[k]["role"] != "assistant":
-        raise RowIssue("prompt_mismatch",
-                       f"chosen and rejected first differ at message {k}, which is not an assistant message in both")
-    return chosen[:k], chosen[k:], rejected[k:]
-
-
-def _adapt_conversational(row, columns, options):
-    chosen = check_messages(_get(row, columns, "chosen"), "chosen")
-    rejected = check_messages(_get(row, columns, "rejected"), "rejected")
-    prompt, chosen, rejected = split_shared_prefix(chosen, rejected)
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-
-
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-def parse_hh_transcript(text: str, what: str = "transcript") -> list[dict[str, str]]:
-    """Messages of an HH-RLHF transcript ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``.
-
-    Turn contents are stripped of surrounding whitespace. Raises :class:`RowIssue`
-    ``malformed_transcript`` unless the text is one or more turns (nothing before
-    the first), starting with a Human turn and ending with an Assistant turn.
-    """
-    if not text.startswith("\n\n") and re.match(r"\s*Human:", text):
-        text = "\n\n" + text.lstrip()
-    parts = _HH_TURN.split(text)
-    if parts[0].strip():
-        raise RowIssue("malformed_transcript", f"{what} has text before the first '\\n\\nHuman:' turn")
-    messages = [{"role": _HH_ROLES[role], "content": content.strip()}
-                for role, content in zip(parts[1::2], parts[2::2])]
-    if not messages:
-        raise RowIssue("malformed_transcript", f"{what} has no '\\n\\nHuman:' / '\\n\\nAssistant:' turns")
-    if messages[0]["role"] != "user":
-        raise RowIssue("malformed_transcript", f"{what} does not start with a Human turn")
-    if messages[-1]["role"] != "assistant":
-        raise RowIssue("malformed_transcript", f"{what} does not end with an Assistant turn")
-    return messages
-
-
-def _adapt_hh(row, columns, options):
-    chosen = parse_hh_transcript(check_text(_get(row, columns, "chosen"), "chosen"), "chosen")
-    rejected = parse_hh_transcript(check_text(_get(row, columns, "rejected"), "rejected"), "rejected")
-    if chosen[:-1] != rejected[:-1]:
-        raise RowIssue("prompt_mismatch", "chosen and rejected transcripts differ before the final assistant turn")
-    return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
-
-
-def _adapt_pku(row, columns, options):
-    label_column = PKU_PREFERENCES[options["pku_preference"]]
-    label = _get(row, columns, label_column)
-    if label is None:
-        raise RowIssue("missing_field", f"missing field {label_column!r}")
-    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or int(label) not in (0, 1):
-        raise RowIssue("invalid_label", f"{label_column} must be 0 or 1, got {label!r}")
-    prompt = _prompt_with_system(row, columns, _get(row, columns, "prompt"))
-    responses = [_as_messages(_get(row, columns, f"response_{i}"), f"response_{i}", "assistant") for i in (0, 1)]
-    return {"prompt": prompt, "chosen": responses[int(label)], "rejected": responses[1 - int(label)]}
-
-
-_PREFERENCE_ADAPTERS = {
-    "generic": _adapt_generic,
-    "conversational": _adapt_conversational,
-    "hh_rlhf": _adapt_hh,
-    "pku_saferlhf": _adapt_pku,
-    "ultrafeedback": _adapt_conversational,
-}
-
-
-# --- SFT adapters: raw row -> {"prompt", "completion"}
-
-
-def _adapt_messages(row, columns, options):
-    messages = check_messages(_get(row, columns, "messages"), "messages")
-    if not messages:
-        raise RowIssue("empty_prompt", "messages is empty")
-    if messages[-1]["role"] != "assistant":
-        raise RowIssue("invalid_role", f"messages ends with a {messages[-1]['role']!r} message, not 'assistant'")
-    return {"prompt": messages[:-1], "completion": messages[-1:]}
-
-
-def _adapt_prompt_completion(row, columns, options):
-    prompt = _prompt_with_system(row, columns, _get(row, columns, "prompt"))
-    completion = _strip_prompt(prompt, _as_messages(_get(row, columns, "completion"), "completion", "assistant"))
-    return {"prompt": prompt, "completion": completion}
-
-
-_SFT_ADAPTERS = {"messages": _adapt_messages, "prompt_completion": _adapt_prompt_completion}
-
-
 class _Adapter:
     """The ``Dataset.map`` function: raw row -> canonical row + skip reason (picklable, hashable)."""
 
@@ -294,9 +136,9 @@ class _Adapter:
             if self.raw:
                 row = parse_line(row[RAW])
             if self.kind == "preference":
-                out = check_preference_row(_PREFERENCE_ADAPTERS[self.schema](row, self.columns, self.options))
+                out = check_preference_row(PREFERENCE_ADAPTERS[self.schema](row, self.columns, self.options))
             else:
-                out = check_sft_row(_SFT_ADAPTERS[self.schema](row, self.columns, self.options))
+                out = check_sft_row(SFT_ADAPTERS[self.schema](row, self.columns, self.options))
             out.update({_REASON: "", _DETAIL: ""})
         except RowIssue as issue:
             out = {key: [] for key in empty}
@@ -339,7 +181,7 @@ def _canonical_columns(available: set[str], mapping: dict[str, str], allowed: Se
 
 def _first_value(rows: list[dict], columns: Mapping[str, str], key: str) -> Any:
     for row in rows:
-        value = _get(row, columns, key)
+        value = column_value(row, columns, key)
         if value is not None:
             return value
     return None
@@ -443,7 +285,7 @@ def _load(kind: str, source, *, schema, split, strict, name, data_files, revisio
     adapter = _Adapter(kind, schema, resolved, dict(options), raw)
     features = PREFERENCE_FEATURES if kind == "preference" else SFT_FEATURES
     features = datasets.Features({**features, _REASON: datasets.Value("string"), _DETAIL: datasets.Value("string")})
-    code = code_hash(__file__, validate_module.__file__, files_module.__file__)
+    code = code_hash(__file__, adapters_module.__file__, validate_module.__file__, files_module.__file__)
     fingerprint = fingerprint_of(ds._fingerprint, code, kind, schema, resolved, options, raw)
     ds = ds.map(adapter, with_indices=True, remove_columns=ds.column_names, features=features,
                 num_proc=num_proc if num_proc and num_proc > 1 and len(ds) >= 2 * num_proc else None,

@@ -5,8 +5,7 @@
     from lnpo.evaluate import evaluate_run, evaluate_workdir, generate, make_scorer
 
     summary = evaluate_run("runs/x/export", "runs/sft/export", "ood_prompts.jsonl", "runs/x/eval",
-                           scorer="embedded", max_new_tokens=64, temperature=1.0, top_p=1.0, top_k=0,
-                           num_samples=2, seed=0, batch_size=32)
+                           scorer="embedded", settings=EvalSettings(max_new_tokens=64, num_samples=2))
 
 Command line: ``python -m lnpo.evaluate --workdir=W`` (a trained workdir with
 ``run.json``) or ``python -m lnpo.evaluate --model=DIR --sft=DIR --prompts=FILE
@@ -15,7 +14,8 @@ keys, :mod:`lnpo.evaluate.metrics` for the formulas, :mod:`lnpo.evaluate.generat
 for sampling and :mod:`lnpo.evaluate.scorers` for the scorers.
 """
 
-from lnpo.evaluate.evaluate import DEFAULT_SETTINGS, evaluate_run, evaluate_workdir, load_eval_prompts, read_run_json
+from lnpo.eval_settings import EvalSettings
+from lnpo.evaluate.evaluate import evaluate_run, evaluate_workdir, load_eval_prompts
 from lnpo.evaluate.generate import SamplingSettings, generate, generate_ids, sample_logits
 from lnpo.evaluate.metrics import (
     kl_per_token_estimate,
@@ -28,8 +28,8 @@ from lnpo.evaluate.metrics import (
 from lnpo.evaluate.scorers import EmbeddedScorer, JaxRewardModelScorer, Scorer, TorchRewardModelScorer, make_scorer
 
 __all__ = [
-    "DEFAULT_SETTINGS",
     "EmbeddedScorer",
+    "EvalSettings",
     "JaxRewardModelScorer",
     "SamplingSettings",
     "Scorer",
@@ -42,7 +42,6 @@ __all__ = [
     "kl_sequence_estimate",
     "load_eval_prompts",
     "make_scorer",
-    "read_run_json",
     "sample_logits",
     "sequence_logps_and_kl",
     "token_logps_and_kl",

@@ -6,7 +6,7 @@
     python -m lnpo.evaluate --model=DIR --sft=DIR --prompts=ood.jsonl --out=DIR --scorer=embedded
 
 Sampling flags left unset fall back to run.json's ``eval`` dict (workdir mode),
-then to :data:`lnpo.evaluate.DEFAULT_SETTINGS`.
+then to :class:`lnpo.eval_settings.EvalSettings`'s defaults.
 """
 
 from __future__ import annotations
@@ -49,24 +49,24 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    settings = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "num_samples",
-                                              "seed", "max_prompts", "batch_size", "max_prompt_len",
-                                              "stop_strings", "dtype", "plain_template")}
+    changes = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "num_samples",
+                                             "seed", "max_prompts", "batch_size", "max_prompt_len",
+                                             "stop_strings", "dtype")}
     from lnpo.errors import ConfigError
-    from lnpo.evaluate.evaluate import DEFAULT_SETTINGS, evaluate_run, evaluate_workdir
+    from lnpo.eval_settings import EvalSettings
+    from lnpo.evaluate.evaluate import evaluate_run, evaluate_workdir
 
     if args.workdir:
         if args.model or args.out:
             raise ConfigError("--workdir excludes --model and --out")
-        summary = evaluate_workdir(args.workdir, scorer=args.scorer, sft_dir=args.sft,
-                                   prompts_source=args.prompts, **settings)
+        summary = evaluate_workdir(args.workdir, scorer=args.scorer, sft_dir=args.sft, prompts_source=args.prompts,
+                                   plain_template=args.plain_template, **changes)
     else:
         missing = [f"--{k}" for k in ("model", "prompts", "out") if not getattr(args, k)]
         if missing:
             raise ConfigError(f"without --workdir, {', '.join(missing)} required")
-        kw = {k: (DEFAULT_SETTINGS.get(k) if v is None else v) for k, v in settings.items() if k != "dtype"}
         summary = evaluate_run(args.model, args.sft, args.prompts, args.out, scorer=args.scorer or None,
-                               dtype=args.dtype or "float32", **kw)
+                               settings=EvalSettings().replace(**changes), plain_template=args.plain_template)
     keys = ("score_mean", "score_median", "win_rate_vs_chosen", "win_rate_vs_sft", "kl_seq_mean",
             "kl_per_token_mean", "kl_exact_mean", "length_tokens_mean", "length_words_mean")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))

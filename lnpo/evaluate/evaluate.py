@@ -33,11 +33,13 @@ Summary keys (plain floats; ``None`` where not computable: no scorer, no SFT mod
 - ``eos_fraction`` (samples that ended with EOS), ``stop_reasons`` (counts),
   ``num_prompts``, ``num_samples``, ``settings``, paths and ``seconds``.
 
-:func:`evaluate_workdir` evaluates a trained workdir from its ``run.json``.
+:func:`evaluate_workdir` evaluates a trained workdir from its ``run.json``; the settings are one
+:class:`lnpo.eval_settings.EvalSettings`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -50,28 +52,17 @@ from typing import Any
 import jax
 import numpy as np
 
+from lnpo import rundir
 from lnpo.errors import CheckpointError, ConfigError, DataError, InputNotFound, ModelError
+from lnpo.eval_settings import EvalSettings
 from lnpo.evaluate import metrics
 from lnpo.evaluate.generate import generate
 from lnpo.evaluate.scorers import Scorer, make_scorer, prompt_text
+from lnpo.train import stages
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SETTINGS", "evaluate_run", "evaluate_workdir", "load_eval_prompts", "read_run_json"]
-
-#: Sampling / evaluation defaults (overridden by run.json's ``eval`` dict, then by arguments).
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "max_new_tokens": 256,
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "top_k": 0,
-    "num_samples": 1,
-    "seed": 0,
-    "max_prompts": None,
-    "batch_size": 32,
-    "stop_strings": (),
-    "max_prompt_len": None,
-}
+__all__ = ["evaluate_run", "evaluate_workdir", "load_eval_prompts"]
 
 
 def _completion_text(messages: Any) -> str:
@@ -188,29 +179,31 @@ def _response_lengths(samples: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarra
     return tokens, words
 
 
-def evaluate_run(
-    policy_dir: str,
-    sft_dir: str | None,
-    prompts_source,
-    out_dir: str | None,
-    *,
-    scorer: Scorer | str | None,
-    max_new_tokens: int = DEFAULT_SETTINGS["max_new_tokens"],
-    temperature: float = DEFAULT_SETTINGS["temperature"],
-    top_p: float = DEFAULT_SETTINGS["top_p"],
-    top_k: int = DEFAULT_SETTINGS["top_k"],
-    num_samples: int = DEFAULT_SETTINGS["num_samples"],
-    seed: int = DEFAULT_SETTINGS["seed"],
-    max_prompts: int | None = None,
-    batch_size: int = DEFAULT_SETTINGS["batch_size"],
-    stop_strings: Sequence[str] = (),
-    max_prompt_len: int | None = None,
-    dtype: str = "float32",
-    mesh=None,
-    logprob_chunk: int | None = None,
-    cache_dir: str | None = None,
-    plain_template=None,
-) -> dict:
+@dataclasses.dataclass
+class _Sampled:
+    """The samples of one evaluation: the policy's, the SFT model's (None: no SFT model; the same list when
+    the SFT model is the policy's directory) and their log-probs and KL (:func:`metrics.sequence_logps_and_kl`)."""
+
+    samples: list
+    sft_samples: list | None
+    logps: dict
+    has_sft: bool
+    seconds: float
+
+
+@dataclasses.dataclass
+class _Scores:
+    """Scores of the policy samples, the SFT samples and each sample's chosen answer (None: no scorer)."""
+
+    policy: np.ndarray | None = None
+    sft: np.ndarray | None = None
+    chosen: np.ndarray | None = None
+    spec: str | None = None
+
+
+def evaluate_run(policy_dir: str, sft_dir: str | None, prompts_source, out_dir: str | None, *,
+                 scorer: Scorer | str | None, settings: EvalSettings = EvalSettings(), mesh=None,
+                 cache_dir: str | None = None, plain_template=None) -> dict:
     """Evaluate the policy checkpoint ``policy_dir`` against ``sft_dir`` on ``prompts_source``.
 
     policy_dir, sft_dir: Hugging Face causal-LM directories (the tokenizer is read
@@ -221,187 +214,211 @@ def evaluate_run(
     out_dir: where summary.json / samples.jsonl / sft_samples.jsonl go (None: not written).
     scorer: a :class:`~lnpo.evaluate.scorers.Scorer`, a spec for
     :func:`~lnpo.evaluate.scorers.make_scorer`, or None (no score metrics).
-    Sampling arguments as :func:`lnpo.evaluate.generate`; ``batch_size`` rows per
-    generation / log-prob batch. dtype: parameter and compute dtype of the loaded
-    models; mesh: place their parameters on this mesh (``from_pretrained``);
-    logprob_chunk: positions per log-softmax block (default: automatic);
+    settings: sampling, batching and numerics (:class:`lnpo.eval_settings.EvalSettings`);
+    mesh: place the models' parameters on this mesh (``from_pretrained``);
     cache_dir: the ``datasets`` cache; plain_template: the training run's
     ``data.chat_template`` setting (:func:`lnpo.data.tokenize.template_for`; ``None`` = the
     tokenizer's chat template, an error for a tokenizer without one). Returns the summary dict (module docstring).
     """
+    t0 = time.time()
+    _check_inputs(policy_dir, sft_dir, scorer)
+    rows = load_eval_prompts(prompts_source, max_prompts=settings.max_prompts or None, cache_dir=cache_dir)
+    prompts = [r["prompt"] for r in rows]
+    gen_kw = _generation_kwargs(settings, plain_template)
+    sampled = _sample(policy_dir, sft_dir, prompts, settings, gen_kw, mesh)
+    scores = _score(scorer, prompts, rows, sampled)
+    summary = _summary(policy_dir, sft_dir, prompts_source, prompts, sampled, scores, gen_kw)
+    summary["seconds"] = time.time() - t0
+    summary = _clean(summary)
+    if out_dir is not None and jax.process_index() == 0:
+        _write_outputs(out_dir, summary, _sample_records(prompts, rows, sampled, scores), sampled, scores)
+    return summary
+
+
+def _check_inputs(policy_dir: str, sft_dir: str | None, scorer) -> None:
+    """Fail fast on a wrong model path or scorer spec, before any loading."""
     from lnpo.models.hf import read_config
 
-    t0 = time.time()
-    for d in (policy_dir, sft_dir):  # fail fast on a wrong path, before any loading
+    for d in (policy_dir, sft_dir):
         if d:
             read_config(d)
     _check_scorer_spec(scorer)
-    rows = load_eval_prompts(prompts_source, max_prompts=max_prompts, cache_dir=cache_dir)
-    prompts = [r["prompt"] for r in rows]
-    tokenizer = _load_tokenizer(policy_dir, sft_dir)
-    gen_kw = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
-                  top_k=int(top_k), num_samples=int(num_samples), seed=int(seed),
-                  stop_strings=tuple(stop_strings or ()), batch_size=int(batch_size),
-                  max_prompt_len=max_prompt_len, plain_template=plain_template)
 
-    policy = _load_lm(policy_dir, dtype=dtype, mesh=mesh)
+
+def _generation_kwargs(settings: EvalSettings, plain_template) -> dict:
+    """:func:`lnpo.evaluate.generate`'s keyword arguments for ``settings``."""
+    return dict(max_new_tokens=settings.max_new_tokens, temperature=float(settings.temperature),
+                top_p=float(settings.top_p), top_k=settings.top_k, num_samples=settings.num_samples,
+                seed=settings.seed, stop_strings=tuple(settings.stop_strings), batch_size=settings.batch_size,
+                max_prompt_len=settings.max_prompt_len, plain_template=plain_template)
+
+
+def _sample(policy_dir: str, sft_dir: str | None, prompts: list, settings: EvalSettings, gen_kw: dict,
+            mesh) -> _Sampled:
+    """Sample from the policy and (same settings and seed) the SFT model; log-probs and KL of the policy's
+    samples under both. The models are freed before returning (a reward model may be loaded next)."""
+    tokenizer = _load_tokenizer(policy_dir, sft_dir)
+    policy = _load_lm(policy_dir, dtype=settings.dtype, mesh=mesh)
     t_gen = time.time()
     samples = generate(policy, tokenizer, prompts, **gen_kw)
     sft = sft_samples = None
     if sft_dir:
         same = os.path.realpath(sft_dir) == os.path.realpath(policy_dir)
-        sft = policy if same else _load_lm(sft_dir, dtype=dtype, mesh=mesh)
+        sft = policy if same else _load_lm(sft_dir, dtype=settings.dtype, mesh=mesh)
         if sft.config.vocab_size != policy.config.vocab_size:
             raise ModelError(f"policy vocab {policy.config.vocab_size} != SFT vocab {sft.config.vocab_size}: "
                              "KL and log-ratios need the same tokenizer")
         sft_samples = samples if same else generate(sft, tokenizer, prompts, **gen_kw)
-    gen_seconds = time.time() - t_gen
+    seconds = time.time() - t_gen
+    logps = metrics.sequence_logps_and_kl(policy, sft, [s["prompt_ids"] for s in samples],
+                                          [s["response_ids"] for s in samples], batch_size=settings.batch_size,
+                                          chunk_size=settings.logprob_chunk or None)
+    return _Sampled(samples, sft_samples, logps, has_sft=sft is not None, seconds=seconds)
 
-    lp = metrics.sequence_logps_and_kl(policy, sft, [s["prompt_ids"] for s in samples],
-                                       [s["response_ids"] for s in samples], batch_size=int(batch_size),
-                                       chunk_size=logprob_chunk)
-    n_tok = lp["num_tokens"]
-    has_sft = sft is not None
-    del policy, sft  # free the models before a reward model is loaded
+
+def _score(scorer, prompts: list, rows: list, sampled: _Sampled) -> _Scores:
+    """Scores of the policy samples, the chosen answers and the SFT samples (an empty :class:`_Scores`
+    without a scorer)."""
     scorer_obj = make_scorer(scorer) if not isinstance(scorer, Scorer) else scorer
+    if scorer_obj is None:
+        return _Scores()
+    samples, sft_samples = sampled.samples, sampled.sft_samples
+    policy = scorer_obj.score([prompts[s["prompt_index"]] for s in samples], [s["response_text"] for s in samples])
+    chosen_by_prompt = scorer_obj.score(prompts, [r["chosen"] for r in rows])
+    chosen = np.asarray([chosen_by_prompt[s["prompt_index"]] for s in samples], np.float64)
+    sft = None
+    if sft_samples is not None:
+        sft = policy if sft_samples is samples else scorer_obj.score(
+            [prompts[s["prompt_index"]] for s in sft_samples], [s["response_text"] for s in sft_samples])
+    return _Scores(policy, sft, chosen, spec=getattr(scorer_obj, "spec", None) or type(scorer_obj).__name__)
 
-    texts = [s["response_text"] for s in samples]
-    sample_prompts = [prompts[s["prompt_index"]] for s in samples]
-    scores = sft_scores = chosen_scores = None
-    if scorer_obj is not None:
-        scores = scorer_obj.score(sample_prompts, texts)
-        chosen_by_prompt = scorer_obj.score(prompts, [r["chosen"] for r in rows])
-        chosen_scores = np.asarray([chosen_by_prompt[s["prompt_index"]] for s in samples], np.float64)
-        if sft_samples is not None:
-            sft_scores = scores if sft_samples is samples else scorer_obj.score(
-                [prompts[s["prompt_index"]] for s in sft_samples], [s["response_text"] for s in sft_samples])
 
-    len_tok, len_words = _response_lengths(samples)
+def _kl_values(sampled: _Sampled) -> dict:
+    """Per-sample ``kl_seq``, ``kl_per_token``, ``kl_exact``, ``kl_exact_per_token`` (None without an SFT model)."""
+    lp, n_tok = sampled.logps, sampled.logps["num_tokens"]
+    if not sampled.has_sft:
+        return dict.fromkeys(("kl_seq", "kl_per_token", "kl_exact", "kl_exact_per_token"))
+    log_ratio = lp["logp_policy"] - lp["logp_sft"]
+    return {"kl_seq": log_ratio, "kl_per_token": log_ratio / n_tok, "kl_exact": lp["kl_exact"],
+            "kl_exact_per_token": lp["kl_exact"] / n_tok}
+
+
+def _summary(policy_dir, sft_dir, prompts_source, prompts, sampled: _Sampled, scores: _Scores, gen_kw) -> dict:
+    """The summary's aggregates (module docstring), before JSON cleaning."""
+    samples, lp = sampled.samples, sampled.logps
     summary: dict[str, Any] = {
         "status": "ok",
         "policy_dir": os.path.abspath(policy_dir),
         "sft_dir": os.path.abspath(sft_dir) if sft_dir else None,
         "prompts_source": _source_name(prompts_source),
-        "scorer": getattr(scorer_obj, "spec", None) or (type(scorer_obj).__name__ if scorer_obj else None),
+        "scorer": scores.spec,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in gen_kw.items() if k != "plain_template"},
         "num_prompts": len(prompts),
         "num_samples": len(samples),
     }
-    summary.update(metrics.describe(scores if scores is not None else [], "score"))
-    summary.update(metrics.describe(chosen_scores if chosen_scores is not None else [], "chosen_score"))
-    summary.update(metrics.describe(sft_scores if sft_scores is not None else [], "sft_score"))
-    summary["win_rate_vs_chosen"] = metrics.win_rate(scores, chosen_scores) if scores is not None else None
-    summary["win_rate_vs_sft"] = (metrics.win_rate(scores, sft_scores)
-                                  if scores is not None and sft_scores is not None else None)
-    log_ratio = per_token = kl_exact = kl_exact_tok = None
-    if has_sft:
-        log_ratio = lp["logp_policy"] - lp["logp_sft"]
-        per_token = log_ratio / n_tok
-        kl_exact = lp["kl_exact"]
-        kl_exact_tok = kl_exact / n_tok
-    for name, values in (("kl_seq", log_ratio), ("kl_per_token", per_token), ("kl_exact", kl_exact),
-                         ("kl_exact_per_token", kl_exact_tok)):
+    for name, values in (("score", scores.policy), ("chosen_score", scores.chosen), ("sft_score", scores.sft)):
         summary.update(metrics.describe(values if values is not None else [], name))
-    if has_sft:  # the estimators, spelled out (equal to the means above)
+    summary["win_rate_vs_chosen"] = (metrics.win_rate(scores.policy, scores.chosen)
+                                     if scores.policy is not None else None)
+    summary["win_rate_vs_sft"] = (metrics.win_rate(scores.policy, scores.sft)
+                                  if scores.policy is not None and scores.sft is not None else None)
+    for name, values in _kl_values(sampled).items():
+        summary.update(metrics.describe(values if values is not None else [], name))
+    if sampled.has_sft:  # the estimators, spelled out (equal to the means above)
         summary["kl_seq_mean"] = metrics.kl_sequence_estimate(lp["logp_policy"], lp["logp_sft"])
-        summary["kl_per_token_mean"] = metrics.kl_per_token_estimate(lp["logp_policy"], lp["logp_sft"], n_tok)
-    summary.update(metrics.length_stats(len_tok, len_words))
-    sft_len_tok = sft_len_words = None
-    if sft_samples is not None:
-        sft_len_tok, sft_len_words = _response_lengths(sft_samples)
-        summary.update({f"sft_{k}": v for k, v in metrics.length_stats(sft_len_tok, sft_len_words).items()})
-    else:
-        summary.update({f"sft_{k}": v for k, v in metrics.length_stats([], []).items()})
+        summary["kl_per_token_mean"] = metrics.kl_per_token_estimate(lp["logp_policy"], lp["logp_sft"],
+                                                                     lp["num_tokens"])
+    summary.update(metrics.length_stats(*_response_lengths(samples)))
+    sft_lengths = _response_lengths(sampled.sft_samples) if sampled.sft_samples is not None else ([], [])
+    summary.update({f"sft_{k}": v for k, v in metrics.length_stats(*sft_lengths).items()})
     summary["logp_policy_mean"] = float(np.mean(lp["logp_policy"]))
-    summary["logp_sft_mean"] = float(np.mean(lp["logp_sft"])) if has_sft else None
+    summary["logp_sft_mean"] = float(np.mean(lp["logp_sft"])) if sampled.has_sft else None
     summary["eos_fraction"] = float(np.mean([s["stop_reason"] == "eos" for s in samples]))
     summary["stop_reasons"] = dict(Counter(s["stop_reason"] for s in samples))
-    summary["generation_seconds"] = gen_seconds
-    summary["seconds"] = time.time() - t0
+    summary["generation_seconds"] = sampled.seconds
+    return summary
 
+
+def _sample_records(prompts, rows, sampled: _Sampled, scores: _Scores) -> list[dict]:
+    """One ``samples.jsonl`` line per policy sample (with its SFT counterpart, if any)."""
+    samples, lp = sampled.samples, sampled.logps
+    len_tok, len_words = _response_lengths(samples)
+    kl = _kl_values(sampled)
+    if sampled.sft_samples is not None:
+        sft_len_tok, sft_len_words = _response_lengths(sampled.sft_samples)
     records = []
     for i, s in enumerate(samples):
         rec = {
             "prompt_index": s["prompt_index"], "sample": s["sample"],
             "prompt": prompts[s["prompt_index"]], "prompt_text": prompt_text(prompts[s["prompt_index"]]),
             "response": s["response_text"], "stop_reason": s["stop_reason"],
-            "length_tokens": int(len_tok[i]), "length_words": int(len_words[i]), "num_tokens": int(n_tok[i]),
-            "score": None if scores is None else float(scores[i]),
+            "length_tokens": int(len_tok[i]), "length_words": int(len_words[i]),
+            "num_tokens": int(lp["num_tokens"][i]),
+            "score": None if scores.policy is None else float(scores.policy[i]),
             "chosen": rows[s["prompt_index"]]["chosen"],
-            "chosen_score": None if chosen_scores is None else float(chosen_scores[i]),
+            "chosen_score": None if scores.chosen is None else float(scores.chosen[i]),
             "logp_policy": float(lp["logp_policy"][i]),
             "logp_sft": None, "kl_seq": None, "kl_per_token": None, "kl_exact": None,
             "sft_response": None, "sft_score": None, "sft_length_tokens": None, "sft_length_words": None,
         }
-        if scores is not None:
-            rec["win_vs_chosen"] = float(metrics.win_rates(scores[i:i + 1], chosen_scores[i:i + 1])[0])
-        if has_sft:
-            rec.update(logp_sft=float(lp["logp_sft"][i]), kl_seq=float(log_ratio[i]), kl_per_token=float(per_token[i]),
-                       kl_exact=float(kl_exact[i]))
-            t = sft_samples[i]
+        if scores.policy is not None:
+            rec["win_vs_chosen"] = float(metrics.win_rates(scores.policy[i:i + 1], scores.chosen[i:i + 1])[0])
+        if sampled.has_sft:
+            rec.update(logp_sft=float(lp["logp_sft"][i]), kl_seq=float(kl["kl_seq"][i]),
+                       kl_per_token=float(kl["kl_per_token"][i]), kl_exact=float(kl["kl_exact"][i]))
+            t = sampled.sft_samples[i]
             rec.update(sft_response=t["response_text"], sft_length_tokens=int(sft_len_tok[i]),
                        sft_length_words=int(sft_len_words[i]))
-            if sft_scores is not None:
-                rec["sft_score"] = float(sft_scores[i])
-                rec["win_vs_sft"] = float(metrics.win_rates(scores[i:i + 1], sft_scores[i:i + 1])[0])
+            if scores.sft is not None:
+                rec["sft_score"] = float(scores.sft[i])
+                rec["win_vs_sft"] = float(metrics.win_rates(scores.policy[i:i + 1], scores.sft[i:i + 1])[0])
         records.append(rec)
+    return records
 
-    summary = _clean(summary)
-    if out_dir is not None and jax.process_index() == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        _write_jsonl(os.path.join(out_dir, "samples.jsonl"), records)
-        if sft_samples is not None:
-            _write_jsonl(os.path.join(out_dir, "sft_samples.jsonl"), [
-                {"prompt_index": t["prompt_index"], "sample": t["sample"], "response": t["response_text"],
-                 "stop_reason": t["stop_reason"], "length_tokens": int(sft_len_tok[i]),
-                 "length_words": int(sft_len_words[i]),
-                 "score": None if sft_scores is None else float(sft_scores[i])}
-                for i, t in enumerate(sft_samples)])
-        _write_json(os.path.join(out_dir, "summary.json"), summary)
-    return summary
+
+def _write_outputs(out_dir: str, summary: dict, records: list[dict], sampled: _Sampled, scores: _Scores) -> None:
+    """``summary.json``, ``samples.jsonl`` and (with an SFT model) ``sft_samples.jsonl`` in ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    _write_jsonl(rundir.samples_path(out_dir), records)
+    if sampled.sft_samples is not None:
+        sft_len_tok, sft_len_words = _response_lengths(sampled.sft_samples)
+        _write_jsonl(rundir.samples_path(out_dir, sft=True), [
+            {"prompt_index": t["prompt_index"], "sample": t["sample"], "response": t["response_text"],
+             "stop_reason": t["stop_reason"], "length_tokens": int(sft_len_tok[i]),
+             "length_words": int(sft_len_words[i]),
+             "score": None if scores.sft is None else float(scores.sft[i])}
+            for i, t in enumerate(sampled.sft_samples)])
+    _write_json(rundir.summary_path(out_dir), summary)
 
 
 # ----------------------------------------------------------------------------- workdirs
 
 
-def read_run_json(workdir: str) -> dict:
-    """``workdir/run.json`` as a dict (FileNotFoundError / ValueError with the path)."""
-    path = os.path.join(workdir, "run.json")
-    if not os.path.isfile(path):
-        raise InputNotFound(f"{path}: missing (a trained workdir has run.json)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+def evaluate_workdir(workdir: str, *, out_dir: str | None = None, settings: EvalSettings | None = None,
+                     scorer: Scorer | str | None = None, sft_dir: str | None = None, prompts_source=None,
+                     plain_template=None, mesh=None, cache_dir: str | None = None, **setting_changes) -> dict:
+    """Evaluate a trained workdir; writes its eval directory (:mod:`lnpo.rundir`: summary.json, samples.jsonl,
+    sft_samples.jsonl).
 
-
-def evaluate_workdir(workdir: str, *, out_dir: str | None = None, **overrides) -> dict:
-    """Evaluate a trained workdir; writes ``workdir/eval/{summary.json,samples.jsonl,sft_samples.jsonl}``.
-
-    Reads ``workdir/run.json``: ``export`` (the policy; default ``workdir/export``),
-    ``sft_path`` (the SFT model; null skips SFT metrics), ``eval_prompts`` (the
-    prompts file), ``scorer`` (a :func:`~lnpo.evaluate.scorers.make_scorer` spec;
-    ``""`` or null: no scores) and the optional ``eval`` dict of settings
-    (:data:`DEFAULT_SETTINGS` keys, plus ``dtype``). ``overrides``: keyword
-    arguments of :func:`evaluate_run` that take precedence (None values ignored).
+    Reads ``run.json`` (:class:`lnpo.rundir.RunInfo`): ``export`` (the policy; default the workdir's export
+    directory), ``sft_path`` (the SFT model; null skips SFT metrics), ``eval_prompts`` (the prompts file),
+    ``scorer`` (a :func:`~lnpo.evaluate.scorers.make_scorer` spec; ``""``: no scores), ``chat_template`` and
+    ``eval`` (:class:`~lnpo.eval_settings.EvalSettings`). ``settings`` replaces run.json's settings (a sweep
+    passes its config's); ``setting_changes`` (EvalSettings fields, None values ignored: unset flags) change
+    single fields; ``scorer``, ``sft_dir``, ``prompts_source`` and ``plain_template`` replace run.json's
+    when given.
     """
-    run = read_run_json(workdir)
-    policy = run.get("export") or os.path.join(workdir, "export")
+    run = rundir.read_run_info(workdir)
+    if stages.get(run.stage).export_kind != "causal_lm":
+        raise ConfigError(f"{rundir.run_json(workdir)}: a {run.stage!r} run exports a "
+                          f"{stages.get(run.stage).export_kind.replace('_', ' ')}, not a policy to sample from")
+    policy = run.export or rundir.export_dir(workdir)
     if not os.path.isabs(policy):
         policy = os.path.join(workdir, policy)
-    prompts = overrides.pop("prompts_source", None) or run.get("eval_prompts")
+    prompts = prompts_source or run.eval_prompts
     if not prompts:
-        raise CheckpointError(f"{os.path.join(workdir, 'run.json')}: no eval_prompts (the OOD evaluation prompts file)")
-    sft = overrides.pop("sft_dir", None) or run.get("sft_path")
-    scorer = overrides.pop("scorer", None)
-    if scorer is None:
-        scorer = run.get("scorer") or None
-    settings = dict(DEFAULT_SETTINGS)
-    eval_cfg = run.get("eval") or {}
-    known = set(DEFAULT_SETTINGS) | {"dtype", "logprob_chunk"}
-    settings.update({k: v for k, v in eval_cfg.items() if k in known and v is not None})
-    settings["plain_template"] = run.get("chat_template") or None  # the template the run trained with
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    out = out_dir or os.path.join(workdir, "eval")
-    return evaluate_run(policy, sft, prompts, out, scorer=scorer, **settings)
+        raise CheckpointError(f"{rundir.run_json(workdir)}: no eval_prompts (the OOD evaluation prompts file)")
+    settings = (settings or run.eval).replace(**setting_changes)
+    return evaluate_run(policy, sft_dir or run.sft_path, prompts, out_dir or rundir.eval_dir(workdir),
+                        scorer=scorer if scorer is not None else (run.scorer or None), settings=settings,
+                        plain_template=plain_template or run.chat_template or None, mesh=mesh, cache_dir=cache_dir)

@@ -3,7 +3,8 @@
 The switches cover Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5, Qwen3, Gemma, Gemma 2
 and Phi-3. ``ModelConfig.from_hf(config_json_dict)`` maps a Hugging Face
 ``config.json`` onto it (failing with one clear ``ValueError`` naming the field
-and value for anything unsupported) and ``ModelConfig.to_hf()`` maps it back.
+and value for anything unsupported) and ``ModelConfig.to_hf()`` maps it back;
+the translation itself is :mod:`lnpo.models.hf_config`.
 
 The config is hashable (it is static metadata of the NNX module), so every
 container field is a tuple and rope scaling is its own frozen dataclass.
@@ -15,16 +16,21 @@ import dataclasses
 from typing import Any, Mapping
 
 from lnpo.errors import ConfigError, ModelError
+from lnpo.models.hf_config import (
+    LAYER_TYPES,
+    ROPE_TYPES,
+    architecture,
+    config_json_error,
+    fields_from_hf,
+    fields_to_hf,
+)
 
-SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "llama", "mistral", "phi3", "qwen2", "qwen3")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
 REMAT_POLICIES = ("none", "full", "dots", "minimal", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
-LAYER_TYPES = ("full_attention", "sliding_attention")
 ATTN_IMPLEMENTATIONS = ("xla", "cudnn", "splash")
 # How a model runs, not what it is: not in an HF config.json, set when a model is built or loaded.
 RUNTIME_FIELDS = ("param_dtype", "compute_dtype", "remat", "attn_query_chunk", "attn_implementation")
-ROPE_TYPES = ("linear", "llama3", "longrope")
 
 
 def attention_problem(implementation: str, compute_dtype: str, query_chunk: int) -> str | None:
@@ -37,49 +43,6 @@ def attention_problem(implementation: str, compute_dtype: str, query_chunk: int)
     if implementation in ("cudnn", "splash") and query_chunk:
         return f"{implementation!r} never writes the scores; attn_query_chunk must be 0, got {query_chunk!r}"
     return None
-
-# HF activation name -> ours.
-_HF_ACTIVATIONS = {
-    "silu": "silu",
-    "swish": "silu",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu_new": "gelu_tanh",
-    "gelu": "gelu",
-    "relu": "relu",
-}
-_ACTIVATION_TO_HF = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}
-
-# HF class defaults for fields a config.json may omit (transformers writes only
-# the difference to these in some versions). Sizes are never defaulted.
-_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": dict(hidden_act="silu", max_position_embeddings=2048, rms_norm_eps=1e-6,
-                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
-    "mistral": dict(hidden_act="silu", max_position_embeddings=131072, rms_norm_eps=1e-6,
-                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, sliding_window=4096),
-    "qwen2": dict(hidden_act="silu", max_position_embeddings=32768, rms_norm_eps=1e-6,
-                  tie_word_embeddings=False, sliding_window=4096, max_window_layers=28),
-    "qwen3": dict(hidden_act="silu", max_position_embeddings=32768, rms_norm_eps=1e-6,
-                  tie_word_embeddings=False, sliding_window=4096, max_window_layers=28, head_dim=128),
-    "gemma": dict(hidden_act="gelu_pytorch_tanh", max_position_embeddings=8192, rms_norm_eps=1e-6,
-                  tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0, head_dim=256),
-    "gemma2": dict(hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192, rms_norm_eps=1e-6,
-                   tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0, head_dim=256,
-                   sliding_window=4096, query_pre_attn_scalar=256, final_logit_softcapping=30.0,
-                   attn_logit_softcapping=50.0),
-    "phi3": dict(hidden_act="silu", max_position_embeddings=4096, rms_norm_eps=1e-5,
-                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000, pad_token_id=32000),
-}
-
-_CAUSAL_LM_ARCH = {
-    "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM", "phi3": "Phi3ForCausalLM", "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-}
-_SEQ_CLS_ARCH = {k: v.replace("ForCausalLM", "ForSequenceClassification") for k, v in _CAUSAL_LM_ARCH.items()}
-
-
-def _err(field: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"config.json: {field} {value!r} {why}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +66,7 @@ class RopeScaling:
 
     def __post_init__(self):
         if self.rope_type not in ROPE_TYPES:
-            raise _err("rope_scaling.rope_type", self.rope_type, f"is not supported; supported: {', '.join(ROPE_TYPES)}")
+            raise config_json_error("rope_scaling.rope_type", self.rope_type, f"is not supported; supported: {', '.join(ROPE_TYPES)}")
         required = {
             "linear": ("factor",),
             "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
@@ -111,7 +74,7 @@ class RopeScaling:
         }[self.rope_type]
         for name in required:
             if getattr(self, name) is None:
-                raise _err(f"rope_scaling.{name}", None, f"is required for rope_type {self.rope_type!r}")
+                raise config_json_error(f"rope_scaling.{name}", None, f"is required for rope_type {self.rope_type!r}")
 
     def to_hf(self) -> dict:
         out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -287,18 +250,10 @@ class ModelConfig:
     # ------------------------------------------------------------------ tiny
     @classmethod
     def tiny(cls, vocab_size: int = 256, **overrides) -> "ModelConfig":
-        """A Llama-style model of about 1-5M parameters for the embedded task.
-
-        Defaults (about 3.2M parameters at vocab 256): hidden 256, MLP 768,
-        4 layers, 4 heads, 2 KV heads, tied embeddings; any field can be
-        overridden by keyword.
-        """
-        kw: dict[str, Any] = dict(
-            vocab_size=vocab_size, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
-            num_kv_heads=2, tie_embeddings=True, max_position_embeddings=2048, model_type="llama",
-        )
-        kw.update(overrides)
-        return cls(**kw)
+        """A small Llama-style model with tied embeddings at this dataclass's default sizes (for tests and
+        examples); any field can be overridden by keyword. The embedded task's tiny model is
+        ``lnpo.implied.tiny_model_config`` (sizes from ``config.model.tiny``)."""
+        return cls(**{"vocab_size": vocab_size, "tie_embeddings": True, **overrides})
 
     # ------------------------------------------------------------------ HF
     @classmethod
@@ -309,13 +264,13 @@ class ModelConfig:
         Raises one ``ValueError`` naming the field and value for anything this
         decoder does not implement.
         """
-        return cls(**{**_fields_from_hf(dict(hf)), **overrides})
+        fields = fields_from_hf(hf)
+        if fields["rope_scaling"] is not None:
+            fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+        return cls(**{**fields, **overrides})
 
     def hf_architecture(self) -> str:
-        table = _SEQ_CLS_ARCH if self.num_labels > 0 else _CAUSAL_LM_ARCH
-        if self.model_type not in table:
-            raise _err("model_type", self.model_type, f"is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-        return table[self.model_type]
+        return architecture(self.model_type, self.num_labels)
 
     def to_hf(self) -> dict:
         """HF ``config.json`` dict that transformers loads as the same model.
@@ -323,7 +278,7 @@ class ModelConfig:
         Raises ``ValueError`` naming the fields when this config uses a feature
         its ``model_type`` cannot express in HF (e.g. qk_norm on llama).
         """
-        hf = _fields_to_hf(self)
+        hf = fields_to_hf(self)
         back = ModelConfig.from_hf(hf, **{name: getattr(self, name) for name in RUNTIME_FIELDS})
         diff = [
             f"{f.name}={getattr(self, f.name)!r} (HF {self.model_type} gives {getattr(back, f.name)!r})"
@@ -334,240 +289,6 @@ class ModelConfig:
             raise ModelError(f"ModelConfig cannot be written as HF model_type {self.model_type!r}: " + "; ".join(diff))
         return hf
 
-
-# ---------------------------------------------------------------------- mapping
-def _get(hf: dict, family: str, key: str, default: Any = None) -> Any:
-    if key in hf and hf[key] is not None:
-        return hf[key]
-    return _FAMILY_DEFAULTS[family].get(key, default)
-
-
-def _token_id(hf: dict, family: str, key: str) -> Any:
-    """Special-token ids: an explicit null means "none", an absent key the family default."""
-    return hf[key] if key in hf else _FAMILY_DEFAULTS[family].get(key)
-
-
-def _require(hf: dict, key: str) -> Any:
-    if key not in hf or hf[key] is None:
-        raise _err(key, None, "is required (missing from config.json)")
-    return hf[key]
-
-
-def _rope_from_hf(hf: dict, family: str) -> tuple[float, RopeScaling | None, float]:
-    """-> (rope_theta, rope_scaling, partial_rotary_factor) from old or new HF keys."""
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    if not isinstance(params, dict) or not isinstance(scaling, dict):
-        raise _err("rope_parameters", params or scaling, "must be a dict")
-    merged = {**scaling, **params}
-    theta = merged.get("rope_theta", hf.get("rope_theta", 10000.0))
-    partial = merged.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) or 1.0
-    if float(partial) != 1.0 and family != "phi3":
-        raise _err("partial_rotary_factor", partial, f"is not supported for model_type {family!r}")
-    rope_type = merged.get("rope_type", merged.get("type", "default")) or "default"
-    if family == "phi3" and rope_type in ("su", "yarn"):
-        rope_type = "longrope"  # transformers' Phi-3 backward compatibility
-    if rope_type == "default":
-        return float(theta), None, float(partial)
-    if rope_type not in ROPE_TYPES:
-        raise _err("rope_scaling.rope_type", rope_type, f"is not supported; supported: default, {', '.join(ROPE_TYPES)}")
-    if rope_type == "longrope" and family != "phi3":
-        raise _err("rope_scaling.rope_type", rope_type, f"is not supported for model_type {family!r} (only phi3)")
-    orig = merged.get("original_max_position_embeddings", hf.get("original_max_position_embeddings"))
-    tup = lambda v: None if v is None else tuple(float(x) for x in v)  # noqa: E731
-    fl = lambda v: None if v is None else float(v)  # noqa: E731
-    rs = RopeScaling(
-        rope_type=rope_type,
-        factor=fl(merged.get("factor")),
-        low_freq_factor=fl(merged.get("low_freq_factor")),
-        high_freq_factor=fl(merged.get("high_freq_factor")),
-        original_max_position_embeddings=None if orig is None else int(orig),
-        short_factor=tup(merged.get("short_factor")),
-        long_factor=tup(merged.get("long_factor")),
-        attention_factor=fl(merged.get("attention_factor")),
-    )
-    return float(theta), rs, float(partial)
-
-
-def _fields_from_hf(hf: dict) -> dict:
-    family = hf.get("model_type")
-    if family not in SUPPORTED_MODEL_TYPES:
-        raise _err("model_type", family, f"is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    if hf.get("quantization_config"):
-        raise _err("quantization_config", hf["quantization_config"].get("quant_method", "?"), "is not supported (unquantized checkpoints only)")
-    if hf.get("use_bidirectional_attention"):
-        raise _err("use_bidirectional_attention", hf["use_bidirectional_attention"], "is not supported (causal decoders only)")
-    archs = hf.get("architectures") or []
-    is_cls = any(a.endswith("ForSequenceClassification") for a in archs)
-    for a in archs:
-        if a not in (_CAUSAL_LM_ARCH[family], _SEQ_CLS_ARCH[family]):
-            raise _err("architectures", a, f"is not supported; supported: {_CAUSAL_LM_ARCH[family]}, {_SEQ_CLS_ARCH[family]}")
-
-    hidden = int(_require(hf, "hidden_size"))
-    heads = int(_require(hf, "num_attention_heads"))
-    kv_heads = int(hf.get("num_key_value_heads") or heads)
-    head_dim = _get(hf, family, "head_dim") or hidden // heads
-    theta, rope_scaling, partial = _rope_from_hf(hf, family)
-
-    # activation
-    if family == "gemma2":
-        act_name = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
-    elif family == "gemma":
-        act_name = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
-        if act_name == "gelu":  # transformers maps Gemma's legacy "gelu" to the tanh approximation
-            act_name = "gelu_pytorch_tanh"
-    else:
-        act_name = _get(hf, family, "hidden_act")
-    if act_name not in _HF_ACTIVATIONS:
-        raise _err("hidden_act", act_name, f"is not supported; supported: {', '.join(_HF_ACTIVATIONS)}")
-
-    # attention layout
-    num_layers = int(_require(hf, "num_hidden_layers"))
-    sliding_window = None
-    layer_types = None
-    if family in ("mistral", "phi3"):
-        sliding_window = hf.get("sliding_window") if "sliding_window" in hf else _get(hf, family, "sliding_window")
-        if sliding_window is not None:
-            layer_types = ("sliding_attention",) * num_layers
-    elif family in ("qwen2", "qwen3"):
-        if hf.get("use_sliding_window"):
-            sliding_window = _get(hf, family, "sliding_window")
-            lt = hf.get("layer_types")
-            if lt is None:
-                mwl = int(_get(hf, family, "max_window_layers"))
-                lt = ["sliding_attention" if i >= mwl else "full_attention" for i in range(num_layers)]
-            layer_types = tuple(lt)
-        elif hf.get("layer_types") and "sliding_attention" in hf["layer_types"]:
-            raise _err("layer_types", hf["layer_types"], "uses sliding_attention but use_sliding_window is false")
-    elif family == "gemma2":
-        sliding_window = _get(hf, family, "sliding_window")
-        lt = hf.get("layer_types")
-        if lt is None:
-            lt = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers)]
-        layer_types = tuple(lt)
-    if layer_types is not None:
-        if len(layer_types) != num_layers:
-            raise _err("layer_types", list(layer_types), f"must have num_hidden_layers={num_layers} entries")
-        for t in layer_types:
-            if t not in LAYER_TYPES:
-                raise _err("layer_types", t, f"is not supported; supported: {', '.join(LAYER_TYPES)}")
-        if "sliding_attention" in layer_types and not sliding_window:
-            raise _err("sliding_window", sliding_window, "must be a positive integer for sliding_attention layers")
-    if sliding_window is not None and "sliding_attention" not in (layer_types or ()):
-        sliding_window = None
-
-    attention_bias = bool(hf.get("attention_bias", False))
-    eos = _token_id(hf, family, "eos_token_id")
-    num_labels = 0
-    if is_cls:
-        num_labels = int(hf.get("num_labels") or len(hf.get("id2label") or {}) or 2)
-
-    fields = dict(
-        model_type=family,
-        vocab_size=int(_require(hf, "vocab_size")),
-        hidden_size=hidden,
-        intermediate_size=int(_require(hf, "intermediate_size")),
-        num_layers=num_layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=int(head_dim),
-        rope_theta=theta,
-        rope_scaling=rope_scaling,
-        partial_rotary_factor=partial,
-        max_position_embeddings=int(_get(hf, family, "max_position_embeddings")),
-        rms_norm_eps=float(_get(hf, family, "rms_norm_eps")),
-        norm_plus_one=family in ("gemma", "gemma2"),
-        post_norms=family == "gemma2",
-        qk_norm=family == "qwen3",
-        qkv_bias=True if family == "qwen2" else (attention_bias and family in ("llama", "qwen3", "gemma", "gemma2")),
-        o_bias=attention_bias and family in ("llama", "qwen3", "gemma", "gemma2"),
-        mlp_bias=bool(hf.get("mlp_bias", False)) and family == "llama",
-        activation=_HF_ACTIVATIONS[act_name],
-        tie_embeddings=bool(_get(hf, family, "tie_word_embeddings")),
-        embed_scale=family in ("gemma", "gemma2"),
-        final_logit_softcap=_get(hf, family, "final_logit_softcapping") if family == "gemma2" else None,
-        num_labels=num_labels,
-        sliding_window=None if sliding_window is None else int(sliding_window),
-        layer_types=layer_types,
-        attn_logit_softcap=_get(hf, family, "attn_logit_softcapping") if family == "gemma2" else None,
-        query_pre_attn_scalar=float(_get(hf, family, "query_pre_attn_scalar")) if family == "gemma2" else None,
-        fused_qkv=family == "phi3",
-        fused_gate_up=family == "phi3",
-        bos_token_id=_token_id(hf, family, "bos_token_id"),
-        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-        pad_token_id=_token_id(hf, family, "pad_token_id"),
-        initializer_range=float(hf.get("initializer_range", 0.02)),
-    )
-    for k in ("final_logit_softcap", "attn_logit_softcap"):
-        if fields[k] is not None:
-            fields[k] = float(fields[k])
-    return fields
-
-
-def _fields_to_hf(c: ModelConfig) -> dict:
-    fam = c.model_type
-    if fam not in SUPPORTED_MODEL_TYPES:
-        raise _err("model_type", fam, f"is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    rope_parameters: dict[str, Any] = {"rope_type": "default", "rope_theta": c.rope_theta}
-    if c.rope_scaling is not None:
-        rope_parameters = {**c.rope_scaling.to_hf(), "rope_theta": c.rope_theta}
-    if fam == "phi3":
-        rope_parameters["partial_rotary_factor"] = c.partial_rotary_factor
-    hf: dict[str, Any] = {
-        "architectures": [c.hf_architecture()],
-        "model_type": fam,
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_layers,
-        "num_attention_heads": c.num_heads,
-        "num_key_value_heads": c.num_kv_heads,
-        "head_dim": c.head_dim,
-        "max_position_embeddings": c.max_position_embeddings,
-        "rms_norm_eps": c.rms_norm_eps,
-        "tie_word_embeddings": c.tie_embeddings,
-        "initializer_range": c.initializer_range,
-        # both the transformers>=5 key and the older pair, so either version loads it
-        "rope_parameters": rope_parameters,
-        "rope_theta": c.rope_theta,
-        "rope_scaling": c.rope_scaling.to_hf() if c.rope_scaling is not None else None,
-        "bos_token_id": c.bos_token_id,
-        "eos_token_id": list(c.eos_token_id) if isinstance(c.eos_token_id, tuple) else c.eos_token_id,
-        "pad_token_id": c.pad_token_id,
-        "dtype": c.param_dtype,
-        "torch_dtype": c.param_dtype,
-        "use_cache": True,
-    }
-    hf["hidden_activation" if fam == "gemma2" else "hidden_act"] = _ACTIVATION_TO_HF[c.activation]
-    if fam in ("llama", "qwen3", "gemma", "gemma2"):
-        hf["attention_bias"] = c.o_bias
-    if fam == "llama":
-        hf["mlp_bias"] = c.mlp_bias
-    sliding = "sliding_attention" in c.layer_types
-    if fam in ("mistral", "phi3"):
-        hf["sliding_window"] = c.sliding_window if sliding else None
-    if fam in ("qwen2", "qwen3"):
-        hf["use_sliding_window"] = sliding
-        hf["sliding_window"] = c.sliding_window if sliding else None
-        hf["layer_types"] = list(c.layer_types)
-        first = [i for i, t in enumerate(c.layer_types) if t == "sliding_attention"]
-        hf["max_window_layers"] = first[0] if first else c.num_layers
-    if fam == "gemma2":
-        hf["sliding_window"] = c.sliding_window if sliding else 4096
-        hf["layer_types"] = list(c.layer_types)
-        q = c.query_pre_attn_scalar
-        hf["query_pre_attn_scalar"] = int(q) if q is not None and float(q).is_integer() else q
-        hf["final_logit_softcapping"] = c.final_logit_softcap
-        hf["attn_logit_softcapping"] = c.attn_logit_softcap
-    if fam == "phi3":
-        hf["partial_rotary_factor"] = c.partial_rotary_factor
-        if c.rope_scaling is not None and c.rope_scaling.original_max_position_embeddings:
-            hf["original_max_position_embeddings"] = c.rope_scaling.original_max_position_embeddings
-    if c.num_labels > 0:
-        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
-        hf["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
-        hf["num_labels"] = c.num_labels
-    return hf
 
 
 def dtype_of(name: str):

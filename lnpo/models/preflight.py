@@ -16,11 +16,11 @@ import glob
 import os
 
 from lnpo.errors import ModelError
+from lnpo.models.config import DTYPES
 
 # Files one of which a tokenizer directory holds (fast tokenizer, sentencepiece, BPE / WordPiece vocab, tiktoken).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
                    "vocab.txt", "tiktoken.model", "*.tiktoken")
-STORAGE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def model_config(path: str, **overrides):
@@ -95,7 +95,7 @@ def check_token_ids(tokenizer, vocab_size: int, datasets_: list, *, tokenizer_di
 
 def own_dtype(path: str | None) -> str | None:
     """The storage dtype ``<path>/config.json`` declares (``torch_dtype`` or ``dtype``), if one of
-    :data:`STORAGE_DTYPES`; ``None`` otherwise (and for ``path=None``)."""
+    :data:`lnpo.models.config.DTYPES`; ``None`` otherwise (and for ``path=None``)."""
     if not path:
         return None
     from lnpo.models.hf import read_config
@@ -103,6 +103,6 @@ def own_dtype(path: str | None) -> str | None:
     hf = read_config(path)
     for key in ("dtype", "torch_dtype"):
         value = hf.get(key)
-        if isinstance(value, str) and value.removeprefix("torch.") in STORAGE_DTYPES:
+        if isinstance(value, str) and value.removeprefix("torch.") in DTYPES:
             return value.removeprefix("torch.")
     return None

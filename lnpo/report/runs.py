@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from lnpo import rundir
+
 METHOD_LABELS = {"dpo": "DPO", "ln_dpo": "LN-DPO", "simpo": "SimPO", "ipo": "IPO", "rdpo": "R-DPO",
                  "hinge": "Hinge", "robust": "rDPO"}
 _PREFERRED_ORDER = ("dpo", "ln_dpo", "simpo")
@@ -68,13 +70,13 @@ def collect_runs(root: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {"ok": [], "failed": [], "other": []}
     for d, subdirs, files in os.walk(root):
         subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
-        if "run.json" not in files:
+        if rundir.RUN_JSON not in files:
             continue
         subdirs[:] = []
         name = os.path.relpath(d, root)
         entry: dict[str, Any] = {"name": name, "dir": d}
         try:
-            run = read_json(os.path.join(d, "run.json"))
+            run = read_json(rundir.run_json(d))
             if not isinstance(run, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
@@ -96,7 +98,7 @@ def collect_runs(root: str) -> dict[str, list[dict]]:
             entry["reason"] = "run.json status failed" + (f": {run['error']}" if run.get("error") else "")
             out["failed"].append(entry)
             continue
-        spath = os.path.join(d, "eval", "summary.json")
+        spath = rundir.eval_summary(d)
         if not os.path.isfile(spath):
             entry["reason"] = "no eval/summary.json"
             out["failed"].append(entry)
@@ -114,7 +116,7 @@ def collect_runs(root: str) -> dict[str, list[dict]]:
             out["failed"].append(entry)
             continue
         entry["summary"] = summary
-        entry["samples"] = read_jsonl(os.path.join(d, "eval", "samples.jsonl"))
+        entry["samples"] = read_jsonl(rundir.samples_path(rundir.eval_dir(d)))
         out["ok"].append(entry)
     return out
 

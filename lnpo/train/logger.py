@@ -9,6 +9,8 @@ import sys
 
 import jax
 
+from lnpo import rundir
+
 
 class RunLogger:
     """Writes one JSON object per logged step to ``<workdir>/metrics.jsonl`` and TensorBoard.
@@ -20,7 +22,7 @@ class RunLogger:
 
     def __init__(self, workdir: str, *, total_steps: int, start_step: int = 0, desc: str = "train"):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = rundir.metrics_path(workdir)
         self._bar = None
         self._tb = None
         if not self.enabled:
@@ -30,7 +32,7 @@ class RunLogger:
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(rundir.tensorboard_dir(workdir))
         self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, file=sys.stderr,
                          dynamic_ncols=True, disable=None)
 
@@ -76,5 +78,5 @@ def _truncate_after(path: str, step: int) -> None:
 
 def read_metrics(workdir: str) -> list[dict]:
     """The rows of ``<workdir>/metrics.jsonl``."""
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    with open(rundir.metrics_path(workdir), encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

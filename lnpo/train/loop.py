@@ -1,6 +1,6 @@
 """The training loop: the only place with side effects (I/O, signals, logging).
 
-``fit`` runs the jitted pure step over the data iterator, logs, evaluates,
+``fit`` runs the jitted pure step over the data iterator, logs, computes the held-out loss,
 checkpoints (state + iterator position), stops cleanly on SIGTERM and on a
 non-finite loss, and resumes from the latest complete checkpoint.
 """
@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from lnpo import rundir
 from lnpo.errors import UserError
 from lnpo.train.checkpoint import Checkpointer, abstract_like
 from lnpo.train.health import ZeroGradientWatch
@@ -53,7 +54,7 @@ class LoopSpec:
     batches: Iterator[tuple[dict, float]]  # yields (global batch of jax Arrays, its real token count)
     iterator_state: Callable[[], dict]  # position of the iterator after the last yielded batch
     restore_iterator: Callable[[dict], None]
-    evaluate: Callable[[Any], dict] | None  # state -> held-out metrics
+    held_out_loss: Callable[[Any], dict] | None  # state -> the loss and metrics on the eval split ("eval/...")
     total_steps: int
     log_every: int
     eval_every: int
@@ -79,7 +80,7 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
     deleted before the checkpoint is read (peak memory stays one state, not two),
     so the caller must not use them afterwards.
     """
-    checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=spec.keep_checkpoints)
+    checkpointer = Checkpointer(rundir.checkpoints_dir(workdir), keep=spec.keep_checkpoints)
     start = None
     if checkpointer.all_steps():
         abstract = abstract_like(state)
@@ -137,8 +138,8 @@ def fit(state, spec: LoopSpec, *, workdir: str, desc: str = "train") -> FitResul
                     })
                 window_time, window_steps, window_tokens = 0.0, 0, 0.0
             eval_row = None
-            if spec.evaluate is not None and (step % spec.eval_every == 0 or step == spec.total_steps):
-                eval_row = spec.evaluate(state)
+            if spec.held_out_loss is not None and (step % spec.eval_every == 0 or step == spec.total_steps):
+                eval_row = spec.held_out_loss(state)
                 row = {**(row or {}), **eval_row}
             if row is not None:
                 logger.log(step, row)

@@ -9,111 +9,53 @@ Hugging Face format and, when the config asks, evaluates it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import jax
 import ml_collections
 
+from lnpo import rundir
 from lnpo.config import ConfigError, validate
-from lnpo.train import distributed, outputs
+from lnpo.models import preflight
+from lnpo.train import distributed, outputs, stages, trainer
 from lnpo.train.preemption import process_flag
-
-DONE = "DONE"
-DEFAULT_RUNS_ROOT = "runs"
-
-
-def runs_root(config) -> str:
-    """The directory of what runs share: ``config.runs_root`` (default ``runs``, relative to the current
-    directory). Never derived from the workdir, so ``--workdir=$HOME/run`` writes nothing else into $HOME."""
-    return os.path.abspath(config.get("runs_root") or DEFAULT_RUNS_ROOT)
-
-
-def default_workdir(config) -> str:
-    """``<runs root>/<config.name>``: ``runs/lndpo`` for the README's command."""
-    return os.path.join(config.get("runs_root") or DEFAULT_RUNS_ROOT, config.name)
-
-
-def embedded_seed(config) -> int:
-    """The seed of the embedded task's data and SFT model: ``data.embedded_seed``, or ``config.seed`` when it
-    is -1 (so a sweep's seeds can share one task and SFT model and vary only the *PO run)."""
-    seed = config.data.get("embedded_seed", -1)
-    return config.seed if seed == -1 else seed
-
-
-def embedded_task_dir(config, workdir: str) -> str:  # noqa: ARG001 (shared by every run under the runs root)
-    version = config.data.get("embedded_version", 1)
-    prefix = "" if version == 1 else f"v{version}-"
-    return os.path.join(runs_root(config), "embedded_task", f"{prefix}seed{embedded_seed(config)}")
-
-
-def reference_cache_dir(config) -> str:
-    return config.reference.cache_dir or os.path.join(runs_root(config), "reference_cache")
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def sft_config_for(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The SFT-stage config that makes the embedded starting model for ``config``."""
-    sft = ml_collections.ConfigDict(config.to_dict())
-    sft.name = "sft"
-    sft.stage = "sft"
-    sft.loss = ml_collections.ConfigDict({"name": "nll"})
-    sft.train.steps = config.sft.steps
-    sft.train.global_batch = config.sft.global_batch
-    sft.train.micro_batches = 1
-    sft.optim.lr = config.sft.lr
-    sft.optim.warmup_steps = config.sft.warmup_steps
-    sft.optim.schedule = "cosine"
-    sft.seed = embedded_seed(config)
-    sft.data.layout = "packed"  # short SFT examples: packing wastes no compute on padding
-    sft.eval.enabled = False
+    """The SFT-stage config that makes the embedded starting model for ``config``: the one SFT recipe,
+    ``configs/sft.py``'s ``sft_stage``, applied to a copy of ``config``."""
+    from lnpo.config_files import load_module, recipe_file
+
+    sft = load_module(recipe_file("sft")).sft_stage(ml_collections.ConfigDict(config.to_dict()))
+    sft.seed = rundir.embedded_seed(config)  # the SFT model belongs to the task's seed, not the run's
     return sft
-
-
-def embedded_sft_workdir(config, workdir: str) -> str:
-    """``runs/sft-embedded-<hash>``: one cached SFT model per (tiny model, SFT recipe, data, seed)."""
-    recipe = {
-        "tiny": config.model.tiny.to_dict(),
-        "sft": config.sft.to_dict(),
-        "data": {k: config.data[k] for k in ("max_prompt_len", "max_len", "truncation")},
-        "seed": embedded_seed(config),
-        "mesh": list(config.mesh.shape),
-    }
-    if config.data.get("embedded_version", 1) != 1:  # version 1's key (and cached model) stays as it was
-        recipe["embedded_version"] = config.data.embedded_version
-    key = _digest(recipe)
-    return os.path.join(runs_root(config), f"sft-embedded-{key}")
 
 
 def export_problem(export: str) -> str | None:
     """Why ``export`` is not a complete, loadable model directory (None when it is): its config, the
     safetensors' tensor names and shapes (headers only, no weights read) and its tokenizer."""
     from lnpo.models.hf import check_pretrained
-    from lnpo.train.trainer import load_tokenizer
 
     try:
         check_pretrained(export)
-        load_tokenizer(export)
+        preflight.load_tokenizer(export)
     except Exception as e:  # noqa: BLE001 (any failure to load means: not done)
         text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         return f"{type(e).__name__}: {text[:300]}"
     return None
 
 
-def ensure_embedded_sft(config, workdir: str) -> str | None:
+def ensure_embedded_sft(config) -> str | None:
     """Train (once) and return the embedded SFT model's export directory; None when preempted.
 
     The stage is done (``DONE`` written) only once its export is complete and loads
     (:func:`export_problem`); a ``DONE`` whose export does not load is removed and the stage
     resumes from its checkpoints.
     """
-    sft_workdir = embedded_sft_workdir(config, workdir)
-    export = os.path.join(sft_workdir, "export")
-    done = os.path.join(sft_workdir, DONE)
+    sft_workdir = rundir.embedded_sft_workdir(config)
+    export = rundir.export_dir(sft_workdir)
+    done = rundir.done_marker(sft_workdir)
     if os.path.exists(done):
         problem = export_problem(export)
         if problem is None:
@@ -122,12 +64,11 @@ def ensure_embedded_sft(config, workdir: str) -> str | None:
             print(f"lnpo: the embedded SFT model {export} does not load ({problem}); finishing its stage again",
                   flush=True)
             os.remove(done)
-    from lnpo.train.trainer import train_stage
-
     outputs.refuse_symlinks(sft_workdir, "embedded SFT workdir")
     if jax.process_index() == 0:
         print(f"lnpo: training the embedded SFT model into {sft_workdir}", flush=True)
-    result = train_stage(sft_config_for(config), sft_workdir, init_path=None)
+    sft = sft_config_for(config)
+    result = trainer.train_stage(sft, sft_workdir, init_path=None, paths=rundir.StagePaths.for_config(sft))
     if result["preempted"]:
         return None
     problem = export_problem(export)
@@ -148,50 +89,59 @@ def check_outputs(config, workdir: str) -> None:
     outputs.check_writable(workdir, "workdir")
     outputs.refuse_symlinks(workdir, "workdir")
     uses_runs_root = not config.model.path or config.data.source == "embedded"
-    uses_cache = config.stage == "po" and config.reference.mode == "cache"
+    uses_cache = stages.get(config.stage).objective and config.reference.mode == "cache"
     if uses_runs_root or (uses_cache and not config.reference.cache_dir):
-        outputs.check_writable(runs_root(config), "config.runs_root")
+        outputs.check_writable(rundir.runs_root(config), "config.runs_root")
     if uses_runs_root:
-        outputs.refuse_symlinks(embedded_task_dir(config, workdir), "embedded task directory")
+        outputs.refuse_symlinks(rundir.embedded_task_dir(config), "embedded task directory")
     if uses_cache:
-        cache = reference_cache_dir(config)
+        cache = rundir.reference_cache_dir(config)
         outputs.check_writable(cache, "config.reference.cache_dir" if config.reference.cache_dir else "reference cache")
         outputs.refuse_symlinks(cache, "reference cache")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Run ``config`` in ``workdir``; returns a summary dict (also written to ``workdir/summary.json``)."""
-    distributed.initialize(config)
+def check_config(config) -> None:
+    """What a run needs beyond :func:`lnpo.config.validate`: a starting model, and prompts to evaluate on."""
     validate(config, num_devices=jax.device_count())
-    if config.stage != "sft" and not config.model.path and config.data.source != "embedded":
+    stage = stages.get(config.stage)
+    if stage.needs_start_model and not config.model.path and config.data.source != "embedded":
         raise ConfigError("config.model.path: required when data.source is not 'embedded' "
                           "(the embedded tiny SFT model is trained on the embedded task)")
-    if (config.stage == "po" and config.eval.enabled and config.data.source != "embedded"
+    if (stage.generation_eval and config.eval.enabled and config.data.source != "embedded"
             and not config.data.ood_prompts):
         raise ConfigError("config.data.ood_prompts: evaluation needs prompts when data.source is not 'embedded' "
                           "(or set eval.enabled=False)")
-    from lnpo.train.trainer import train_stage
 
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Run ``config`` in ``workdir``; returns a summary dict (also written to ``workdir/summary.json``).
+
+    Resolves the starting model (``model.path``; the embedded SFT model, trained once, for a stage that needs
+    one; none for SFT) and the stage's paths (:class:`lnpo.rundir.StagePaths`), then
+    :func:`lnpo.train.trainer.train_stage`, then the generation-based evaluation if the stage has one."""
+    distributed.initialize(config)
+    check_config(config)
+    stage = stages.get(config.stage)
     check_outputs(config, workdir)  # on every process: each fails alike, none waits for a peer that stopped
     flag = process_flag().install()  # from here a SIGTERM is a clean stop (exit 75), whatever is running
     try:
-        if config.model.path:
-            init_path = config.model.path
-        elif config.stage == "sft":
-            init_path = None
-        else:
-            init_path = ensure_embedded_sft(config, workdir)
+        init_path = config.model.path or None
+        if init_path is None and stage.needs_start_model:
+            init_path = ensure_embedded_sft(config)
             if init_path is None:
                 return _preempted_summary(config, workdir, "the embedded SFT stage")
-        result = train_stage(config, workdir, init_path=init_path)
+        result = trainer.train_stage(config, workdir, init_path=init_path,
+                                     paths=rundir.StagePaths.for_config(config))
     finally:
         flag.uninstall()
     summary = {"workdir": os.path.abspath(workdir), "stage": config.stage, "steps": result["step"],
                "preempted": result["preempted"], "export": result.get("export"), "final": result["last_metrics"]}
-    if config.stage == "po" and not result["preempted"] and config.eval.enabled:
-        summary["eval"] = evaluate_after_training(config, workdir, init_path)
+    if stage.generation_eval and not result["preempted"] and config.eval.enabled:
+        from lnpo.evaluate import evaluate_workdir
+
+        summary["eval"] = evaluate_workdir(workdir)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
+        with open(rundir.summary_path(workdir), "w") as f:
             json.dump(summary, f, indent=2)
         print(format_summary(summary), flush=True)
     return summary
@@ -203,13 +153,6 @@ def _preempted_summary(config, workdir: str, where: str) -> dict:
     if jax.process_index() == 0:
         print(f"lnpo: preempted during {where}; rerun the same command to resume", flush=True)
     return summary
-
-
-def evaluate_after_training(config, workdir: str, sft_path: str) -> dict:
-    """Evaluate the exported policy against ``sft_path`` on the OOD prompts (settings in run.json)."""
-    from lnpo.evaluate import evaluate_workdir
-
-    return evaluate_workdir(workdir)
 
 
 def format_summary(summary: dict) -> str:

@@ -3,7 +3,7 @@
 A batch is the dict of docs/architecture.md with arrays ``[A, R, T]`` (A
 micro-batches) plus per-pair arrays ``[A, P]``:
 
-- ``pair_valid``: 1.0 for a real pair / example, 0.0 for padding (eval batches);
+- ``example_valid``: 1.0 for a real pair / example, 0.0 for padding (eval batches);
 - ``ref_chosen``, ``ref_rejected``: cached reference log-probs (reference cache).
 
 Every micro-batch loss is a *sum* over its pairs (or target tokens, for SFT);
@@ -44,11 +44,6 @@ def reference_copy(params, dtype):
                    out_shardings=jax.tree.map(lambda x: x.sharding, params))(params)
 
 
-def sequence_logps(model, mb: dict, num_sequences: int, chunk_size: int):
-    """Summed target log-probs and target counts per completion sequence: ``([N] f32, [N] i32)``."""
-    return logprobs.batch_sequence_logps(model, mb, num_sequences, chunk_size=chunk_size)
-
-
 def sequence_end_scores(model, mb: dict, num_sequences: int):
     """Reward-model scores ``[N]``: the score head at each sequence's last token.
 
@@ -67,11 +62,37 @@ def sequence_end_scores(model, mb: dict, num_sequences: int):
     return scores.reshape(-1)[last_token]
 
 
-def _masked_sums(per_pair: jax.Array, metrics: dict, valid: jax.Array) -> dict:
-    out = {"loss": jnp.sum(per_pair * valid)}
+@flax.struct.dataclass
+class WeightedSums:
+    """A micro-batch's results as sums plus the count they are a mean over (tunix's ``WeightedMetric``).
+
+    ``sums``: ``{name: f32 scalar}``, each value summed over the micro-batch's real pairs (or, for SFT,
+    target tokens); ``count``: f32 scalar, how many; ``count_name``: what they are (``pairs``, ``tokens``).
+    Adding two gives the sums and count of both, so
+    the mean over a whole batch of micro-batches is exact: ``total.mean() = sum of sums / sum of counts``
+    (a count of 0 is read as 1: an all-padding batch gives 0, not NaN).
+    """
+
+    sums: dict
+    count: jax.Array
+    count_name: str = flax.struct.field(pytree_node=False, default="pairs")  # what is counted (a metric name)
+
+    def __add__(self, other: "WeightedSums") -> "WeightedSums":
+        return jax.tree.map(jnp.add, self, other)
+
+    def denominator(self) -> jax.Array:
+        return jnp.maximum(self.count, 1.0)
+
+    def mean(self) -> dict:
+        return {k: v / self.denominator() for k, v in self.sums.items()}
+
+
+def weighted_by_valid(per_pair: jax.Array, metrics: dict, valid: jax.Array) -> WeightedSums:
+    """``per_pair`` loss ``[P]`` and per-pair ``metrics`` summed over the pairs with ``valid`` 1, counted."""
+    sums = {"loss": jnp.sum(per_pair * valid)}
     for key, value in metrics.items():
-        out[key] = jnp.sum(jnp.asarray(value, jnp.float32) * valid)
-    return out
+        sums[key] = jnp.sum(jnp.asarray(value, jnp.float32) * valid)
+    return WeightedSums(sums=sums, count=jnp.sum(valid).astype(jnp.float32))
 
 
 def _pairs(v):
@@ -136,7 +157,7 @@ def reference_sums(model, mb: dict, *, num_pairs: int, chunk_size: int, needs: t
 
 
 def po_micro_sums(model, mb, *, objective: Callable, hparams: dict, num_pairs: int, chunk_size: int,
-                  reference=None, seed: int = 0):
+                  reference=None, seed: int = 0) -> WeightedSums:
     """Sums over one micro-batch's pairs of the objective's loss and metrics.
 
     ``hparams`` are the objective's hyperparameters: float32 scalars (traced
@@ -183,21 +204,22 @@ def po_micro_sums(model, mb, *, objective: Callable, hparams: dict, num_pairs: i
         ref_rejected=ref_rejected,
         chosen_tokens=counts[0::2],
         rejected_tokens=counts[1::2],
-        valid=mb["pair_valid"],
+        valid=mb["example_valid"],
         **extra,
     )
     per_pair, metrics = objective(pair, **hparams)
-    return _masked_sums(per_pair, metrics, mb["pair_valid"])
+    return weighted_by_valid(per_pair, metrics, mb["example_valid"])
 
 
-def sft_micro_sums(model, mb, *, num_examples: int, chunk_size: int):
-    """Completion-only NLL summed over the micro-batch's target tokens."""
-    sums, counts = sequence_logps(model, mb, num_examples, chunk_size)
-    valid = mb["pair_valid"]
-    return {"loss": -jnp.sum(sums * valid), "tokens": jnp.sum(counts * valid).astype(jnp.float32)}
+def sft_micro_sums(model, mb, *, num_examples: int, chunk_size: int) -> WeightedSums:
+    """Completion-only NLL summed over the micro-batch's target tokens, counted in tokens."""
+    sums, counts = logprobs.batch_sequence_logps(model, mb, num_examples, chunk_size=chunk_size)
+    valid = mb["example_valid"]
+    count = jnp.sum(counts * valid).astype(jnp.float32)
+    return WeightedSums(sums={"loss": -jnp.sum(sums * valid)}, count=count, count_name="tokens")
 
 
-def rm_micro_sums(model, mb, *, num_pairs: int):
+def rm_micro_sums(model, mb, *, num_pairs: int) -> WeightedSums:
     """Bradley-Terry loss -log sigma(r_w - r_l) summed over the micro-batch's pairs."""
     scores = sequence_end_scores(model, mb, 2 * num_pairs)
     chosen, rejected = scores[0::2], scores[1::2]
@@ -208,23 +230,7 @@ def rm_micro_sums(model, mb, *, num_pairs: int):
         "rewards/margins": margin,
         "rewards/accuracies": (margin > 0).astype(jnp.float32),
     }
-    return _masked_sums(-jax.nn.log_sigmoid(margin), metrics, mb["pair_valid"])
-
-
-def micro_sums_fn(stage: str, *, objective=None, num_pairs: int, chunk_size: int, seed: int = 0):
-    """``fn(model, mb, reference, loss_hparams) -> dict of sums`` for ``stage``; the loss sum is under
-    "loss". ``loss_hparams`` is the objective's hyperparameters (``{}`` for SFT and reward models);
-    ``seed`` seeds the objective's token sampling (SamPO), with the step and micro-batch folded in."""
-    if stage == "po":
-        return lambda model, mb, reference, loss_hparams: po_micro_sums(
-            model, mb, objective=objective, hparams=loss_hparams, num_pairs=num_pairs,
-            chunk_size=chunk_size, reference=reference, seed=seed)
-    if stage == "sft":
-        return lambda model, mb, reference, loss_hparams: sft_micro_sums(
-            model, mb, num_examples=num_pairs, chunk_size=chunk_size)
-    if stage == "rm":
-        return lambda model, mb, reference, loss_hparams: rm_micro_sums(model, mb, num_pairs=num_pairs)
-    raise ValueError(f"unknown stage {stage!r}")
+    return weighted_by_valid(-jax.nn.log_sigmoid(margin), metrics, mb["example_valid"])
 
 
 EVAL_STEP = -1  # the "step" evaluation batches draw their samples with (never a training step)
@@ -256,15 +262,39 @@ def step_hparams(learning_rate: float, loss_hparams: dict) -> dict:
     return {"learning_rate": as_array(learning_rate), "loss": {k: as_array(v) for k, v in loss_hparams.items()}}
 
 
-def _denominator(stage: str, sums: dict, batch: dict) -> jax.Array:
-    if stage == "sft":
-        return jnp.maximum(sums["tokens"], 1.0)
-    return jnp.maximum(jnp.sum(batch["pair_valid"]), 1.0)
+def scan_micro_batches(fn: Callable, batch: dict, step):
+    """``sum_a fn(mb_a)`` over the ``A`` micro-batches of ``batch`` (arrays ``[A, ...]``) in one ``lax.scan``.
+
+    ``fn(mb)`` returns any pytree of arrays (a :class:`WeightedSums`, its gradients, ...); each ``mb``
+    carries ``sample_key`` = (``step``, its index) (:func:`with_sample_key`). The one loop over
+    micro-batches: :func:`train_step` and :func:`eval_step` both run it.
+    """
+    batch = dict(batch, micro_index=jnp.arange(_num_micro(batch), dtype=jnp.int32))
+    keyed = lambda mb: fn(with_sample_key(mb, step))  # noqa: E731
+    shape = jax.eval_shape(keyed, jax.tree.map(lambda x: x[0], batch))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+
+    def accumulate(total, mb):
+        return jax.tree.map(jnp.add, total, keyed(mb)), None
+
+    total, _ = jax.lax.scan(accumulate, zeros, batch)
+    return total
+
+
+def merge_model(graphdef, params):
+    """The module the step differentiates: ``graphdef`` with ``params`` (the state's trainable parameters)."""
+    return nnx.merge(graphdef, params)
 
 
 def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, graphdef, ref_graphdef=None,
-               tx: optax.GradientTransformation, stage: str, sums_fn: Callable):
+               tx: optax.GradientTransformation, sums_fn: Callable):
     """One optimizer step over ``A`` micro-batches; returns ``(new_state, metrics)``.
+
+    ``sums_fn(model, mb, reference, loss_hparams) -> WeightedSums`` is the stage's
+    (:data:`lnpo.train.stages.STAGES`). The gradients of the summed losses and the sums are
+    accumulated over the micro-batches, then divided by the batch's total count (pairs, or
+    target tokens for SFT): exactly the mean over the whole batch. ``metrics`` are the means,
+    the count under its name (``pairs`` or ``tokens``), ``grad_norm`` and ``finite``.
 
     ``hparams`` is :func:`step_hparams`'s dict; ``tx`` is
     :func:`lnpo.train.optim.make_optimizer`'s transformation, whose updates are
@@ -278,32 +308,18 @@ def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, gra
     reference = None if ref_params is None else nnx.merge(ref_graphdef, ref_params)
 
     def micro_loss(params, mb):
-        model = nnx.merge(graphdef, params)
-        sums = sums_fn(model, mb, reference, hparams["loss"])
-        return sums["loss"], sums
+        sums = sums_fn(merge_model(graphdef, params), mb, reference, hparams["loss"])
+        return sums.sums["loss"], sums
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def accumulate(carry, mb):
-        grads, sums = carry
-        mb = with_sample_key(mb, state.step)
-        (_, mb_sums), mb_grads = grad_fn(state.params, mb)
-        grads = jax.tree.map(jnp.add, grads, mb_grads)
-        sums = jax.tree.map(jnp.add, sums, mb_sums)
-        return (grads, sums), None
+    def micro(mb):
+        (_, sums), grads = grad_fn(state.params, mb)
+        return sums, grads
 
-    batch = dict(batch, micro_index=jnp.arange(_num_micro(batch), dtype=jnp.int32))
-    first = with_sample_key(jax.tree.map(lambda x: x[0], batch), state.step)
-    sums_shape = jax.eval_shape(lambda: micro_loss(state.params, first)[1])
-    zeros_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), sums_shape)
-    zeros_grads = jax.tree.map(jnp.zeros_like, state.params)
-    (grads, sums), _ = jax.lax.scan(accumulate, (zeros_grads, zeros_sums), batch)
-
-    denom = _denominator(stage, sums, batch)
-    grads = jax.tree.map(lambda g: g / denom, grads)
-    metrics = {k: v / denom for k, v in sums.items() if k != "tokens"}
-    if stage == "sft":
-        metrics["tokens"] = sums["tokens"]
+    total, grads = scan_micro_batches(micro, batch, state.step)
+    grads = jax.tree.map(lambda g: g / total.denominator(), grads)
+    metrics = total.mean()
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
 
@@ -316,29 +332,17 @@ def train_step(state: TrainState, batch: dict, ref_params, hparams: dict, *, gra
         params=keep(new_params, state.params),
         opt_state=keep(new_opt_state, state.opt_state),
     )
+    metrics[total.count_name] = total.count
     metrics["grad_norm"] = grad_norm
     metrics["finite"] = finite.astype(jnp.float32)
     return new_state, metrics
 
 
-def eval_step(params, batch: dict, ref_params, loss_hparams: dict, *, graphdef, ref_graphdef=None, stage: str,
-              sums_fn: Callable) -> dict:
-    """Held-out sums over a batch: the same sums as training, no gradient. Returns the
-    sums and the count (pairs or tokens) they are to be divided by. ``loss_hparams``
-    is :func:`step_hparams`'s ``"loss"`` entry."""
-    model = nnx.merge(graphdef, params)
+def eval_step(params, batch: dict, ref_params, loss_hparams: dict, *, graphdef, ref_graphdef=None,
+              sums_fn: Callable) -> WeightedSums:
+    """Held-out loss of a batch: the training step's :class:`WeightedSums` over its micro-batches, no
+    gradient (the caller adds batches and takes ``.mean()``). ``loss_hparams`` is :func:`step_hparams`'s
+    ``"loss"`` entry."""
+    model = merge_model(graphdef, params)
     reference = None if ref_params is None else nnx.merge(ref_graphdef, ref_params)
-
-    def body(total, mb):
-        sums = sums_fn(model, with_sample_key(mb, EVAL_STEP), reference, loss_hparams)
-        return jax.tree.map(jnp.add, total, sums), None
-
-    pairs_valid = batch["pair_valid"]
-    batch = dict(batch, micro_index=jnp.arange(_num_micro(batch), dtype=jnp.int32))
-    first = with_sample_key(jax.tree.map(lambda x: x[0], batch), EVAL_STEP)
-    shape = jax.eval_shape(lambda: sums_fn(model, first, reference, loss_hparams))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shape)
-    sums, _ = jax.lax.scan(body, zeros, batch)
-    count = sums["tokens"] if stage == "sft" else jnp.sum(pairs_valid)
-    sums["count"] = count
-    return sums
+    return scan_micro_batches(lambda mb: sums_fn(model, mb, reference, loss_hparams), batch, EVAL_STEP)

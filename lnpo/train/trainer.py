@@ -1,15 +1,17 @@
 """Build everything a stage needs (mesh, model, data, reference, optimizer, jitted step) and fit.
 
-``train_stage(config, workdir, init_path=...)`` trains the stage named by
-``config.stage`` ("sft", "po" or "rm") and exports the result to
-``workdir/export`` in Hugging Face format. The jitted step is the pure
-:func:`lnpo.train.steps.train_step`; this module only wires it up.
+``train_stage(config, workdir, init_path=..., paths=...)`` trains the stage named by
+``config.stage`` (an entry of :data:`lnpo.train.stages.STAGES`) from ``init_path`` and
+exports the result to the workdir's export directory (:mod:`lnpo.rundir`) in Hugging Face
+format, with ``run.json``. :mod:`lnpo.train.run` resolves the starting model and every
+path; this module never reads them from elsewhere. The jitted step is the pure
+:func:`lnpo.train.steps.train_step`, built by :func:`lnpo.train.step_builder.build_stage_step`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import os
 
 import jax
@@ -20,15 +22,16 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lnpo import losses as losses_lib
-from lnpo import parallel
-from lnpo.config import ConfigError, data_columns, loss_hparams, model_runtime
+from lnpo import parallel, rundir
+from lnpo.config import ConfigError, data_columns, loss_hparams
 from lnpo.data.embedded import scorer_spec as embedded_scorer_spec
+from lnpo.eval_settings import EvalSettings
+from lnpo.implied import data_parallel, model_runtime, reference_mode, row_length, tiny_model_config
 from lnpo.models import preflight
-from lnpo.train import reference_cache, steps
+from lnpo.train import reference_cache, stages, steps
 from lnpo.train.flops import device_peak_flops, forward_flops_per_token
 from lnpo.train.loop import LoopSpec, fit, real_tokens
-from lnpo.train.optim import make_optimizer
-from lnpo.train.step_builder import build_train_step
+from lnpo.train.step_builder import build_stage_step
 from lnpo.train.steps import BATCH_SPEC
 
 
@@ -41,18 +44,18 @@ def prepare_data(config, tokenizer, *, embedded_paths: dict | None):
     from lnpo import data
     from lnpo.data.tokenize import template_for
 
-    stage, d = config.stage, config.data
+    stage, d = stages.get(config.stage), config.data
     tok_kwargs = dict(max_len=d.max_len, max_prompt_len=d.max_prompt_len, truncation=d.truncation,
                       num_proc=d.num_proc if d.num_proc > 1 else None, strict=d.strict,
                       plain_template=template_for(tokenizer, d.chat_template))
     columns = data_columns(config)
-    if stage == "sft":
+    if stage.examples == "sft":
         source = embedded_paths["sft"] if d.source == "embedded" else d.source
         raw, report = data.load_sft(source, schema=d.schema, split=d.split, strict=d.strict, **columns)
         tokenized, tok_report = data.tokenize_sft(raw, tokenizer, source=str(source), **tok_kwargs)
         _print_reports(report, tok_report)
         return tokenized, None
-    if stage == "po" and "label" in losses_lib.needs(config.loss.name):  # KTO: unpaired data, as pairs
+    if stage.objective and "label" in losses_lib.needs(config.loss.name):  # KTO: unpaired data, as pairs
         return _prepare_unpaired(config, tokenizer, embedded_paths, tok_kwargs)
     source = embedded_paths["train_prefs"] if d.source == "embedded" else d.source
     raw, report = data.load_preferences(source, schema=d.schema, split=d.split, strict=d.strict,
@@ -61,7 +64,7 @@ def prepare_data(config, tokenizer, *, embedded_paths: dict | None):
     _print_reports(report, tok_report)
     eval_tokenized = None
     eval_source = d.eval_source or (embedded_paths["eval_prefs"] if d.source == "embedded" else "")
-    if eval_source and config.train.eval_batches > 0:
+    if eval_source and config.train.eval_batches > 0 and stage.held_out_loss:
         raw_eval, eval_report = data.load_preferences(eval_source, schema=d.schema, split=d.eval_split,
                                                       strict=d.strict, pku_preference=d.pku_preference, **columns)
         eval_tokenized, eval_tok_report = data.tokenize_preferences(raw_eval, tokenizer, source=str(eval_source),
@@ -115,17 +118,13 @@ def to_global(local: dict, mesh) -> dict:
 # ----------------------------------------------------------------------------- model
 def build_model(config, init_path: str | None, tokenizer, mesh, *, num_labels: int = 0):
     """The policy (or reward model) as an NNX module with parameters placed on ``mesh``."""
-    from lnpo.models import ModelConfig, from_pretrained, init_sharded
+    from lnpo.models import from_pretrained, init_sharded
 
     runtime = model_runtime(config)
     if init_path is None:
-        t = config.model.tiny
-        cfg = ModelConfig.tiny(
-            vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
-            max_position_embeddings=max(config.data.max_len * 2, 256),
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **runtime)
+        cfg = tiny_model_config(config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                num_labels=num_labels)
         return init_sharded(cfg, config.seed, mesh)
     load = functools.partial(from_pretrained, init_path, dtype=runtime.pop("param_dtype"),
                              compute_dtype=runtime.pop("compute_dtype"), mesh=mesh, **runtime)
@@ -166,7 +165,7 @@ def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pair
     ``steps.cached_reference_names(needs)`` (``chosen``, ``rejected``, ...)."""
     from lnpo.data import EvalIterator
 
-    dp = _data_parallel(mesh)
+    dp = data_parallel(mesh.shape)
     iterator = EvalIterator(dataset, global_batch=batch_pairs, layout="padded", seq_len=config.data.max_len,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             row_multiple=max(dp // jax.process_count(), 1))
@@ -176,7 +175,7 @@ def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pair
     n = len(dataset)
     out = {name: np.zeros(n, np.float32) for name in names}
     for b, local in enumerate(iterator):
-        local = {k: v for k, v in local.items() if k != "pair_valid"}
+        local = {k: v for k, v in local.items() if k != "example_valid"}
         values = jax.device_get(_replicated(fn(ref_params, to_global(local, mesh)), mesh))
         start = b * batch_pairs
         count = min(batch_pairs, n - start)
@@ -189,32 +188,28 @@ def _replicated(x, mesh):
     return jax.jit(lambda a: a, out_shardings=NamedSharding(mesh, P()))(x)
 
 
-def row_length(config) -> int:
-    """Row length T of the configured layout (``data.seq_len``, or its default)."""
-    if config.data.seq_len:
-        return config.data.seq_len
-    return 2 * config.data.max_len if config.data.layout == "shared_prompt" else config.data.max_len
-
-
-def _data_parallel(mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
 # ----------------------------------------------------------------------------- the stage
-def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
-    """Train ``config.stage`` in ``workdir`` starting from ``init_path`` (None: a fresh tiny model)."""
-    from lnpo.data import PairIterator, SFTIterator
+@dataclasses.dataclass
+class StageInputs:
+    """What a stage reads before its model is built: the tokenizer, the tokenized train and held-out
+    datasets (eval None: no held-out loss) and the embedded task's files (None: not used)."""
 
-    stage = config.stage
-    mesh = parallel.make_mesh(config.mesh.shape)
+    tokenizer: object
+    tokenizer_dir: str
+    train: object
+    eval: object
+    embedded_paths: dict | None
+
+
+def load_inputs(config, init_path: str | None, paths: rundir.StagePaths) -> StageInputs:
+    """The tokenizer and data of ``config``'s stage; an unusable model config.json fails before any data is read."""
     embedded_paths = None
     if config.data.source == "embedded" or init_path is None:
         from lnpo.data.embedded import materialize
-        from lnpo.train.run import embedded_seed, embedded_task_dir
 
-        embedded_paths = materialize(embedded_task_dir(config, workdir), seed=embedded_seed(config),
-                                     version=config.data.embedded_version)
-    if init_path is not None:  # the model first: an unusable config.json fails before any data is read
+        embedded_paths = materialize(paths.embedded_task, seed=rundir.embedded_seed(config),
+                                     version=config.data.get("embedded_version", 1))
+    if init_path is not None:
         preflight.model_config(init_path, **model_runtime(config))
     tokenizer_dir = config.data.tokenizer or init_path or embedded_paths["tokenizer"]
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -222,82 +217,96 @@ def train_stage(config, workdir: str, *, init_path: str | None) -> dict:
     if len(train_ds) < config.train.global_batch:
         raise ConfigError(f"config.train.global_batch: {config.train.global_batch} is larger than the "
                           f"{len(train_ds)} usable training examples")
+    return StageInputs(tokenizer, tokenizer_dir, train_ds, eval_ds, embedded_paths)
 
-    model = build_model(config, init_path, tokenizer, mesh, num_labels=1 if stage == "rm" else 0)
+
+def make_stage_step(config, params, graphdef, mesh, *, num_pairs: int, ref_params=None, ref_graphdef=None):
+    """The trainer's :func:`~lnpo.train.step_builder.build_stage_step` call for ``config``: its stage,
+    objective, optimizer, log-prob chunk and seed (``tests/benchmarks`` lowers it beside the benchmark's)."""
+    objective, hparams = None, {}
+    if stages.get(config.stage).objective:
+        objective = losses_lib.get(config.loss.name)
+        hparams = losses_lib.validate(config.loss.name, loss_hparams(config))
+    return build_stage_step(params, graphdef, mesh, stage=config.stage, optim=config.optim,
+                            total_steps=config.train.steps, learning_rate=config.optim.lr, num_pairs=num_pairs,
+                            chunk_size=config.train.logprob_chunk, objective=objective, loss_hparams=hparams,
+                            seed=config.seed, ref_params=ref_params, ref_graphdef=ref_graphdef)
+
+
+def train_stage(config, workdir: str, *, init_path: str | None, paths: rundir.StagePaths | None = None) -> dict:
+    """Train ``config.stage`` in ``workdir`` starting from ``init_path`` (None: a fresh tiny model).
+
+    ``paths``: the embedded task, reference cache and runs root (:mod:`lnpo.train.run` resolves them;
+    default: :meth:`lnpo.rundir.StagePaths.for_config`). Returns ``{"step", "preempted", "last_metrics"}``
+    and ``"export"`` (the exported model directory) when exported."""
+    paths = paths or rundir.StagePaths.for_config(config)
+    stage = stages.get(config.stage)
+    mesh = parallel.make_mesh(config.mesh.shape)
+    inputs = load_inputs(config, init_path, paths)
+    model = build_model(config, init_path, inputs.tokenizer, mesh, num_labels=stage.num_labels)
     graphdef, params = nnx.split(model, nnx.Param)
     model_cfg = model.config
     del model
-    preflight.check_token_ids(tokenizer, model_cfg.vocab_size, [train_ds, eval_ds], tokenizer_dir=tokenizer_dir,
-                              model_dir=init_path or "(the tiny model)")
-
-    # objective and reference
-    objective, hparams, uses_reference = None, {}, False
-    if stage == "po":
-        objective = losses_lib.get(config.loss.name)
-        hparams = losses_lib.validate(config.loss.name, loss_hparams(config))
-        uses_reference = losses_lib.requires_reference(config.loss.name)
+    preflight.check_token_ids(inputs.tokenizer, model_cfg.vocab_size, [inputs.train, inputs.eval],
+                              tokenizer_dir=inputs.tokenizer_dir, model_dir=init_path or "(the tiny model)")
     A = config.train.micro_batches
     M = config.train.global_batch // A  # pairs (examples) per micro-batch
-    dp = _data_parallel(mesh)
-    row_multiple = max(dp // jax.process_count(), 1)
-    chunk = config.train.logprob_chunk
 
-    ref_params = ref_graphdef = None
-    ref_train = ref_eval = None
-    if uses_reference and config.reference.mode == "in_step":
-        ref_dtype = jnp.dtype(config.reference.dtype)
-        ref_graphdef = graphdef
-        ref_params = steps.reference_copy(params, ref_dtype)
-    elif uses_reference:
-        ref_train, ref_eval = _reference_from_cache(config, workdir, init_path, params, graphdef, mesh,
-                                                    train_ds, eval_ds, batch_pairs=M)
-
-    tx, schedule = make_optimizer(config.optim, steps=config.train.steps)
-    replicated = NamedSharding(mesh, P())
-    sums_fn = steps.micro_sums_fn(stage, objective=objective, num_pairs=M, chunk_size=chunk, seed=config.seed)
-    # Step inputs, not compile-time constants: a sweep's grid points share one compiled step.
-    step_hparams = jax.device_put(steps.step_hparams(config.optim.lr, hparams), replicated)
-    built = build_train_step(params, graphdef, tx, mesh, stage=stage, sums_fn=sums_fn, ref_params=ref_params,
-                             ref_graphdef=ref_graphdef)
-    state, jitted = built.state, built.jitted
-    train_step = lambda s, b: jitted(s, b, ref_params, step_hparams)  # noqa: E731
-
-    iterator_cls = SFTIterator if stage == "sft" else PairIterator
-    iterator = iterator_cls(train_ds, global_batch=config.train.global_batch, micro_batches=A,
-                            layout=config.data.layout, seq_len=row_length(config), seed=config.seed,
-                            process_index=jax.process_index(), process_count=jax.process_count(),
-                            row_multiple=row_multiple)
-
-    def batches():
-        while True:
-            indices = iterator.next_indices()
-            local = iterator.build(indices)
-            tokens = real_tokens(local)
-            if ref_train is not None:
-                local.update(_cached_reference_slice(ref_train, indices, A))
-            yield to_global(local, mesh), tokens
-
-    evaluate = None
-    if eval_ds is not None and stage != "sft":
-        evaluate = _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh,
-                                   stage=stage, sums_fn=sums_fn, loss_hparams=step_hparams["loss"], pairs=M,
-                                   row_multiple=row_multiple)
-
-    flops_per_token = forward_flops_per_token(model_cfg, row_length(config)) * (3 + (1 if ref_params is not None else 0))
+    ref_params = ref_graphdef = ref_train = ref_eval = None
+    if reference_mode(config) == "in_step":
+        ref_graphdef, ref_params = graphdef, steps.reference_copy(params, jnp.dtype(config.reference.dtype))
+    elif reference_mode(config) == "cache":
+        ref_train, ref_eval = _reference_from_cache(config, paths, init_path, params, graphdef, mesh,
+                                                    inputs.train, inputs.eval, batch_pairs=M)
+    built = make_stage_step(config, params, graphdef, mesh, num_pairs=M, ref_params=ref_params,
+                            ref_graphdef=ref_graphdef)
+    iterator = _train_iterator(config, stage, inputs.train, mesh)
+    held_out = None
+    if inputs.eval is not None and stage.held_out_loss:
+        held_out = make_held_out_loss(config, inputs.eval, graphdef, ref_graphdef, ref_params, ref_eval, mesh,
+                                      sums_fn=built.sums_fn, loss_hparams=built.hparams["loss"], pairs=M)
+    flops_per_token = forward_flops_per_token(model_cfg, row_length(config)) * (3 + (ref_params is not None))
     spec = LoopSpec(
-        step_fn=train_step, batches=batches(), iterator_state=iterator.state, restore_iterator=iterator.restore,
-        evaluate=evaluate, total_steps=config.train.steps, log_every=config.train.log_every,
-        eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
-        keep_checkpoints=config.train.keep_checkpoints, flops_per_token=flops_per_token,
-        peak_flops=device_peak_flops() * jax.device_count(), learning_rate=lambda s: float(schedule(s)),
-        items_per_step=config.train.global_batch)
-    result = fit(state, spec, workdir=workdir, desc=f"{stage} {config.name}")
+        step_fn=lambda s, b: built.jitted(s, b, ref_params, built.hparams),
+        batches=_global_batches(iterator, ref_train, A, mesh), iterator_state=iterator.state,
+        restore_iterator=iterator.restore, held_out_loss=held_out, total_steps=config.train.steps,
+        log_every=config.train.log_every, eval_every=config.train.eval_every,
+        checkpoint_every=config.train.checkpoint_every, keep_checkpoints=config.train.keep_checkpoints,
+        flops_per_token=flops_per_token, peak_flops=device_peak_flops() * jax.device_count(),
+        learning_rate=lambda s: float(built.schedule(s)), items_per_step=config.train.global_batch)
+    result = fit(built.state, spec, workdir=workdir, desc=f"{config.stage} {config.name}")
 
     out = {"step": result.step, "preempted": result.preempted, "last_metrics": result.last_metrics}
     if not result.preempted and config.train.export:
-        out["export"] = export(config, workdir, nnx.merge(graphdef, result.state.params), tokenizer,
-                               init_path=init_path, embedded_paths=embedded_paths)
+        out["export"] = export(config, workdir, nnx.merge(graphdef, result.state.params), inputs.tokenizer,
+                               init_path=init_path, embedded_paths=inputs.embedded_paths)
     return out
+
+
+def _train_iterator(config, stage: stages.Stage, train_ds, mesh):
+    from lnpo.data import PairIterator, SFTIterator
+
+    iterator_cls = SFTIterator if stage.examples == "sft" else PairIterator
+    return iterator_cls(train_ds, global_batch=config.train.global_batch, micro_batches=config.train.micro_batches,
+                        layout=config.data.layout, seq_len=row_length(config), seed=config.seed,
+                        process_index=jax.process_index(), process_count=jax.process_count(),
+                        row_multiple=_row_multiple(mesh))
+
+
+def _global_batches(iterator, ref_train: dict | None, A: int, mesh):
+    """``(global batch, its real token count)`` forever: the iterator's next host-local batch, with its
+    cached reference values (``ref_train``) sliced in, assembled into global arrays."""
+    while True:
+        indices = iterator.next_indices()
+        local = iterator.build(indices)
+        tokens = real_tokens(local)
+        if ref_train is not None:
+            local.update(_cached_reference_slice(ref_train, indices, A))
+        yield to_global(local, mesh), tokens
+
+
+def _row_multiple(mesh) -> int:
+    return max(data_parallel(mesh.shape) // jax.process_count(), 1)
 
 
 def _cached_reference_slice(ref: dict, indices: np.ndarray, A: int) -> dict:
@@ -309,11 +318,10 @@ def _cached_reference_slice(ref: dict, indices: np.ndarray, A: int) -> dict:
     return {f"ref_{name}": np.where(own >= 0, values[safe], 0.0).astype(np.float32) for name, values in ref.items()}
 
 
-def _reference_from_cache(config, workdir, init_path, params, graphdef, mesh, train_ds, eval_ds, *, batch_pairs):
-    from lnpo.train.run import reference_cache_dir, runs_root
-
-    cache_dir = reference_cache_dir(config)
-    weights = reference_cache.weights_fingerprint(init_path, runs_root(config))
+def _reference_from_cache(config, paths: rundir.StagePaths, init_path, params, graphdef, mesh, train_ds, eval_ds, *,
+                          batch_pairs):
+    cache_dir = paths.reference_cache
+    weights = reference_cache.weights_fingerprint(init_path, paths.runs_root)
     needs = losses_lib.needs(config.loss.name)
     names = steps.cached_reference_names(needs)
     numerics = {"dtype": config.model.compute_dtype, "seq_len": config.data.max_len,
@@ -338,60 +346,58 @@ def _reference_from_cache(config, workdir, init_path, params, graphdef, mesh, tr
     return results[0], results[1]
 
 
-def _make_evaluator(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh, *, stage, sums_fn,
-                    loss_hparams, pairs, row_multiple):
+def make_held_out_loss(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_eval, mesh, *, sums_fn,
+                       loss_hparams, pairs):
+    """``held_out_loss(state) -> {"eval/<metric>": mean}``: the training loss and its metrics on the eval split
+    (at most ``config.train.eval_batches`` batches of ``pairs``), summed as :class:`~lnpo.train.steps.WeightedSums`
+    over every batch, then divided once. (Not the generation-based evaluation of :mod:`lnpo.evaluate`.)"""
     from lnpo.data import EvalIterator
 
     iterator = EvalIterator(eval_ds, global_batch=pairs, layout=config.data.layout, seq_len=row_length(config),
                             process_index=jax.process_index(), process_count=jax.process_count(),
-                            row_multiple=row_multiple, max_batches=config.train.eval_batches)
+                            row_multiple=_row_multiple(mesh), max_batches=config.train.eval_batches)
 
     def eval_fn(params, batch, ref_params, loss_hparams):
         with parallel.use_rules(mesh):
             return steps.eval_step(params, batch, ref_params, loss_hparams, graphdef=graphdef,
-                                   ref_graphdef=ref_graphdef, stage=stage, sums_fn=sums_fn)
+                                   ref_graphdef=ref_graphdef, sums_fn=sums_fn)
 
     jitted = jax.jit(eval_fn, out_shardings=NamedSharding(mesh, P()))
 
-    def evaluate(state) -> dict:
-        totals: dict[str, float] = {}
+    def held_out_loss(state) -> dict:
+        total = None
         for b, local in enumerate(iterator):
             if ref_eval is not None:
                 indices = np.arange(b * pairs, (b + 1) * pairs)
                 indices[indices >= len(eval_ds)] = -1
                 local.update(_cached_reference_slice(ref_eval, indices, 1))
             sums = jax.device_get(jitted(state.params, to_global(local, mesh), ref_params, loss_hparams))
-            for k, v in sums.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        count = max(totals.pop("count", 0.0), 1.0)
-        return {f"eval/{k}": v / count for k, v in totals.items()}
+            sums = jax.tree.map(np.float64, sums)  # summed over batches on the host in float64
+            total = sums if total is None else jax.tree.map(np.add, total, sums)
+        if total is None:
+            return {}
+        count = max(float(total.count), 1.0)
+        return {f"eval/{k}": float(v) / count for k, v in total.sums.items()}
 
-    return evaluate
+    return held_out_loss
 
 
 # ----------------------------------------------------------------------------- export
 def export(config, workdir: str, model, tokenizer, *, init_path, embedded_paths) -> str:
-    """Write the trained model (HF format) and ``run.json`` (what evaluation and sweeps read)."""
+    """Write the trained model (HF format) and ``run.json`` (:class:`lnpo.rundir.RunInfo`: what evaluation and
+    sweeps read); returns the export directory."""
     from lnpo.models import save_pretrained
 
-    path = os.path.join(workdir, "export")
+    path = rundir.export_dir(workdir)
     dtype = config.train.export_dtype or preflight.own_dtype(init_path) or config.model.param_dtype
     save_pretrained(model, path, tokenizer=tokenizer, dtype=dtype)
     if jax.process_index() == 0:
-        info = {
-            "name": config.name, "stage": config.stage, "method": config.loss.name,
-            "loss": loss_hparams(config), "lr": config.optim.lr, "seed": config.seed,
-            "steps": config.train.steps, "export": os.path.abspath(path),
-            "sft_path": os.path.abspath(init_path) if init_path else None,
-            "chat_template": config.data.chat_template,
-            "eval_prompts": config.data.ood_prompts or (embedded_paths or {}).get("ood_prompts", ""),
-            "scorer": config.eval.scorer or (embedded_scorer_spec(config.data.embedded_version)
-                                              if config.data.source == "embedded" else ""),
-            "eval": {k: config.eval[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k", "num_samples",
-                                                  "batch_size", "seed")}
-            | {"max_prompts": config.eval.max_prompts or None, "max_prompt_len": config.data.max_prompt_len},
-            "status": "trained",
-        }
-        with open(os.path.join(workdir, "run.json"), "w") as f:
-            json.dump(info, f, indent=2)
+        rundir.write_run_info(workdir, rundir.RunInfo(
+            name=config.name, stage=config.stage, method=config.loss.name, loss=loss_hparams(config),
+            lr=config.optim.lr, seed=config.seed, steps=config.train.steps, export=os.path.abspath(path),
+            sft_path=os.path.abspath(init_path) if init_path else None, chat_template=config.data.chat_template,
+            eval_prompts=config.data.ood_prompts or (embedded_paths or {}).get("ood_prompts", ""),
+            scorer=config.eval.scorer or (embedded_scorer_spec(config.data.get("embedded_version", 1))
+                                          if config.data.source == "embedded" else ""),
+            eval=EvalSettings.from_config(config)))
     return path

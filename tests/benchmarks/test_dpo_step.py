@@ -1,22 +1,10 @@
 """benchmarks/dpo_step.py states what each side ran: TRL's dtype is the one its step computes in, its settings
 are read back from the trainer, and no lnpo/TRL ratio is printed across different dtypes or references."""
 
-import importlib.util
-import os
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "64", "--batch", "2",
         "--prompt-len", "6", "--response-len", "6", "--steps", "1", "--warmup", "0"]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("dpo_step", os.path.join(ROOT, "benchmarks", "dpo_step.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _observer():

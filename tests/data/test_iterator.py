@@ -62,12 +62,12 @@ def test_batch_structure(layout):
     perm = np.random.default_rng([3, 0]).permutation(40)
     for step in range(3):
         batch = next(it)
-        assert set(batch) == set(ROW_KEYS) | {"pair_valid"}
+        assert set(batch) == set(ROW_KEYS) | {"example_valid"}
         A, R, T = batch["input_ids"].shape
         assert (A, T) == (2, 32) and R % 4 == 0
         assert all(batch[k].dtype == np.int32 and batch[k].shape == (A, R, T) for k in ROW_KEYS)
-        assert batch["pair_valid"].dtype == np.float32 and (batch["pair_valid"] == 1).all()
-        assert batch["pair_valid"].shape == (2, 4)
+        assert batch["example_valid"].dtype == np.float32 and (batch["example_valid"] == 1).all()
+        assert batch["example_valid"].shape == (2, 4)
         for m in range(2):
             mapping = pairs_of(micro(batch, m))
             assert sorted(mapping) == list(range(8))  # each micro-batch numbers its sequences from 0
@@ -115,7 +115,7 @@ def test_num_epochs_and_partial_last_batch():
     it = PairIterator(ds, global_batch=4, seq_len=32, drop_remainder=False, num_epochs=1, layout="packed")
     batches = list(it)
     assert len(batches) == 3
-    np.testing.assert_array_equal(batches[-1]["pair_valid"], [[1, 1, 0, 0]])
+    np.testing.assert_array_equal(batches[-1]["example_valid"], [[1, 1, 0, 0]])
     seen = [i for b in batches for s, i in pairs_of(micro(b, 0)).items() if s % 2 == 0]
     assert sorted(seen) == list(range(10))
     it = PairIterator(ds, global_batch=4, seq_len=32, drop_remainder=True, num_epochs=2)
@@ -167,7 +167,7 @@ def test_hosts_partition_the_global_batch(layout, hosts):
         rows = {b["input_ids"].shape[1] for b in got}
         assert len(rows) == 1 and rows.pop() % 2 == 0  # the same R on every host
         for b in got:
-            assert b["pair_valid"].shape == (2, local)
+            assert b["example_valid"].shape == (2, local)
         for m in range(2):
             host_pairs = [pairs_of(micro(b, m)) for b in got]
             # host h holds sequences 2*h*local ... 2*(h+1)*local - 1 of the micro-batch
@@ -192,7 +192,7 @@ def test_eval_iterator_pads_last_batch():
         for batches in zip(*iters):
             for b in batches:
                 mapping = pairs_of(micro(b, 0))
-                valid = b["pair_valid"][0]
+                valid = b["example_valid"][0]
                 targets = seq_targets(micro(b, 0))
                 offset = min(targets)  # this host's first sequence
                 for j, v in enumerate(valid):
@@ -233,7 +233,7 @@ def test_end_to_end_from_file(fixtures, cache_dir, tokenizer):
     got = []
     for b in batches:
         targets = seq_targets(micro(b, 0))
-        got += [(targets[2 * j], targets[2 * j + 1]) for j in range(2) if b["pair_valid"][0, j]]
+        got += [(targets[2 * j], targets[2 * j + 1]) for j in range(2) if b["example_valid"][0, j]]
     assert got == [(row["chosen_ids"], row["rejected_ids"]) for row in tok]
     it = PairIterator(tok, global_batch=2, layout="shared_prompt", seq_len=80, seed=0)
     assert next(it)["input_ids"].shape[:2] == (1, 1)

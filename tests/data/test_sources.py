@@ -10,7 +10,8 @@ import datasets
 import pytest
 
 from lnpo.data import LoadReport, load_preferences, load_sft, validate_preferences
-from lnpo.data.sources import detect_preference_schema, parse_hh_transcript
+from lnpo.data.adapters import parse_hh_transcript
+from lnpo.data.sources import detect_preference_schema
 from lnpo.data.validate import REASONS, RowIssue
 
 

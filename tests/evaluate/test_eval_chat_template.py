@@ -58,3 +58,12 @@ def test_evaluate_workdir_uses_the_runs_chat_template(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate_module, "evaluate_run", lambda *a, **k: seen.update(k) or {})
     evaluate_module.evaluate_workdir(str(tmp_path))
     assert seen["plain_template"] == "plain"
+
+
+def test_evaluate_workdir_refuses_a_reward_model_run_in_one_line(tmp_path):
+    from lnpo.errors import ConfigError
+
+    (tmp_path / "run.json").write_text(json.dumps({"stage": "rm", "export": str(tmp_path / "export"),
+                                                   "eval_prompts": "p.jsonl"}))
+    with pytest.raises(ConfigError, match=r"run\.json: a 'rm' run exports a reward model, not a policy"):
+        evaluate_module.evaluate_workdir(str(tmp_path))

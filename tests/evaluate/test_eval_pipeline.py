@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from lnpo.evaluate import evaluate_run
+from lnpo.evaluate import EvalSettings, evaluate_run
 from lnpo.evaluate.__main__ import main as evaluate_main
 from lnpo.evaluate.scorers import Scorer
 
-SETTINGS = dict(max_new_tokens=8, temperature=1.0, top_p=1.0, top_k=0, num_samples=2, seed=0, batch_size=4)
+SETTINGS = EvalSettings(max_new_tokens=8, temperature=1.0, top_p=1.0, top_k=0, num_samples=2, seed=0, batch_size=4)
 KEYS = ("score_mean", "score_median", "score_p90", "win_rate_vs_chosen", "win_rate_vs_sft", "kl_seq_mean",
         "kl_per_token_mean", "kl_exact_mean", "kl_exact_per_token_mean", "length_tokens_mean",
         "length_tokens_median", "length_tokens_p90", "length_words_mean", "length_words_median",
@@ -38,7 +38,7 @@ def read_jsonl(path):
 def embedded_run(task, saved_models, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("eval"))
     summary = evaluate_run(saved_models["policy"], saved_models["sft"], task["ood_prompts"], out, scorer="embedded",
-                           cache_dir=str(tmp_path_factory.mktemp("ds_cache")), **SETTINGS)
+                           cache_dir=str(tmp_path_factory.mktemp("ds_cache")), settings=SETTINGS)
     return summary, out
 
 
@@ -90,7 +90,7 @@ def test_model_against_itself(saved_models, task, tmp_path):
     """The SFT model = the policy's weights in another directory: zero KL, identical samples, win rate 1/2."""
     out = str(tmp_path / "eval")
     summary = evaluate_run(saved_models["policy"], saved_models["policy_copy"], task["ood_prompts"], out,
-                           scorer=CharLengthScorer(), cache_dir=str(tmp_path / "cache"), **SETTINGS)
+                           scorer=CharLengthScorer(), cache_dir=str(tmp_path / "cache"), settings=SETTINGS)
     for k in ("kl_seq_mean", "kl_per_token_mean", "kl_exact_mean", "kl_exact_max", "kl_seq_max", "kl_seq_min"):
         assert abs(summary[k]) < 1e-6, k
     assert summary["win_rate_vs_sft"] == 0.5

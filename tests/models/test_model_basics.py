@@ -52,14 +52,19 @@ def test_logical_axes_match_param_state(config):
         assert "['score_head']['kernel']" in "".join(params) and not any("lm_head" in p for p in params)
 
 
-def test_random_init_statistics():
-    model = M.Decoder(M.ModelConfig.tiny(vocab_size=256), rngs=nnx.Rngs(0))
+def test_random_init_statistics_of_the_embedded_tiny_model():
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from configs.base import get_base
+    from lnpo.implied import EMBEDDED_VOCAB, tiny_model_config
+
+    cfg = tiny_model_config(get_base(), vocab_size=EMBEDDED_VOCAB)
+    model = M.Decoder(cfg, rngs=nnx.Rngs(0))
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert 1_000_000 <= n <= 5_000_000
+    assert 1_000_000 <= n <= 5_000_000  # the embedded task's model: about 1.3M parameters
     q = np.asarray(model.layers.attn.q_proj.kernel[...])
     assert abs(q.std() - 0.02) < 2e-3 and not np.allclose(q[0], q[1])  # layers differ
     np.testing.assert_array_equal(np.asarray(model.final_norm.scale[...]), 1.0)
-    other = M.Decoder(M.ModelConfig.tiny(vocab_size=256), rngs=nnx.Rngs(1))
+    other = M.Decoder(cfg, rngs=nnx.Rngs(1))
     assert not np.allclose(q, np.asarray(other.layers.attn.q_proj.kernel[...]))
 
 

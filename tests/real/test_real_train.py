@@ -95,7 +95,7 @@ def _lnpo_step_gradient(model, tokenized, objective: str):
 
     from lnpo import losses
     from lnpo.data import PairIterator
-    from lnpo.train import steps
+    from lnpo.train import stages, steps
 
     n = len(tokenized)
     it = PairIterator(tokenized, global_batch=n, layout="padded", seq_len=MAX_LEN, shuffle=False)
@@ -105,10 +105,10 @@ def _lnpo_step_gradient(model, tokenized, objective: str):
     record = optax.GradientTransformation(lambda p: jax.tree.map(jnp.zeros_like, p),
                                           lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g), g))
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=record.init(params))
-    sums_fn = steps.micro_sums_fn("po", objective=losses.get(objective), num_pairs=n, chunk_size=256)
+    sums_fn = stages.micro_sums_fn("po", objective=losses.get(objective), num_pairs=n, chunk_size=256)
     hp = steps.step_hparams(1.0, losses.validate(objective, {"beta": BETA[objective]}))
     step = jax.jit(functools.partial(steps.train_step, graphdef=graphdef, ref_graphdef=graphdef, tx=record,
-                                     stage="po", sums_fn=sums_fn))
+                                     sums_fn=sums_fn))
     new_state, metrics = step(state, batch, ref_params, hp)
     return jax.device_get(metrics), new_state.opt_state
 

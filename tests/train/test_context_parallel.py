@@ -17,7 +17,7 @@ from lnpo import losses, parallel
 from lnpo.data.layouts import layout_pairs
 from lnpo.models import Decoder, ModelConfig
 from lnpo.models.decoder import param_shardings
-from lnpo.train import steps
+from lnpo.train import stages, steps
 assert jax.device_count() == 8, jax.devices()
 
 cfg = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -29,7 +29,7 @@ pairs = [{"prompt_ids": tok(rng.integers(4, 20)), "chosen_ids": tok(rng.integers
 objective = losses.get("dpo")
 hp = steps.step_hparams(0.1, losses.validate("dpo", {"beta": 0.5}))
 tx = optax.sgd(1.0)
-sums_fn = steps.micro_sums_fn("po", objective=objective, num_pairs=len(pairs), chunk_size=16)
+sums_fn = stages.micro_sums_fn("po", objective=objective, num_pairs=len(pairs), chunk_size=16)
 mesh = parallel.make_mesh((2, 1, 1, 4))
 out = {}
 for layout, chunk in (("padded", 0), ("packed", 0), ("shared_prompt", 0), ("shared_prompt", 32)):
@@ -37,7 +37,7 @@ for layout, chunk in (("padded", 0), ("packed", 0), ("shared_prompt", 0), ("shar
     T = 128 if layout == "shared_prompt" else 64
     rows = {"padded": 8, "packed": 6, "shared_prompt": 4}[layout]
     mb = {k: np.asarray(v, np.int32) for k, v in layout_pairs(pairs, layout, T, num_rows=rows).items()}
-    mb["pair_valid"] = np.ones(len(pairs), np.float32)
+    mb["example_valid"] = np.ones(len(pairs), np.float32)
     mb["ref_chosen"] = np.linspace(-40, -20, len(pairs)).astype(np.float32)
     mb["ref_rejected"] = np.linspace(-45, -15, len(pairs)).astype(np.float32)
     batch = {k: v[None] for k, v in mb.items()}
@@ -45,9 +45,8 @@ for layout, chunk in (("padded", 0), ("packed", 0), ("shared_prompt", 0), ("shar
     def step(params, batch, mesh=None):
         state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
         def loss(p):
-            return sums_fn(nnx.merge(graphdef, p), jax.tree.map(lambda x: x[0], batch), None, hp["loss"])["loss"]
-        new, metrics = steps.train_step(state, batch, None, hp, graphdef=graphdef, tx=tx, stage="po",
-                                        sums_fn=sums_fn)
+            return sums_fn(nnx.merge(graphdef, p), jax.tree.map(lambda x: x[0], batch), None, hp["loss"]).sums["loss"]
+        new, metrics = steps.train_step(state, batch, None, hp, graphdef=graphdef, tx=tx, sums_fn=sums_fn)
         return metrics["loss"], jax.grad(loss)(params), new.params
 
     single = jax.jit(step)(params, batch)

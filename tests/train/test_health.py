@@ -40,7 +40,7 @@ def _spec(metrics_of_step, total_steps=30, checkpoint_every=1000):
         return state, metrics_of_step(counter["step"])
 
     return LoopSpec(step_fn=step_fn, batches=batches(), iterator_state=lambda: {}, restore_iterator=lambda d: None,
-                    evaluate=None, total_steps=total_steps, log_every=1, eval_every=10**9,
+                    held_out_loss=None, total_steps=total_steps, log_every=1, eval_every=10**9,
                     checkpoint_every=checkpoint_every, keep_checkpoints=2, flops_per_token=1.0, peak_flops=1.0,
                     learning_rate=lambda s: 1e6, items_per_step=1)
 

@@ -37,8 +37,8 @@ def _spec(total_steps: int, checkpoint_every: int) -> LoopSpec:
 
     return LoopSpec(
         step_fn=_step, batches=batches(), iterator_state=lambda: dict(position),
-        restore_iterator=position.update, evaluate=None, total_steps=total_steps, log_every=1, eval_every=10**9,
-        checkpoint_every=checkpoint_every, keep_checkpoints=3, flops_per_token=1.0, peak_flops=1.0,
+        restore_iterator=position.update, held_out_loss=None, total_steps=total_steps, log_every=1,
+        eval_every=10**9, checkpoint_every=checkpoint_every, keep_checkpoints=3, flops_per_token=1.0, peak_flops=1.0,
         learning_rate=lambda s: 0.1, items_per_step=1)
 
 

@@ -78,7 +78,7 @@ def test_two_hosts_assemble_the_single_process_global_batch(tmp_path, tiny_sft_d
             one.update(trainer._cached_reference_slice(ref, indices, 2))
             two = {k: hosts[f"{layout}/{step}/{k}"] for k in one}
             # Which pairs, their validity and their cached reference log-probs: identical.
-            for key in ("pair_valid", "ref_chosen", "ref_rejected"):
+            for key in ("example_valid", "ref_chosen", "ref_rejected"):
                 np.testing.assert_array_equal(two[key], one[key], err_msg=f"{layout} step {step} {key}")
             if layout == "padded":  # one row per sequence, in pair order: the very same arrays
                 for key in one:

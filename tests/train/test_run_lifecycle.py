@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from lnpo.errors import ConfigError
+from lnpo import rundir
 from lnpo.train import outputs
 from lnpo.train import run as run_mod
 from train_helpers import REPO, _env, small_config
@@ -32,15 +33,15 @@ def test_a_preempted_embedded_sft_stage_is_not_marked_done(tmp_path, monkeypatch
 
     config = _embedded_config(tmp_path)
     monkeypatch.setattr(trainer, "train_stage", lambda *a, **k: {"preempted": True, "step": 3, "last_metrics": {}})
-    assert run_mod.ensure_embedded_sft(config, str(tmp_path / "runs" / "x")) is None
-    assert not os.path.exists(os.path.join(run_mod.embedded_sft_workdir(config, ""), run_mod.DONE))
+    assert run_mod.ensure_embedded_sft(config) is None
+    assert not os.path.exists(rundir.done_marker(rundir.embedded_sft_workdir(config)))
 
 
 def test_an_embedded_sft_export_that_does_not_load_is_not_marked_done(tmp_path, monkeypatch):
     import lnpo.train.trainer as trainer
 
     config = _embedded_config(tmp_path)
-    sft_dir = run_mod.embedded_sft_workdir(config, "")
+    sft_dir = rundir.embedded_sft_workdir(config)
 
     def trains_a_broken_export(*args, **kwargs):
         os.makedirs(os.path.join(sft_dir, "export"), exist_ok=True)
@@ -50,21 +51,21 @@ def test_an_embedded_sft_export_that_does_not_load_is_not_marked_done(tmp_path, 
 
     monkeypatch.setattr(trainer, "train_stage", trains_a_broken_export)
     with pytest.raises(ConfigError, match="does not load"):
-        run_mod.ensure_embedded_sft(config, "")
-    assert not os.path.exists(os.path.join(sft_dir, run_mod.DONE))
+        run_mod.ensure_embedded_sft(config)
+    assert not os.path.exists(rundir.done_marker(sft_dir))
 
 
 def test_a_done_marker_without_a_loadable_export_resumes_the_stage(tmp_path, monkeypatch, capsys):
     import lnpo.train.trainer as trainer
 
     config = _embedded_config(tmp_path)
-    sft_dir = run_mod.embedded_sft_workdir(config, "")
+    sft_dir = rundir.embedded_sft_workdir(config)
     os.makedirs(sft_dir)
-    open(os.path.join(sft_dir, run_mod.DONE), "w").write("ok\n")  # as an older lnpo left it after a SIGTERM
+    open(rundir.done_marker(sft_dir), "w").write("ok\n")  # as an older lnpo left it after a SIGTERM
     calls = []
     monkeypatch.setattr(trainer, "train_stage", lambda *a, **k: calls.append(1) or {"preempted": True})
-    assert run_mod.ensure_embedded_sft(config, "") is None
-    assert calls == [1] and not os.path.exists(os.path.join(sft_dir, run_mod.DONE))
+    assert run_mod.ensure_embedded_sft(config) is None
+    assert calls == [1] and not os.path.exists(rundir.done_marker(sft_dir))
     assert "does not load" in capsys.readouterr().out
 
 
@@ -102,14 +103,13 @@ def test_sigterm_before_the_training_loop_exits_75_and_a_rerun_trains(tmp_path, 
 
 def test_the_runs_root_is_configured_never_the_workdirs_parent(tmp_path):
     config = _embedded_config(tmp_path)
-    home_run = str(tmp_path / "home" / "run")
-    assert run_mod.runs_root(config) == str(tmp_path / "runs")
-    assert run_mod.embedded_task_dir(config, home_run).startswith(str(tmp_path / "runs") + os.sep)
-    assert run_mod.embedded_sft_workdir(config, home_run).startswith(str(tmp_path / "runs") + os.sep)
-    assert run_mod.reference_cache_dir(config).startswith(str(tmp_path / "runs") + os.sep)
+    assert rundir.runs_root(config) == str(tmp_path / "runs")
+    assert rundir.embedded_task_dir(config).startswith(str(tmp_path / "runs") + os.sep)
+    assert rundir.embedded_sft_workdir(config).startswith(str(tmp_path / "runs") + os.sep)
+    assert rundir.reference_cache_dir(config).startswith(str(tmp_path / "runs") + os.sep)
     config.runs_root = ""
-    assert run_mod.runs_root(config) == os.path.abspath("runs")  # the README's command: runs/ in the cwd
-    assert run_mod.default_workdir(config) == os.path.join("runs", config.name)
+    assert rundir.runs_root(config) == os.path.abspath("runs")  # the README's command: runs/ in the cwd
+    assert rundir.default_workdir(config) == os.path.join("runs", config.name)
 
 
 @pytest.mark.parametrize("name", ["metrics.jsonl", "export", "checkpoints"])

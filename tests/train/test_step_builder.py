@@ -48,15 +48,15 @@ def test_optimizer_state_is_sharded_like_the_parameters_and_the_state_is_donated
 
     from lnpo import losses, parallel
     from lnpo.models import ModelConfig, init_sharded
-    from lnpo.train import steps
+    from lnpo.train import stages, steps
 
     mesh = parallel.make_mesh((-1, 1, 1))
     cfg = ModelConfig.tiny(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                            num_kv_heads=1, max_position_embeddings=64)
     graphdef, params = nnx.split(init_sharded(cfg, 0, mesh), nnx.Param)
     tx = optax.adamw(1e-3)
-    sums_fn = steps.micro_sums_fn("po", objective=losses.get("dpo"), num_pairs=2, chunk_size=8)
-    built = step_builder.build_train_step(params, graphdef, tx, mesh, stage="po", sums_fn=sums_fn)
+    sums_fn = stages.micro_sums_fn("po", objective=losses.get("dpo"), num_pairs=2, chunk_size=8)
+    built = step_builder.build_train_step(params, graphdef, tx, mesh, sums_fn=sums_fn)
     param_shardings = jax.tree.leaves(jax.tree.map(lambda x: x.sharding, params))
     mu = built.state_shardings.opt_state[0].mu
     assert jax.tree.leaves(mu) == param_shardings
@@ -66,7 +66,7 @@ def test_optimizer_state_is_sharded_like_the_parameters_and_the_state_is_donated
 
     pairs = [{"prompt_ids": [3, 4], "chosen_ids": [5, 6], "rejected_ids": [7]}] * 2
     batch = {k: v[None] for k, v in layout_pairs(pairs, "padded", 8).items()}
-    batch["pair_valid"] = np.ones((1, 2), np.float32)
+    batch["example_valid"] = np.ones((1, 2), np.float32)
     batch["ref_chosen"] = batch["ref_rejected"] = np.zeros((1, 2), np.float32)
     hparams = steps.step_hparams(1e-3, losses.validate("dpo", {"beta": 0.1}))
     text = built.jitted.lower(built.state, batch, None, hparams).as_text()

@@ -53,7 +53,7 @@ def _per_token(model, pairs):
 
 def _batch(pairs, layout):
     mb = {k: jnp.asarray(v) for k, v in layout_pairs(pairs, layout, 48).items()}
-    mb["pair_valid"] = jnp.ones(len(pairs), jnp.float32)
+    mb["example_valid"] = jnp.ones(len(pairs), jnp.float32)
     return mb
 
 
@@ -147,7 +147,7 @@ def test_ld_dpo_and_wpo_losses_through_the_step_match_the_plain_forward_pass(set
     hp = {"beta": jnp.float32(0.5), "alpha": jnp.float32(0.3)}
     got = steps.po_micro_sums(model, mb, objective=losses.get("ld_dpo"), hparams=hp, num_pairs=len(pairs),
                               chunk_size=16, reference=reference)
-    np.testing.assert_allclose(float(got["loss"]), _ld_reference(policy, ref, 0.3, 0.5), rtol=1e-5)
+    np.testing.assert_allclose(float(got.sums["loss"]), _ld_reference(policy, ref, 0.3, 0.5), rtol=1e-5)
     got = steps.po_micro_sums(model, mb, objective=losses.get("dpo_wpo"),
                               hparams={"beta": jnp.float32(0.5), "label_smoothing": jnp.float32(0.0)},
                               num_pairs=len(pairs), chunk_size=16, reference=reference)
@@ -156,7 +156,7 @@ def test_ld_dpo_and_wpo_losses_through_the_step_match_the_plain_forward_pass(set
         m = (policy[2 * i][0].sum() - ref[2 * i][0].sum()) - (policy[2 * i + 1][0].sum() - ref[2 * i + 1][0].sum())
         w = np.exp(np.mean(policy[2 * i][0] - policy[2 * i][1]) + np.mean(policy[2 * i + 1][0] - policy[2 * i + 1][1]))
         expected += w * np.logaddexp(0.0, -0.5 * m)
-    np.testing.assert_allclose(float(got["loss"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(got.sums["loss"]), expected, rtol=1e-5)
 
 
 def _primitives(jaxpr) -> list[str]:

@@ -82,7 +82,7 @@ def test_sweep_grid_points_differing_in_beta_and_lr_compile_nothing_new(tmp_path
                                           ("bco_pair", {"beta": 0.5, "delta": None})])
 @pytest.mark.parametrize("layout", ["padded", "shared_prompt"])
 def test_dummy_pairs_of_a_partial_batch_change_nothing(name, hparams, layout):
-    """A last eval batch filled up with the iterator's dummy pairs (pair_valid 0) gives the
+    """A last eval batch filled up with the iterator's dummy pairs (example_valid 0) gives the
     same loss and metric sums as the real pairs alone, for objectives that couple the pairs
     of a batch (aot sorts them, bco_pair centres on their mean reward)."""
     import jax.numpy as jnp
@@ -104,7 +104,7 @@ def test_dummy_pairs_of_a_partial_batch_change_nothing(name, hparams, layout):
 
     def sums(pairs, valid):
         mb = {k: jnp.asarray(v) for k, v in layout_pairs(pairs, layout, 32).items()}
-        mb["pair_valid"] = jnp.asarray(valid, jnp.float32)
+        mb["example_valid"] = jnp.asarray(valid, jnp.float32)
         mb["ref_chosen"] = jnp.asarray(np.arange(len(pairs)) * -3.0 - 20.0, jnp.float32)
         mb["ref_rejected"] = jnp.asarray(np.arange(len(pairs)) * 2.0 - 25.0, jnp.float32)
         return po_micro_sums(model, mb, objective=losses.get(name), hparams=hp, num_pairs=len(pairs),
@@ -112,6 +112,51 @@ def test_dummy_pairs_of_a_partial_batch_change_nothing(name, hparams, layout):
 
     alone = sums(real, [1, 1, 1, 1])
     filled = sums(real + [DUMMY_PAIR] * 2, [1, 1, 1, 1, 0, 0])
-    assert set(alone) == set(filled)
-    for key in alone:
-        np.testing.assert_allclose(float(filled[key]), float(alone[key]), rtol=1e-5, atol=1e-6, err_msg=key)
+    assert set(alone.sums) == set(filled.sums) and float(filled.count) == float(alone.count) == 4
+    for key in alone.sums:
+        np.testing.assert_allclose(float(filled.sums[key]), float(alone.sums[key]), rtol=1e-5, atol=1e-6,
+                                   err_msg=key)
+
+
+def test_sft_step_divides_by_the_batch_tokens_not_a_mean_of_micro_batch_means():
+    """Two SFT micro-batches with 2 and 9 target tokens: the step's loss is the batch's summed NLL over its 11
+    tokens (NumPy float64 from the full log-softmax), its count the tokens, and the held-out eval step gives the
+    same weighted sums; the mean of the two micro-batch means would differ."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lnpo.data.layouts import layout_sft
+    from lnpo.models import Decoder, ModelConfig
+    from lnpo.train import stages, steps
+
+    model = Decoder(ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                                num_kv_heads=1), rngs=nnx.Rngs(0))
+    examples = [[{"prompt_ids": [3, 4, 5], "completion_ids": [6, 7]}],
+                [{"prompt_ids": [3], "completion_ids": [8, 9, 10, 11, 12, 13, 14, 15, 16]}]]
+    micro = [{k: np.asarray(v) for k, v in layout_sft(e, "padded", 16).items()} for e in examples]
+    batch = {k: np.stack([m[k] for m in micro]) for k in micro[0]}
+    batch["example_valid"] = np.ones((2, 1), np.float32)
+
+    nll, tokens, means = 0.0, 0, []
+    for m in micro:
+        logits = np.asarray(model(jnp.asarray(m["input_ids"])), np.float64)
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - logits.max(-1, keepdims=True)
+        mask = m["seq_index"] >= 0
+        picked = np.take_along_axis(logp, m["targets"][..., None], -1)[..., 0]
+        nll += -picked[mask].sum()
+        tokens += int(mask.sum())
+        means.append(-picked[mask].sum() / mask.sum())
+    assert tokens == 11
+
+    graphdef, params = nnx.split(model, nnx.Param)
+    sums_fn = stages.micro_sums_fn("sft", num_pairs=1, chunk_size=8)
+    tx = optax.sgd(0.0)
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    _, metrics = steps.train_step(state, batch, None, step_hparams(0.0, {}), graphdef=graphdef, tx=tx,
+                                  sums_fn=sums_fn)
+    np.testing.assert_allclose(float(metrics["loss"]), nll / tokens, rtol=1e-5)
+    assert float(metrics["tokens"]) == tokens and abs(nll / tokens - np.mean(means)) > 1e-3
+    held_out = steps.eval_step(params, batch, None, {}, graphdef=graphdef, sums_fn=sums_fn)
+    assert float(held_out.count) == tokens and held_out.count_name == "tokens"
+    np.testing.assert_allclose(float(held_out.sums["loss"]), nll, rtol=1e-5)
