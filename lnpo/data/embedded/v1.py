@@ -11,7 +11,7 @@
 - **OOD split.** ``chosen`` the correct concise reference; ``rejected`` equally often a
   wrong concise, a wrong verbose or a correct verbose answer.
 
-Why it did not serve the study (docs/study_embedded/reading.md): the SFT data are always
+Why it did not serve the study (docs/study_embedded/v1/reading.md): the SFT data are always
 correct, so the pairs' correctness signal concerns wrong answers the SFT model rarely
 makes, while their length bias is learnt by every method; and responses span only 6-30
 tokens, so summed and averaged log-ratios barely differ. See :mod:`lnpo.data.embedded.v2`.
