@@ -61,6 +61,12 @@ def get_base() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "embedded"  # "embedded", a local file/directory, or a hub name
+    # The embedded task's version (docs/embedded_task.md): 1 = short answers (the default job's); 2 = noisy
+    # SFT data, pairs that prefer correct and longer answers, explanations of 5-176 tokens (the study's
+    # sweep, configs/sweeps/paper_embedded.py: with --config.data.max_len=192 --config.data.layout=packed
+    # --config.eval.max_new_tokens=176; its validation in docs/study_embedded/reading.md).
+    c.data.embedded_version = 1
+    c.data.embedded_seed = -1  # seed of the embedded task's data and SFT model; -1 = config.seed
     c.data.schema = "auto"
     c.data.split = "train"
     c.data.eval_source = ""  # held-out preference data; "" = the embedded task's
@@ -75,7 +81,7 @@ def get_base() -> ml_collections.ConfigDict:
         c.data.columns[column] = ""
     c.data.pku_preference = "better"  # PKU-SafeRLHF label: "better" (better_response_id) or "safer" (safer_response_id)
     c.data.max_prompt_len = 32
-    c.data.max_len = 64  # prompt + one response, in tokens
+    c.data.max_len = 64  # prompt + one response, in tokens (the embedded task v1 needs 64, v2 192)
     c.data.truncation = "keep_end"  # "keep_end" | "drop"
     c.data.layout = "padded"  # "padded" | "packed" | "shared_prompt"
     # Row length of a batch; 0 = max_len (padded, packed) or 2 * max_len (shared_prompt,

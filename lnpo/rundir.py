@@ -18,7 +18,7 @@ Stdlib only (``lnpo.report`` reads run directories without JAX).
     <workdir>/DONE                     a finished embedded-SFT stage (its export loads)
     <workdir>/sweep_run.json           a sweep's run: its name, method, config file and overrides
     <workdir>/error.log                a failed sweep run's traceback (run.json: status failed, error)
-    <runs root>/embedded_task/seed<s>/ the embedded task's files
+    <runs root>/embedded_task/seed<s>/ the embedded task's files (v<n>-seed<s>/ for task versions > 1)
     <runs root>/sft-embedded-<hash>/   the embedded SFT model, shared by runs under the same root
     <runs root>/reference_cache/       reference log-probs keyed by weights + data + numerics
 
@@ -121,9 +121,19 @@ def default_workdir(config) -> str:
     return os.path.join(config.get("runs_root") or DEFAULT_RUNS_ROOT, config.name)
 
 
+def embedded_seed(config) -> int:
+    """The seed of the embedded task's data and SFT model: ``data.embedded_seed``, or ``config.seed`` when it
+    is -1 (so a sweep's seeds can share one task and SFT model and vary only the *PO run)."""
+    seed = config.data.get("embedded_seed", -1)
+    return config.seed if seed == -1 else seed
+
+
 def embedded_task_dir(config) -> str:
-    """The embedded task's files, shared by every run under the runs root with the same seed."""
-    return os.path.join(runs_root(config), "embedded_task", f"seed{config.seed}")
+    """The embedded task's files, shared by every run under the runs root with the same task version and seed:
+    ``embedded_task/seed<s>`` (version 1) or ``embedded_task/v<version>-seed<s>``."""
+    version = config.data.get("embedded_version", 1)
+    prefix = "" if version == 1 else f"v{version}-"
+    return os.path.join(runs_root(config), "embedded_task", f"{prefix}seed{embedded_seed(config)}")
 
 
 def reference_cache_dir(config) -> str:
@@ -135,17 +145,20 @@ def _digest(obj) -> str:
 
 
 def embedded_sft_workdir(config) -> str:
-    """``runs/sft-embedded-<hash>``: one cached SFT model per (tiny model, SFT recipe, data, seed, mesh)."""
+    """``runs/sft-embedded-<hash>``: one cached SFT model per (tiny model, SFT recipe, data, seed, mesh, task
+    version)."""
     from lnpo import parallel  # JAX: imported only by the run that trains the embedded model, not by readers
 
-    key = _digest({
+    recipe = {
         "tiny": config.model.tiny.to_dict(),
         "sft": config.sft.to_dict(),
         "data": {k: config.data[k] for k in ("max_prompt_len", "max_len", "truncation")},
-        "seed": config.seed,
+        "seed": embedded_seed(config),
         "mesh": list(parallel.mesh_shape_of(config.mesh)),
-    })
-    return os.path.join(runs_root(config), f"sft-embedded-{key}")
+    }
+    if config.data.get("embedded_version", 1) != 1:  # version 1's key (and cached model) stays as it was
+        recipe["embedded_version"] = config.data.embedded_version
+    return os.path.join(runs_root(config), f"sft-embedded-{_digest(recipe)}")
 
 
 def is_embedded_sft_workdir(path: str) -> bool:

@@ -1,25 +1,25 @@
-"""The study's design on the embedded task: DPO, LN-DPO and SimPO across small grids.
+"""The study's design on the embedded task v2: DPO, LN-DPO and SimPO grids, 3 seeds each.
 
     python -m lnpo.sweep --config=configs/sweeps/paper_embedded.py --workdir=runs/paper_embedded
 
-12 runs: DPO and LN-DPO with 3 betas each, SimPO with 3 betas x 2 gammas, one
-learning rate (configs/base.py's 1e-4, sized for the embedded tiny model), one
-seed. The embedded SFT model (configs/base.py's tiny model and SFT recipe) is
-trained once into ``<workdir>/sft-embedded-*`` and is the policy's start and the
-reference of every run; the reference log-probs of DPO and LN-DPO are computed
-once into ``<workdir>/reference_cache``. Each run is evaluated on the embedded
-task's out-of-distribution prompts (other phrasings) with the task's scorer, and
-``<workdir>/report.md`` compares the methods across their grids.
+36 runs: DPO beta {0.01, 0.05, 0.1, 0.5}, LN-DPO beta {0.5, 1, 2.5, 10}, SimPO beta {1, 2.5}
+x gamma {0.5, 1.5}, each with seeds 0, 1, 2 (configs/base.py's lr 3e-5, 100 steps of 32
+pairs). The seeds vary the *PO run only (data order): ``data.embedded_seed=0`` makes every
+run share one task and one SFT model (trained once into ``<workdir>/sft-embedded-*``), and
+the reference log-probs of DPO and LN-DPO are computed once into
+``<workdir>/reference_cache``. Each run is evaluated on the task's 200 OOD prompts, one
+sample each at temperature 1, with the task's scorer (``embedded-v2``); ``report.md`` holds
+the study's claims table and its nine figures.
 
-Grids. The embedded task's responses are short (about 2-15 tokens), so a
-per-token log-ratio (LN-DPO) is roughly a tenth of the summed one (DPO): the
-LN-DPO betas are the DPO betas scaled by ~10. DPO spans the study's range
-(0.01 .. 0.5); SimPO uses betas around its paper's 2-2.5 and two target margins.
+Grids: DPO spans the study's 0.01-0.5; LN-DPO's per-token log-ratio is ~1/|y| of DPO's summed
+one (responses of 5-176 tokens, ~40 on average), so its betas sit ~10-20x higher (0.5-10);
+SimPO around its paper's 2-2.5 and two target margins.
 
-Budget: designed to finish in 30 minutes on 2 CPU cores (SFT once, 1000 steps in
-~4-5 minutes, then ~1.5-2.5 minutes per run including evaluation; 28 min 47 s on
-a shared 2-core machine, docs/study_embedded/reading.md); shrink with e.g.
-``--config.methods.dpo.beta='(0.1,)' --set train.steps=20`` for a quick look.
+The SFT stage is configs/base.py's recipe (1000 steps; the validation runs of
+docs/study_embedded/reading.md found 500 too few for v2). Version 1 (the record in
+docs/study_embedded/v1/): ``--config.overrides.data.embedded_version=1
+--config.overrides.data.max_len=64 --config.overrides.data.layout=padded
+--config.overrides.eval.max_new_tokens=48`` with that sweep's grids and one seed.
 """
 
 from configs.sweeps import method, new_sweep
@@ -27,17 +27,15 @@ from configs.sweeps import method, new_sweep
 
 def get_config(arg=None):
     del arg
-    c = new_sweep("paper_embedded", seeds=(0,))
-    c.methods.dpo = method("dpo", beta=(0.01, 0.1, 0.5), lr=(1e-4,))
-    c.methods.lndpo = method("lndpo", beta=(0.1, 1.0, 5.0), lr=(1e-4,))
-    c.methods.simpo = method("simpo", beta=(1.0, 2.5, 5.0), gamma=(0.5, 1.5), lr=(1e-4,))
+    c = new_sweep("paper_embedded", seeds=(0, 1, 2))
+    c.methods.dpo = method("dpo", beta=(0.01, 0.05, 0.1, 0.5))
+    c.methods.lndpo = method("lndpo", beta=(0.5, 1.0, 2.5, 10.0))
+    c.methods.simpo = method("simpo", beta=(1.0, 2.5), gamma=(0.5, 1.5))
     c.overrides = {
-        # Every rendered embedded prompt + response fits in 48 tokens: rows of 64 instead of
-        # configs/base.py's 96 cut a third of the SFT, reference and training compute.
-        "data": {"max_prompt_len": 48, "max_len": 64},
+        # Task v2 (configs/base.py's default job runs v1): rows of 192 tokens, packed (responses of 5-176).
+        "data": {"embedded_version": 2, "embedded_seed": 0, "max_len": 192, "layout": "packed"},
         "train": {"steps": 100, "global_batch": 32, "eval_every": 50, "eval_batches": 2, "checkpoint_every": 50},
-        # Evaluation: every OOD prompt (200), one sample each at temperature 1 (the embedded
-        # task's length effects show up on samples; see docs/embedded_task.md).
-        "eval": {"max_new_tokens": 48, "temperature": 1.0, "num_samples": 1, "max_prompts": 0},
+        # Every OOD prompt (200), one sample each at temperature 1: length effects show up on samples.
+        "eval": {"max_new_tokens": 176, "temperature": 1.0, "num_samples": 1, "max_prompts": 0},
     }
     return c

@@ -19,7 +19,8 @@ def get_config(arg=None):
         "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2,
                            "num_kv_heads": 1}},
         "sft": {"steps": 10, "global_batch": 16, "warmup_steps": 0},
-        "data": {"max_prompt_len": 48, "max_len": 64},
+        # The embedded task v1: short rows keep the smoke sweep quick (v2 is configs/sweeps/paper_embedded.py's).
+        "data": {"embedded_version": 1, "max_prompt_len": 48, "max_len": 64},
         "optim": {"warmup_steps": 0},
         "train": {"steps": 3, "global_batch": 8, "log_every": 1, "eval_every": 1000, "eval_batches": 1,
                   "checkpoint_every": 1000},

@@ -153,12 +153,14 @@ def _write_json(path: str, obj: Mapping) -> None:
 
 def _check_scorer_spec(scorer) -> None:
     """Fail early on a malformed scorer spec or a missing reward-model directory (it is loaded later)."""
-    if scorer is None or isinstance(scorer, Scorer) or scorer == "" or scorer == "embedded":
+    from lnpo.data.embedded import scorer_version
+
+    if scorer is None or isinstance(scorer, Scorer) or scorer == "" or scorer_version(str(scorer)) is not None:
         return
     kind, _, path = str(scorer).partition(":")
     if kind not in ("jax", "torch") or not path:
-        raise ConfigError(f"unknown scorer spec {scorer!r}: expected 'embedded', 'jax:/path/to/rm' or "
-                          "'torch:/path/to/rm'")
+        raise ConfigError(f"unknown scorer spec {scorer!r}: expected 'embedded', 'embedded-v2', 'jax:/path/to/rm' "
+                          "or 'torch:/path/to/rm'")
     if not os.path.isdir(os.path.expanduser(path)):
         raise InputNotFound(f"scorer {scorer!r}: {path} is not a directory")
 

@@ -95,18 +95,24 @@ class Scorer(abc.ABC):
 
 
 class EmbeddedScorer(Scorer):
-    """The embedded task's ground-truth scorer (:func:`lnpo.data.embedded.score`) on the last user message.
+    """The embedded task's ground-truth scorer (:func:`lnpo.data.embedded.score`) on the last user message,
+    with the formula of task ``version`` (spec ``"embedded"`` = version 1, ``"embedded-v2"`` = version 2).
 
     Raises ``ValueError`` for a prompt that is not an embedded-task prompt.
     """
 
-    spec = "embedded"
+    def __init__(self, version: int = 1):
+        from lnpo.data.embedded import check_version, scorer_spec
+
+        self.version = check_version(version)
+        self.spec = scorer_spec(version)
 
     def score(self, prompts, responses) -> np.ndarray:
         from lnpo.data.embedded import score
 
         self._check(prompts, responses)
-        return np.asarray([score(_last_user(p), str(r)) for p, r in zip(prompts, responses)], np.float64)
+        return np.asarray([score(_last_user(p), str(r), version=self.version) for p, r in zip(prompts, responses)],
+                          np.float64)
 
 
 def _load_tokenizer(path: str):
@@ -290,8 +296,10 @@ def make_scorer(spec: str | None, **kwargs) -> Scorer | None:
     if isinstance(spec, Scorer):
         return spec
     spec = str(spec)
-    if spec == "embedded":
-        return EmbeddedScorer(**kwargs)
+    from lnpo.data.embedded import scorer_version
+
+    if scorer_version(spec) is not None:
+        return EmbeddedScorer(scorer_version(spec), **kwargs)
     kind, _, path = spec.partition(":")
     if kind in ("jax", "torch") and path:
         path = os.path.expanduser(path)
@@ -301,4 +309,5 @@ def make_scorer(spec: str | None, **kwargs) -> Scorer | None:
         scorer = cls(path, **kwargs)
         scorer.spec = spec
         return scorer
-    raise ConfigError(f"unknown scorer spec {spec!r}: expected 'embedded', 'jax:/path/to/rm' or 'torch:/path/to/rm'")
+    raise ConfigError(f"unknown scorer spec {spec!r}: expected 'embedded', 'embedded-v2', 'jax:/path/to/rm' or "
+                      "'torch:/path/to/rm'")

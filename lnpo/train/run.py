@@ -27,7 +27,9 @@ def sft_config_for(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     ``configs/sft.py``'s ``sft_stage``, applied to a copy of ``config``."""
     from lnpo.config_files import load_module, recipe_file
 
-    return load_module(recipe_file("sft")).sft_stage(ml_collections.ConfigDict(config.to_dict()))
+    sft = load_module(recipe_file("sft")).sft_stage(ml_collections.ConfigDict(config.to_dict()))
+    sft.seed = rundir.embedded_seed(config)  # the SFT model belongs to the task's seed, not the run's
+    return sft
 
 
 def export_problem(export: str) -> str | None:

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from lnpo import losses as losses_lib
 from lnpo import parallel, rundir
 from lnpo.config import ConfigError, data_columns, loss_hparams
+from lnpo.data.embedded import scorer_spec as embedded_scorer_spec
 from lnpo.eval_settings import EvalSettings
 from lnpo.implied import data_parallel, model_runtime, reference_mode, row_length, tiny_model_config
 from lnpo.models import lora as lora_lib
@@ -239,7 +240,8 @@ def load_inputs(config, init_path: str | None, paths: rundir.StagePaths) -> Stag
     if config.data.source == "embedded" or init_path is None:
         from lnpo.data.embedded import materialize
 
-        embedded_paths = materialize(paths.embedded_task, seed=config.seed)
+        embedded_paths = materialize(paths.embedded_task, seed=rundir.embedded_seed(config),
+                                     version=config.data.get("embedded_version", 1))
     if init_path is not None:
         preflight.model_config(init_path, **model_runtime(config))
     tokenizer_dir = config.data.tokenizer or init_path or embedded_paths["tokenizer"]
@@ -452,6 +454,7 @@ def export(config, workdir: str, model, tokenizer, *, init_path, embedded_paths)
             lr=config.optim.lr, seed=config.seed, steps=config.train.steps, export=os.path.abspath(path),
             sft_path=os.path.abspath(init_path) if init_path else None, chat_template=config.data.chat_template,
             eval_prompts=config.data.ood_prompts or (embedded_paths or {}).get("ood_prompts", ""),
-            scorer=config.eval.scorer or ("embedded" if config.data.source == "embedded" else ""),
+            scorer=config.eval.scorer or (embedded_scorer_spec(config.data.get("embedded_version", 1))
+                                          if config.data.source == "embedded" else ""),
             eval=EvalSettings.from_config(config), adapter=os.path.abspath(adapter) if adapter else None))
     return path

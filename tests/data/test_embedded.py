@@ -76,8 +76,8 @@ def test_same_bytes_in_a_fresh_process_with_other_hash_seed(tmp_path):
     code = (
         "import hashlib, json; from lnpo.data import embedded as E; "
         f"sizes = {{**E.DEFAULT_SIZES, **{SMALL!r}}}; "
-        "out = {k: hashlib.sha256(v).hexdigest() for k, v in E._split_bytes(5, sizes).items()}; "
-        "out['bpe'] = hashlib.sha256(E._train_bpe(E.corpus_texts()).to_str().encode()).hexdigest(); "
+        "out = {k: hashlib.sha256(v).hexdigest() for k, v in E.v1.split_bytes(5, sizes).items()}; "
+        "out['bpe'] = hashlib.sha256(E.tokenizer._train_bpe(E.corpus_texts()).to_str().encode()).hexdigest(); "
         "print(json.dumps(out))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -88,8 +88,8 @@ def test_same_bytes_in_a_fresh_process_with_other_hash_seed(tmp_path):
         assert there[key] == manifest[E.FILES[key]], key
     with open(os.path.join(paths["tokenizer"], "tokenizer.json"), encoding="utf-8") as f:
         saved = json.load(f)
-    assert there["bpe"] == hashlib.sha256(E._train_bpe(E.corpus_texts()).to_str().encode()).hexdigest()
-    assert saved["model"] == json.loads(E._train_bpe(E.corpus_texts()).to_str())["model"]
+    assert there["bpe"] == hashlib.sha256(E.tokenizer._train_bpe(E.corpus_texts()).to_str().encode()).hexdigest()
+    assert saved["model"] == json.loads(E.tokenizer._train_bpe(E.corpus_texts()).to_str())["model"]
 
 
 def test_materialize_skips_up_to_date_directory_and_repairs_changed_files(tmp_path):
@@ -149,8 +149,8 @@ def _examples(ood: bool, n_per_template: int = 8):
     for kind in E.KINDS:
         for template in table[kind]:
             for _ in range(n_per_template):
-                args = E._sample_args(rng, kind)
-                yield kind, E._make_question(kind, template, args, ood), rng
+                args = E.sample_args(rng, kind)
+                yield kind, E.make_question(kind, template, args, ood), rng
 
 
 @pytest.mark.parametrize("ood", [False, True])
@@ -162,7 +162,7 @@ def test_scorer_ranks_concise_over_verbose_over_wrong_over_unparseable(ood):
         assert (parsed.kind, parsed.answer, parsed.ood) == (kind, q.answer, ood), q.prompt
 
         fillers = rng.sample(E.OPENERS + E.CLOSERS, rng.randint(1, 3))
-        wrong = E._wrong_answer(rng, q)
+        wrong = E.wrong_answer(rng, q)
         assert wrong != q.answer
         concise = E.score(q.prompt, E.concise_response(q.answer))
         verbose = E.score(q.prompt, E.verbose_response(q.answer, fillers))
@@ -289,7 +289,7 @@ def test_ood_prompts_do_not_occur_in_training_and_eval_is_held_out(task):
     assert not any(E.is_heldout(p) for p in sft | train)
     # Held-out prompts are a fixed ~10% of the prompt space and the kinds stay balanced.
     rng = random.Random(0)
-    draws = [E._sample_question(rng).prompt for _ in range(5000)]
+    draws = [E.sample_question(rng).prompt for _ in range(5000)]
     assert abs(sum(map(E.is_heldout, draws)) / len(draws) - E.HELDOUT_FRACTION) < 0.02
     eval_kinds = [E.parse_prompt(p).kind for p in (_user(r) for r in task["eval_prefs"])]
     assert min(eval_kinds.count(k) for k in E.KINDS) >= 15
@@ -310,7 +310,7 @@ def test_ood_prompts_use_only_tokens_seen_in_training_prompts(task, task_tokeniz
 
 
 def test_template_phrasings_are_unambiguous():
-    regexes = [(k, E._template_regex(t)) for table in (E.TEMPLATES, E.OOD_TEMPLATES) for k, ts in table.items() for t in ts]
+    regexes = [(k, E.task._template_regex(t)) for table in (E.TEMPLATES, E.OOD_TEMPLATES) for k, ts in table.items() for t in ts]
     for kind, q, _ in list(_examples(False, 4)) + list(_examples(True, 4)):
         assert [k for k, rx in regexes if rx.fullmatch(q.prompt)] == [kind], q.prompt
 

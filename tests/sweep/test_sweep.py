@@ -335,18 +335,18 @@ def test_paper_embedded_sweep_shrunk_trains_the_sft_model_once(tmp_path, monkeyp
     sweep = sweep_lib.load_sweep(
         PAPER_EMBEDDED,
         overrides={"methods.dpo.beta": (0.1,), "methods.lndpo.beta": (1.0,), "methods.simpo.beta": (2.5,),
-                   "methods.simpo.gamma": (0.5,)},
+                   "methods.simpo.gamma": (0.5,), "seeds": (0,)},
         run_overrides={"sft.steps": 4, "sft.global_batch": 16, "sft.warmup_steps": 0, **TINY_MODEL, **TINY_DATA,
-                       **TINY_TRAIN, **TINY_EVAL})
+                       "data.max_len": 192, **TINY_TRAIN, **TINY_EVAL})
     root = str(tmp_path / "paper_embedded")
     out = sweep_lib.run_sweep(sweep, root, config_root=REPO, log=lambda _: None)
     assert out["failed"] == [] and out["finished"] == 3, out
     assert stages == ["sft", "po", "po", "po"]  # the embedded SFT model is trained once
     sft_dirs = glob.glob(os.path.join(root, "sft-embedded-*"))
     assert len(sft_dirs) == 1
-    for name in ("dpo-beta0.1-lr0.0001-seed0", "lndpo-beta1-lr0.0001-seed0", "simpo-beta2.5-gamma0.5-lr0.0001-seed0"):
+    for name in ("dpo-beta0.1-seed0", "lndpo-beta1-seed0", "simpo-beta2.5-gamma0.5-seed0"):
         assert _json(os.path.join(root, name, "run.json"))["sft_path"] == os.path.join(sft_dirs[0], "export")
-        assert _json(os.path.join(root, name, "eval", "summary.json"))["scorer"] == "embedded"
+        assert _json(os.path.join(root, name, "eval", "summary.json"))["scorer"] == "embedded-v2"
     assert len(glob.glob(os.path.join(root, "reference_cache", "reference-*.npz"))) == 2  # one reference, train + held-out pairs
     assert out["report"]["ok"] == 3
 
