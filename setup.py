@@ -33,8 +33,9 @@ setup(
         # calls TRL's own loss code (pinned: the test checks its exact behaviour).
         # gguf + accelerate: the real-model tier (tests/real) converts SmolLM2-135M-Instruct from GGUF.
         # peft: tests/models/test_lora.py loads lnpo's LoRA adapters with PEFT (pinned: exact key names).
+        # ruff: .ci/run lints the tree with it (settings in pyproject.toml).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "trl==1.16.0", "gguf>=0.10", "accelerate>=1.0",
-                 "peft==0.21.2"],
+                 "peft==0.21.2", "ruff==0.17.6"],
         # python -m lnpo.models.convert --gguf FILE --out DIR: transformers' GGUF loader needs these.
         "gguf": ["gguf>=0.10", "accelerate>=1.0", "torch==2.13.0"],
         # Score with any transformers PyTorch reward model (e.g. OpenAssistant's DeBERTa).

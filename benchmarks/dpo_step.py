@@ -259,9 +259,8 @@ DPO_HPARAMS = {"beta": 0.1}
 def lnpo_model(args, mesh):
     """``(graphdef, params)``: as trainer.build_model builds a fresh model (created in its shardings), or
     ``--model DIR``'s weights loaded as the trainer loads ``model.path``."""
-    from flax import nnx
-
     import jax
+    from flax import nnx
 
     from lnpo.models import from_pretrained, init_sharded
 

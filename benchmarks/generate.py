@@ -29,8 +29,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dpo_step import (DEFAULT_TRL_PYTHON, add_model_args, intermediate, lnpo_matmul_peak, lnpo_model_config,  # noqa: E402
-                      peak_rss_mb, torch_matmul_peak)
+from dpo_step import (  # noqa: E402
+    DEFAULT_TRL_PYTHON,
+    add_model_args,
+    intermediate,
+    lnpo_matmul_peak,
+    lnpo_model_config,
+    peak_rss_mb,
+    torch_matmul_peak,
+)
 
 
 def prompts(args):

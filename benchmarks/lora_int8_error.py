@@ -37,7 +37,7 @@ def main() -> None:
         ids, mask = random_batch(seq=12)
         positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
 
-        def logits(m):
+        def logits(m, ids=ids, positions=positions, mask=mask):
             return np.asarray(m(jnp.asarray(ids), positions=jnp.asarray(positions), segment_ids=jnp.asarray(mask)))
 
         a, b = logits(q), logits(ref)

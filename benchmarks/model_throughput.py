@@ -80,7 +80,8 @@ def run_one(size: str, remat: str, steps: int, chunk: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=sorted(SIZES), help="one size in this process (default: all, one subprocess each)")
+    ap.add_argument("--size", choices=sorted(SIZES),
+                    help="one size in this process (default: all, one subprocess each)")
     ap.add_argument("--remat", default="none")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=128, help="log-prob sequence chunk")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable, NoReturn, TypeVar
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 from lnpo.errors import LostPeer, UserError
 

@@ -14,7 +14,6 @@ import os
 import ml_collections
 
 from lnpo.errors import ConfigError
-
 from lnpo.implied import data_parallel, row_length, tiny_model_config
 
 STAGES = ("sft", "po", "rm")

@@ -29,11 +29,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
-from jax.experimental import mesh_utils
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lnpo.errors import ConfigError

@@ -31,7 +31,8 @@ def param_infos(cfg) -> tuple[list[ParamInfo], Any]:
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     axes = jax.tree_util.tree_leaves(logical_axes(abstract), is_leaf=lambda x: isinstance(x, tuple))
     assert len(axes) == len(leaves)
-    infos = [ParamInfo(tuple(p), tuple(l.shape), tuple(a), l.dtype.itemsize) for (p, l), a in zip(leaves, axes)]
+    infos = [ParamInfo(tuple(p), tuple(leaf.shape), tuple(a), leaf.dtype.itemsize)
+             for (p, leaf), a in zip(leaves, axes)]
     return infos, state
 
 

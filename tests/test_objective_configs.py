@@ -47,7 +47,6 @@ def test_a_sweep_line_selects_an_f_divergence_sibling(tmp_path):
     """Any objective, f-divergence siblings included, joins a sweep with one line over a base method's config;
     its extra hyperparameter is validated with the config (one-line ConfigError)."""
     from configs.sweeps import method, new_sweep
-
     from lnpo.errors import ConfigError
 
     sweep = new_sweep("f_divergences", seeds=(0,))

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from test_plan import ACTIVATION_FACTOR, REPO, _compiled_temp_bytes, _config, _model_dir
+
 from lnpo import plan as planlib
 
 # Activations dominate: 2 pairs = 4 rows x 512 tokens on a 4-layer model of 0.9M parameters.

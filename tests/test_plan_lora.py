@@ -10,11 +10,11 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, REPO)  # configs/ (the repository's config files) is imported from the repository root
 
-from configs.lora_dpo import get_config
-from lnpo import implied
-from lnpo import plan as planlib
+from configs.lora_dpo import get_config  # noqa: E402
+from lnpo import implied  # noqa: E402
+from lnpo import plan as planlib  # noqa: E402
 
 SMALL = dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
              model_type="llama")
@@ -65,7 +65,8 @@ def _compiled(config):
     tx, _ = make_optimizer(config.optim, steps=10)
     A, M = config.train.micro_batches, config.train.global_batch // config.train.micro_batches
     T = implied.row_length(config)
-    sums_fn = stages.micro_sums_fn("po", objective=losses.get("dpo"), num_pairs=M, chunk_size=config.train.logprob_chunk)
+    sums_fn = stages.micro_sums_fn("po", objective=losses.get("dpo"), num_pairs=M,
+                                   chunk_size=config.train.logprob_chunk)
     built = build_train_step(adapters, graphdef, tx, mesh, sums_fn=sums_fn, ref_graphdef=ref_graphdef,
                              frozen=frozen)
     batch = {k: jnp.zeros((A, 2 * M, T), jnp.int32) for k in steps.ROW_KEYS}

@@ -144,7 +144,8 @@ def _read_json_array(path: str) -> datasets.Dataset:
         raise DataError(f"{path}: JSON nested too deeply to parse") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path} line {e.lineno} column {e.colno}: not a valid JSON array ({e.msg}); "
-                        "a file of one JSON object per line is read line by line when it does not start with '['")
+                        "a file of one JSON object per line is read line by line when it does not start with "
+                        "'['") from None
     if not isinstance(values, list):
         raise DataError(f"{path}: expected a JSON array of row objects, got a JSON {type(values).__name__}")
     return raw_rows(values)

@@ -57,9 +57,17 @@ from collections.abc import Iterator, Mapping
 import datasets
 import numpy as np
 
+from lnpo.data.layouts import (
+    LAYOUTS,
+    bucket_rows,
+    layout_pairs,
+    layout_sft,
+    plan_rows,
+    round_up,
+    row_buckets,
+    unit_lengths,
+)
 from lnpo.errors import CheckpointError, ConfigError, DataError
-from lnpo.data.layouts import (LAYOUTS, bucket_rows, layout_pairs, layout_sft, plan_rows, round_up, row_buckets,
-                               unit_lengths)
 
 log = logging.getLogger(__name__)
 

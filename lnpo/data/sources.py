@@ -88,12 +88,12 @@ from lnpo.data.adapters import PKU_PREFERENCES, PREFERENCE_ADAPTERS, SFT_ADAPTER
 from lnpo.data.files import LINE, RAW, open_source, parse_line
 from lnpo.data.validate import (
     LoadReport,
-    code_hash,
-    fingerprint_of,
     RowIssue,
-    make_report,
     check_preference_row,
     check_sft_row,
+    code_hash,
+    fingerprint_of,
+    make_report,
     reasons_of,
     strict_error,
 )

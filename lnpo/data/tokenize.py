@@ -87,11 +87,10 @@ from typing import Any
 import datasets
 import numpy as np
 
-from lnpo.errors import ConfigError, DataError
 from lnpo.data import validate as validate_module
 from lnpo.data.files import rows_are_lines
-from lnpo.data.validate import (LoadReport, RowIssue, code_hash, fingerprint_of, make_report, reasons_of,
-                                 strict_error)
+from lnpo.data.validate import LoadReport, RowIssue, code_hash, fingerprint_of, make_report, reasons_of, strict_error
+from lnpo.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,7 @@ class PlainTemplate:
         return "".join(self._render(m) for m in messages[:-1]) + messages[-1]["content"]
 
 
-def template_for(tokenizer, chat_template: "PlainTemplate | str | None") -> "PlainTemplate | None":
+def template_for(tokenizer, chat_template: PlainTemplate | str | None) -> PlainTemplate | None:
     """The template setting ``data.chat_template`` (training and evaluation alike) -> ``plain_template``.
 
     ``None`` or ``""``: the tokenizer's own chat template (``None`` is returned); a tokenizer without
@@ -204,7 +203,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _supports_sanitize(cls) -> bool:
     try:
         return "sanitize_control_tokens" in inspect.signature(cls.apply_chat_template).parameters

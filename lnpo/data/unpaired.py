@@ -35,7 +35,6 @@ reference cache can hold its reference log-probs like any rejected response's.
 
 from __future__ import annotations
 
-
 import datasets
 import numpy as np
 

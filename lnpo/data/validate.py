@@ -253,7 +253,7 @@ def check_sft_row(row: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
 # ----------------------------------------------------------------------------- cache fingerprints
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_hash(*paths: str) -> str:
     """SHA-256 (16 hex digits) of the given source files: part of the ``datasets`` map
     fingerprints, so a change to the data code invalidates cached results."""

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["evaluate_run", "evaluate_workdir", "load_eval_prompts"]
 
+_DEFAULT_SETTINGS = EvalSettings()  # evaluate_run's default settings (frozen, so one shared instance)
+
 
 def _completion_text(messages: Any) -> str:
     """A completion's text: the contents of its messages joined with newlines (as lnpo.data.tokenize's fallback)."""
@@ -202,7 +204,7 @@ class _Scores:
 
 
 def evaluate_run(policy_dir: str, sft_dir: str | None, prompts_source, out_dir: str | None, *,
-                 scorer: Scorer | str | None, settings: EvalSettings = EvalSettings(), mesh=None,
+                 scorer: Scorer | str | None, settings: EvalSettings = _DEFAULT_SETTINGS, mesh=None,
                  cache_dir: str | None = None, plain_template=None) -> dict:
     """Evaluate the policy checkpoint ``policy_dir`` against ``sft_dir`` on ``prompts_source``.
 

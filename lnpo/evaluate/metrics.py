@@ -108,8 +108,8 @@ def word_count(text: str) -> int:
 
 
 def describe(values, prefix: str) -> dict[str, float | None]:
-    """``{prefix_mean, prefix_median, prefix_std, prefix_p10, prefix_p25, prefix_p75, prefix_p90, prefix_min, prefix_max}``
-    (population std; ``None`` for no values)."""
+    """``{prefix_mean, prefix_median, prefix_std, prefix_p10, prefix_p25, prefix_p75, prefix_p90, prefix_min,
+    prefix_max}`` (population std; ``None`` for no values)."""
     x = np.asarray(values, np.float64).reshape(-1)
     keys = ("mean", "median", "std", "p10", "p25", "p75", "p90", "min", "max")
     if x.size == 0:

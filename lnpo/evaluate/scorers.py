@@ -167,7 +167,8 @@ class JaxRewardModelScorer(Scorer):
         self.model = from_pretrained(path, dtype=dtype, mesh=mesh)
         c = self.model.config
         if c.num_labels <= 0:
-            raise ModelError(f"{path}: not a reward model (config.json architectures is not *ForSequenceClassification)")
+            raise ModelError(f"{path}: not a reward model "
+                             "(config.json architectures is not *ForSequenceClassification)")
         if not 0 <= label < c.num_labels:
             raise ConfigError(f"label {label} out of range for num_labels {c.num_labels}")
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
@@ -197,7 +198,8 @@ class JaxRewardModelScorer(Scorer):
         if len(p) + len(c) > budget:
             keep = budget - len(c)
             bos = self.tokenizer.bos_token_id
-            p = ([p[0]] + p[len(p) - keep + 1:]) if (bos is not None and p[0] == bos and keep > 1) else p[len(p) - keep:]
+            p = (([p[0]] + p[len(p) - keep + 1:]) if (bos is not None and p[0] == bos and keep > 1)
+                 else p[len(p) - keep:])
         return p + c
 
     def score(self, prompts, responses) -> np.ndarray:

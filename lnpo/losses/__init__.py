@@ -136,11 +136,14 @@ Numerics
 This module imports only jax and numpy (no transformers, datasets or torch).
 """
 
+# Registration order matters (the sibling modules wrap the objectives registered before them): not sorted.
+# isort: off
 from lnpo.losses import objectives as _objectives  # noqa: F401  (registers the objectives)
 from lnpo.losses import length as _length  # noqa: F401  (LD-DPO, SamPO, AlphaPO)
 from lnpo.losses import unpaired as _unpaired  # noqa: F401  (KTO, unpaired APO-zero)
 from lnpo.losses import divergence as _divergence  # noqa: F401  (<name>_forward_kl/_js/_alpha_div siblings)
 from lnpo.losses import weighting as _weighting  # noqa: F401  (<name>_wpo siblings; last: wraps the above)
+# isort: on
 from lnpo.losses._numerics import EXP_CAP, LOG_PROB_CEILING
 from lnpo.losses._registry import (
     NEEDS,
@@ -157,7 +160,6 @@ from lnpo.losses._registry import (
     requires_reference,
     validate,
 )
-
 
 
 def __getattr__(name: str):

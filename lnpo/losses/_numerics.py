@@ -6,7 +6,7 @@ included) are cast to float32 first; every loss and metric is float32.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,17 +40,17 @@ class Inputs(NamedTuple):
 
     policy_chosen: jax.Array  # policy log pi(y_w), summed
     policy_rejected: jax.Array  # policy log pi(y_l)
-    ref_chosen: Optional[jax.Array]  # reference log pi_ref(y_w), or None
-    ref_rejected: Optional[jax.Array]
+    ref_chosen: jax.Array | None  # reference log pi_ref(y_w), or None
+    ref_rejected: jax.Array | None
     chosen_tokens: jax.Array  # |y_w| as float32 (raw)
     rejected_tokens: jax.Array
     chosen_length: jax.Array  # max(|y_w|, 1)
     rejected_length: jax.Array
-    valid: Optional[jax.Array] = None  # bool [B]: a real pair (None: all are)
+    valid: jax.Array | None = None  # bool [B]: a real pair (None: all are)
     shared: Any = None  # SequenceStats of f32 [B] (LD-DPO), or None
     sampled: Any = None  # SequenceStats (SamPO), or None
     aligned: Any = None  # SequenceStats, policy only (WPO), or None
-    label: Optional[jax.Array] = None  # bool [B]: desirable (unpaired / KTO batches), or None
+    label: jax.Array | None = None  # bool [B]: desirable (unpaired / KTO batches), or None
     f_margin: Any = None  # (a_w, a_l, c_w, c_l) -> margin of f-divergence scores (lnpo.losses.divergence), or None
 
     def margin(self, a_w=None, a_l=None, c_w=1.0, c_l=1.0) -> jax.Array:
@@ -103,12 +103,12 @@ def prepare(logps) -> Inputs:
     )
 
 
-def sort_valid_first(v: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
+def sort_valid_first(v: jax.Array, valid: jax.Array | None) -> jax.Array:
     """``v`` sorted ascending, its padding entries (``valid`` False) moved to the end as +inf."""
     return jnp.sort(v if valid is None else jnp.where(valid, v, jnp.inf))
 
 
-def place_sorted_losses(loss_sorted: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
+def place_sorted_losses(loss_sorted: jax.Array, valid: jax.Array | None) -> jax.Array:
     """Sorted-position losses of a coupled objective -> per-pair array: the k-th
     real pair (in batch order) gets sorted position k's loss; padding pairs get the
     positions past the real ones, which the registry then sets to 0 (as it does for
@@ -119,7 +119,7 @@ def place_sorted_losses(loss_sorted: jax.Array, valid: Optional[jax.Array]) -> j
     return jnp.zeros_like(loss_sorted).at[real_first].set(loss_sorted)
 
 
-def masked_mean(v: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
+def masked_mean(v: jax.Array, valid: jax.Array | None) -> jax.Array:
     """Mean of ``v`` over real pairs (all of them when ``valid`` is None)."""
     if valid is None:
         return jnp.mean(v)

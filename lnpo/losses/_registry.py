@@ -13,7 +13,8 @@ import functools
 import inspect
 import math
 import types
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import numpy as np
 
 from lnpo.losses._inputs import NEEDS, PairLogps, SequenceStats
 from lnpo.losses._numerics import Inputs, prepare
+
 
 class _Required:
     _instance = None
@@ -46,8 +48,8 @@ class Param:
     """One hyperparameter: its default (or REQUIRED) and its valid range."""
 
     default: Any = REQUIRED
-    low: Optional[float] = None  # None: unbounded
-    high: Optional[float] = None
+    low: float | None = None  # None: unbounded
+    high: float | None = None
     low_inclusive: bool = True
     high_inclusive: bool = True
     allow_none: bool = False
@@ -380,7 +382,7 @@ def _evaluate_combo(names_: tuple[str, ...], logps: PairLogps, weights, hps):
     return total, metrics
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _combo_jit(names_: tuple[str, ...]):
     return jax.jit(functools.partial(_evaluate_combo, names_))
 

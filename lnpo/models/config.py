@@ -13,7 +13,8 @@ container field is a tuple and rope scaling is its own frozen dataclass.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lnpo.errors import ConfigError, ModelError
 from lnpo.models.hf_config import (
@@ -190,7 +191,8 @@ class ModelConfig:
         self._validate()
 
     def _validate(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(self, name)!r}")
         if self.num_heads % self.num_kv_heads:
@@ -198,9 +200,11 @@ class ModelConfig:
                 f"ModelConfig: num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"
             )
         if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"ModelConfig.activation {self.activation!r} is not supported; supported: {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"ModelConfig.activation {self.activation!r} is not supported; "
+                              f"supported: {', '.join(ACTIVATIONS)}")
         if self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"ModelConfig.remat {self.remat!r} is not supported; supported: {', '.join(REMAT_POLICIES)}")
+            raise ConfigError(f"ModelConfig.remat {self.remat!r} is not supported; "
+                              f"supported: {', '.join(REMAT_POLICIES)}")
         if int(self.attn_query_chunk) < 0:
             raise ConfigError(f"ModelConfig.attn_query_chunk must be >= 0, got {self.attn_query_chunk!r}")
         problem = attention_problem(self.attn_implementation, self.compute_dtype, self.attn_query_chunk)
@@ -215,12 +219,15 @@ class ModelConfig:
                                  f"and a multiple of 8, got {self.head_dim}")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ConfigError(f"ModelConfig.{name} {getattr(self, name)!r} is not supported; supported: {', '.join(DTYPES)}")
+                raise ConfigError(f"ModelConfig.{name} {getattr(self, name)!r} is not supported; "
+                                  f"supported: {', '.join(DTYPES)}")
         if len(self.layer_types) != self.num_layers:
-            raise ModelError(f"ModelConfig.layer_types has {len(self.layer_types)} entries; num_layers is {self.num_layers}")
+            raise ModelError(f"ModelConfig.layer_types has {len(self.layer_types)} entries; "
+                             f"num_layers is {self.num_layers}")
         for t in self.layer_types:
             if t not in LAYER_TYPES:
-                raise ModelError(f"ModelConfig.layer_types entry {t!r} is not supported; supported: {', '.join(LAYER_TYPES)}")
+                raise ModelError(f"ModelConfig.layer_types entry {t!r} is not supported; "
+                                 f"supported: {', '.join(LAYER_TYPES)}")
         if "sliding_attention" in self.layer_types and not self.sliding_window:
             raise ModelError("ModelConfig.layer_types has sliding_attention layers but sliding_window is not set")
         rot = self.rotary_dim
@@ -231,7 +238,8 @@ class ModelConfig:
             for name in ("short_factor", "long_factor"):
                 if len(getattr(rs, name)) != rot // 2:
                     raise ModelError(
-                        f"ModelConfig.rope_scaling.{name} has {len(getattr(rs, name))} entries; expected rotary_dim/2 = {rot // 2}"
+                        f"ModelConfig.rope_scaling.{name} has {len(getattr(rs, name))} entries; "
+                        f"expected rotary_dim/2 = {rot // 2}"
                     )
         if self.num_labels < 0:
             raise ConfigError(f"ModelConfig.num_labels must be >= 0, got {self.num_labels}")
@@ -250,12 +258,12 @@ class ModelConfig:
     def attn_scale(self) -> float:
         return float(self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ tiny
     @classmethod
-    def tiny(cls, vocab_size: int = 256, **overrides) -> "ModelConfig":
+    def tiny(cls, vocab_size: int = 256, **overrides) -> ModelConfig:
         """A small Llama-style model with tied embeddings at this dataclass's default sizes (for tests and
         examples); any field can be overridden by keyword. The embedded task's tiny model is
         ``lnpo.implied.tiny_model_config`` (sizes from ``config.model.tiny``)."""
@@ -263,7 +271,7 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ HF
     @classmethod
-    def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "ModelConfig":
+    def from_hf(cls, hf: Mapping[str, Any], **overrides) -> ModelConfig:
         """Map an HF ``config.json`` dict; ``overrides`` set ModelConfig fields
         (e.g. ``param_dtype``, ``remat``) afterwards.
 

@@ -250,12 +250,14 @@ class Decoder(nnx.Module):
         positions = jnp.asarray(positions_BxT, jnp.int32)
         valid = jnp.ones((B, T), bool) if valid_BxT is None else jnp.asarray(valid_BxT, bool)
         if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + T > cache.max_length:
-            raise ValueError(f"KV cache overflow: index {int(cache.index)} + {T} tokens > max_length {cache.max_length}")
+            raise ValueError(f"KV cache overflow: index {int(cache.index)} + {T} tokens "
+                             f"> max_length {cache.max_length}")
         index = cache.index
         cache_pos = jax.lax.dynamic_update_slice_in_dim(cache.positions, positions, index, axis=1)
         cache_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, index, axis=1)
         q_info = TokenInfo(positions, valid.astype(jnp.int32), None, index + jnp.arange(T, dtype=jnp.int32))
-        k_info = TokenInfo(cache_pos, cache_valid.astype(jnp.int32), None, jnp.arange(cache.max_length, dtype=jnp.int32))
+        k_info = TokenInfo(cache_pos, cache_valid.astype(jnp.int32), None,
+                           jnp.arange(cache.max_length, dtype=jnp.int32))
         x = self.embed.lookup(ids)
         cos, sin = rope_tables(self.config, positions)
         x, (k, v) = self._run_layers(x, cos, sin, q_info, k_info, cache=cache)

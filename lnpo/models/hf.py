@@ -19,7 +19,8 @@ import glob
 import json
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -140,7 +141,8 @@ def hf_layout(c: ModelConfig) -> list[HFTensor]:
         t("post_attention_layernorm.weight", Part(("layers", "mlp_norm", "scale"), _ident(D)))
     out.append(HFTensor("model.norm.weight", False, (Part(("final_norm", "scale"), _ident(D)),)))
     if c.num_labels > 0:
-        out.append(HFTensor("score.weight", False, (Part(("score_head", "kernel"), Conv((c.num_labels, D), (c.num_labels, D), (1, 0))),)))
+        out.append(HFTensor("score.weight", False,
+                            (Part(("score_head", "kernel"), Conv((c.num_labels, D), (c.num_labels, D), (1, 0))),)))
     elif not c.tie_embeddings:
         out.append(HFTensor("lm_head.weight", False, (Part(("lm_head", "kernel"), _ident(V, D)),)))
     return out
@@ -166,7 +168,8 @@ def _is_var(x) -> bool:
 def _dtype_name(dtype) -> str:
     if isinstance(dtype, str):
         return dtype
-    return {jnp.dtype(jnp.float32): "float32", jnp.dtype(jnp.bfloat16): "bfloat16", jnp.dtype(jnp.float16): "float16"}[jnp.dtype(dtype)]
+    return {jnp.dtype(jnp.float32): "float32", jnp.dtype(jnp.bfloat16): "bfloat16",
+            jnp.dtype(jnp.float16): "float16"}[jnp.dtype(dtype)]
 
 
 class _Checkpoint:
@@ -197,7 +200,8 @@ class _Checkpoint:
             f = SafetensorsFile(single)
             self.where = {name: f for name in f.entries}
         else:
-            pickles = sorted({os.path.basename(p) for pat in _PICKLE_PATTERNS for p in glob.glob(os.path.join(path, pat))})
+            pickles = sorted({os.path.basename(p) for pat in _PICKLE_PATTERNS
+                              for p in glob.glob(os.path.join(path, pat))})
             if pickles:
                 raise InputNotFound(
                     f"{path}: only pickle checkpoint files ({', '.join(pickles)}); lnpo reads safetensors only "
@@ -217,7 +221,8 @@ class _Checkpoint:
         for name, shape in expected.items():
             if name not in self.where:
                 raise ModelError(
-                    f"{self.source}: missing tensor {name!r} (expected shape {shape} for model_type {config.model_type!r})"
+                    f"{self.source}: missing tensor {name!r} "
+                    f"(expected shape {shape} for model_type {config.model_type!r})"
                 )
             dt, got, _, _ = self.where[name].entries[name]
             if got != shape:

@@ -10,7 +10,7 @@ cast to ``compute_dtype`` where used; norms run in float32.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -111,15 +111,15 @@ def _ring_shard(q, k, v, positions, segments, branches, order, window, *, axis, 
     block = (k, v, positions, segments, branches, order)
     # The last block is attended without handing it on (its rotation would be discarded).
     (stats, block), _ = jax.lax.scan(step, (stats, block), None, length=shards - 1)
-    m, l, o = attend(stats, block)
-    out = o / jnp.where(l > 0, l, 1.0)[..., None]  # [n, B, K, G, c, Dv]
+    m, normalizer, o = attend(stats, block)
+    out = o / jnp.where(normalizer > 0, normalizer, 1.0)[..., None]  # [n, B, K, G, c, Dv]
     return out.transpose(1, 0, 4, 2, 3, 5).reshape(B, T, H, -1).astype(v.dtype)
 
 
 def _block_update(stats, q_BxTxKxGxD, q_info, block, *, window, scale, softcap, has_branches: bool):
     """The online softmax's ``(m, l, o)`` of some queries after one more block of keys; a block
     the mask hides from all of them leaves the statistics as they are."""
-    m, l, o = stats
+    m, normalizer, o = stats
     kb, vb, kpos, kseg, kbr, kord = block
     qpos, qseg, qbr, qord = q_info
     mask = attention_mask(TokenInfo(qpos, qseg, qbr if has_branches else None, qord),
@@ -136,6 +136,6 @@ def _block_update(stats, q_BxTxKxGxD, q_info, block, *, window, scale, softcap, 
         correction = jnp.exp(m - m_new)
         o_new = o * correction[..., None] + jnp.einsum("bkgts,bskd->bkgtd", p.astype(vb.dtype), vb,
                                                        preferred_element_type=jnp.float32)
-        return m_new, l * correction + p.sum(-1), o_new
+        return m_new, normalizer * correction + p.sum(-1), o_new
 
-    return jax.lax.cond(mask.any(), update, lambda _: (m, l, o), None)
+    return jax.lax.cond(mask.any(), update, lambda _: (m, normalizer, o), None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -77,7 +77,8 @@ class SafetensorsFile:
                 raise ModelError(f"{name}: tensor {tname!r} has unsupported dtype {dt}")
             nbytes = int(np.prod(shape, dtype=np.int64)) * _TO_NUMPY[dt].itemsize
             if end - begin != nbytes or begin < 0 or end > data_size:
-                raise ModelError(f"{name}: tensor {tname!r} has inconsistent data_offsets {[begin, end]} for shape {shape} {dt}")
+                raise ModelError(f"{name}: tensor {tname!r} has inconsistent data_offsets {[begin, end]} "
+                                 f"for shape {shape} {dt}")
             self.entries[tname] = (dt, shape, int(begin), int(end))
         self._mmap: np.memmap | None = None
 
@@ -119,14 +120,16 @@ class SafetensorsWriter:
     def write(self, name: str, array: np.ndarray) -> None:
         exp_name, shape, dt = self.specs[self._next]
         if name != exp_name or tuple(array.shape) != shape or np.dtype(array.dtype) != dt:
-            raise ValueError(f"{os.path.basename(self.path)}: expected {exp_name} {shape} {dt}, got {name} {array.shape} {array.dtype}")
+            raise ValueError(f"{os.path.basename(self.path)}: expected {exp_name} {shape} {dt}, "
+                             f"got {name} {array.shape} {array.dtype}")
         self._file.write(np.ascontiguousarray(array).tobytes())
         self._next += 1
 
     def close(self) -> None:
         if self._next != len(self.specs):
             self._file.close()
-            raise ValueError(f"{os.path.basename(self.path)}: {len(self.specs) - self._next} declared tensors were not written")
+            raise ValueError(f"{os.path.basename(self.path)}: {len(self.specs) - self._next} "
+                             "declared tensors were not written")
         self._file.close()
 
     def __enter__(self):

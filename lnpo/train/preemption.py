@@ -26,7 +26,7 @@ class PreemptionFlag:
         self._previous = None
         self._depth = 0
 
-    def install(self) -> "PreemptionFlag":
+    def install(self) -> PreemptionFlag:
         if threading.current_thread() is threading.main_thread():
             if self._depth == 0:
                 self._previous = signal.signal(signal.SIGTERM, self._handle)

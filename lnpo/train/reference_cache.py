@@ -21,7 +21,7 @@ import json
 import os
 import socket
 import zipfile
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -13,7 +13,8 @@ accumulation gives exactly the mean over the whole batch.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -77,7 +78,7 @@ class WeightedSums:
     count: jax.Array
     count_name: str = flax.struct.field(pytree_node=False, default="pairs")  # what is counted (a metric name)
 
-    def __add__(self, other: "WeightedSums") -> "WeightedSums":
+    def __add__(self, other: WeightedSums) -> WeightedSums:
         return jax.tree.map(jnp.add, self, other)
 
     def denominator(self) -> jax.Array:

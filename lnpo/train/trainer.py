@@ -35,7 +35,6 @@ from lnpo.train.loop import LoopSpec, fit, real_tokens
 from lnpo.train.step_builder import build_stage_step
 from lnpo.train.steps import BATCH_SPEC
 
-
 # ----------------------------------------------------------------------------- data
 load_tokenizer = preflight.load_tokenizer
 

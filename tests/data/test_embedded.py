@@ -80,8 +80,10 @@ def test_same_bytes_in_a_fresh_process_with_other_hash_seed(tmp_path):
         "out['bpe'] = hashlib.sha256(E.tokenizer._train_bpe(E.corpus_texts()).to_str().encode()).hexdigest(); "
         "print(json.dumps(out))"
     )
-    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONHASHSEED": "12345",
+           "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO_ROOT, capture_output=True,
+                            text=True)
     there = json.loads(result.stdout)
     manifest = json.load(open(paths["manifest"]))["files"]
     for key in ("sft", "train_prefs", "eval_prefs", "ood_prompts"):
@@ -96,7 +98,8 @@ def test_materialize_skips_up_to_date_directory_and_repairs_changed_files(tmp_pa
     paths = E.materialize(tmp_path, seed=0, sizes=SMALL)
     with open(paths["manifest"]) as f:
         manifest = json.load(f)
-    assert (manifest["seed"], manifest["version"], manifest["sizes"]) == (0, E.EMBEDDED_VERSION, {**E.DEFAULT_SIZES, **SMALL})
+    assert (manifest["seed"], manifest["version"], manifest["sizes"]) == (0, E.EMBEDDED_VERSION,
+                                                                           {**E.DEFAULT_SIZES, **SMALL})
     assert set(manifest["files"]) == set(_tree_bytes(tmp_path)) - {"manifest.json"}
     before = {name: os.stat(tmp_path / name).st_mtime_ns for name in manifest["files"]}
 
@@ -198,7 +201,8 @@ def test_score_formula_and_prompt_forms():
     assert (g.answer, g.correct, g.extra_words) == ("5", True, 7)
     # A rendered chat prompt scores like its user text.
     rendered = f"<|bos|><|user|>{prompt}<|assistant|>"
-    assert E.score(rendered, "The answer is 5. Thanks for asking.") == E.score(prompt, "The answer is 5. Thanks for asking.")
+    assert (E.score(rendered, "The answer is 5. Thanks for asking.")
+            == E.score(prompt, "The answer is 5. Thanks for asking."))
     assert E.score("Repeat the word cat three times.", "The answer is cat cat cat.") == 1.0
     assert E.score("Repeat the word cat three times.", "The answer is cat cat.") == pytest.approx(0.2)
     assert E.score("Read 120 from right to left.", "The answer is 021.") == 1.0
@@ -310,7 +314,8 @@ def test_ood_prompts_use_only_tokens_seen_in_training_prompts(task, task_tokeniz
 
 
 def test_template_phrasings_are_unambiguous():
-    regexes = [(k, E.task._template_regex(t)) for table in (E.TEMPLATES, E.OOD_TEMPLATES) for k, ts in table.items() for t in ts]
+    regexes = [(k, E.task._template_regex(t)) for table in (E.TEMPLATES, E.OOD_TEMPLATES)
+               for k, ts in table.items() for t in ts]
     for kind, q, _ in list(_examples(False, 4)) + list(_examples(True, 4)):
         assert [k for k, rx in regexes if rx.fullmatch(q.prompt)] == [kind], q.prompt
 

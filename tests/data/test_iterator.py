@@ -161,7 +161,7 @@ def test_hosts_partition_the_global_batch(layout, hosts):
     single = PairIterator(ds, **common)
     per_host = [PairIterator(ds, **common, process_index=h, process_count=hosts) for h in range(hosts)]
     local = 16 // 2 // hosts
-    for step in range(6):  # crosses the epoch boundary (4 steps per epoch)
+    for _ in range(6):  # crosses the epoch boundary (4 steps per epoch)
         want = next(single)
         got = [next(it) for it in per_host]
         rows = {b["input_ids"].shape[1] for b in got}

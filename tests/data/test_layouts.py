@@ -84,7 +84,7 @@ def test_plan_rows_first_fit_decreasing():
         lengths = rng.integers(1, 17, size=rng.integers(1, 40))
         plan = plan_rows(lengths, 16, "packed")
         used = np.zeros(plan.num_rows, int)
-        for r, o, n in zip(plan.row, plan.offset, lengths):
+        for r, _, n in zip(plan.row, plan.offset, lengths):
             used[r] += n
         assert (used <= 16).all() and (used > 0).all()
         # units of a row are contiguous and non-overlapping; segments count 1.. left to right

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lnpo.data import tokenize as tokenize_module
 from lnpo.data import PlainTemplate, load_preferences, load_sft, tokenize_preferences, tokenize_sft
+from lnpo.data import tokenize as tokenize_module
 
 
 def user(text):

@@ -953,7 +953,7 @@ def test_hparams_of_validate_requires_reference():
     assert losses.requires_reference("dpo") and not losses.requires_reference("simpo")
     assert losses.ln_dpo is losses.get("ln_dpo") and "simpo" in dir(losses)
     with pytest.raises(AttributeError):
-        losses.dpoo
+        _ = losses.dpoo  # an unknown objective's attribute raises
 
 
 def test_combine():
@@ -964,7 +964,8 @@ def test_combine():
     dpo_loss, dpo_m = losses.get("dpo")(lp, beta=0.1)
     nll_loss, _ = losses.get("nll")(lp)
     np.testing.assert_allclose(np.asarray(loss), np.asarray(dpo_loss + 0.2 * nll_loss), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(loss), -_logsig(0.1 * np.subtract(*_ratios(d))) - 0.2 * d["pc"] / d["nc"], rtol=2e-5)
+    np.testing.assert_allclose(np.asarray(loss), -_logsig(0.1 * np.subtract(*_ratios(d))) - 0.2 * d["pc"] / d["nc"],
+                               rtol=2e-5)
     assert loss.dtype == jnp.float32 and loss.shape == (B,)
     for k, v in dpo_m.items():
         np.testing.assert_array_equal(np.asarray(m[k]), np.asarray(v))

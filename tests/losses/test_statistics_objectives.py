@@ -11,8 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_objectives import (F_HP, F_SCORES, REFERENCES, TEST_HP, _L, _logsig, _sig, assert_close_or_saturated,
-                             random_batch)
+from test_objectives import (
+    _L,
+    F_HP,
+    F_SCORES,
+    REFERENCES,
+    TEST_HP,
+    _logsig,
+    _sig,
+    assert_close_or_saturated,
+    random_batch,
+)
 
 from lnpo import losses
 from lnpo.losses import PairLogps, SequenceStats

@@ -77,7 +77,8 @@ def hf_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        out = model(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask, dtype=torch.long))
+        out = model(input_ids=torch.as_tensor(ids, dtype=torch.long),
+                    attention_mask=torch.as_tensor(mask, dtype=torch.long))
     return out.logits.float().numpy()
 
 

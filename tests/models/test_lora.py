@@ -175,8 +175,8 @@ def test_adapter_gradients_match_finite_differences():
         for leaf, g in zip(flat_a, flat_g):
             for _ in range(3):
                 idx = tuple(int(rng.integers(s)) for s in leaf.shape)
-                bump = lambda d: jax.tree.unflatten(treedef, [x.at[idx].add(d) if x is leaf else x
-                                                              for x in flat_a])
+                bump = lambda d, idx=idx, leaf=leaf: jax.tree.unflatten(treedef, [x.at[idx].add(d) if x is leaf else x
+                                                                                  for x in flat_a])
                 fd = (loss(bump(eps)) - loss(bump(-eps))) / (2 * eps)
                 assert abs(float(fd) - float(g[idx])) <= 1.5e-3 + 1e-2 * abs(float(fd)), (idx, fd, g[idx])
                 checked += abs(float(g[idx])) > 1e-2

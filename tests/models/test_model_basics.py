@@ -109,7 +109,8 @@ def test_remat_policies():
 def test_bfloat16_compute():
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 48, size=(2, 8)), jnp.int32)
     graphdef, state = nnx.split(M.Decoder(SMALL, rngs=nnx.Rngs(0)))
-    bf16_def = nnx.graphdef(nnx.eval_shape(lambda: M.Decoder(SMALL.replace(compute_dtype="bfloat16"), rngs=nnx.Rngs(0))))
+    bf16_def = nnx.graphdef(nnx.eval_shape(lambda: M.Decoder(SMALL.replace(compute_dtype="bfloat16"),
+                                                             rngs=nnx.Rngs(0))))
 
     def run(gd):
         def f(state):
@@ -127,7 +128,6 @@ def test_bfloat16_compute():
 
 def test_hf_config_mapping_roundtrip():
     import transformers
-
     from hf_tiny import FAMILIES, hf_config
 
     for family in FAMILIES:

@@ -30,7 +30,7 @@ PROMPT = 5
 STEPS = 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup(name):
     """(model, state, jitted decode step, jitted forward) shared by the parametrizations."""
     model = Decoder(CONFIGS[name], rngs=nnx.Rngs(1))

@@ -29,7 +29,8 @@ FEATURE_OFF = {
     "gemma2": dict(final_logit_softcapping=None, attn_logit_softcapping=None,
                    layer_types=["full_attention"] * 3),
     "phi3": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}),
-    "phi3_longrope": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}),
+    "phi3_longrope": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                           "partial_rotary_factor": 1.0}),
 }
 
 

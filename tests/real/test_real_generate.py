@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from smollm2 import PROMPTS, chat_ids
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from smollm2 import PROMPTS, chat_ids
 
 pytestmark = pytest.mark.real_model

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from smollm2 import PAIRS, write_pairs_file
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
@@ -46,7 +45,6 @@ def torch_dpo(hf_model, rows, objective: str, beta: float):
     gradient of the loss has it, so the reference is taken with ``padding_idx`` unset (the forward pass is
     the same either way).
     """
-    import torch
 
     embed = hf_model.get_input_embeddings()
     padding_idx, embed.padding_idx = embed.padding_idx, None
@@ -178,6 +176,7 @@ def test_three_dpo_steps_through_the_trainer_then_export(tmp_path, smollm2_dir, 
     import sys
 
     from smollm2 import REPO
+
     from lnpo.train.run import run
 
     sys.path.insert(0, REPO)

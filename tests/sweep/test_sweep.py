@@ -347,7 +347,8 @@ def test_paper_embedded_sweep_shrunk_trains_the_sft_model_once(tmp_path, monkeyp
     for name in ("dpo-beta0.1-seed0", "lndpo-beta1-seed0", "simpo-beta2.5-gamma0.5-seed0"):
         assert _json(os.path.join(root, name, "run.json"))["sft_path"] == os.path.join(sft_dirs[0], "export")
         assert _json(os.path.join(root, name, "eval", "summary.json"))["scorer"] == "embedded-v2"
-    assert len(glob.glob(os.path.join(root, "reference_cache", "reference-*.npz"))) == 2  # one reference, train + held-out pairs
+    # one reference, train + held-out pairs
+    assert len(glob.glob(os.path.join(root, "reference_cache", "reference-*.npz"))) == 2
     assert out["report"]["ok"] == 3
 
 

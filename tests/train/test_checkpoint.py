@@ -179,7 +179,9 @@ def test_the_loop_stops_at_the_first_failed_save(tmp_path, monkeypatch):
     import sys
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from test_loop import _spec, _state as loop_state
+    from test_loop import _spec
+    from test_loop import _state as loop_state
+
     from lnpo.train import checkpoint as checkpoint_mod
     from lnpo.train.loop import fit
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from train_helpers import result_of, run_python
 
 SCRIPT = r"""

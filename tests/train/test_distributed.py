@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from train_helpers import REPO, small_config
 
 from lnpo.config import ConfigError
 from lnpo.train import distributed
-from train_helpers import REPO, small_config
 
 
 @pytest.mark.parametrize("env, expected", [

@@ -14,7 +14,8 @@ from lnpo.train.steps import TrainState
 def _state(seed: int) -> TrainState:
     rng = np.random.default_rng(seed)
     params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=3), jnp.float32)}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state={"m": jax.tree.map(jnp.zeros_like, params)})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state={"m": jax.tree.map(jnp.zeros_like, params)})
 
 
 @jax.jit

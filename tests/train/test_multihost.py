@@ -12,11 +12,11 @@ import time
 
 import numpy as np
 import pytest
+from train_helpers import finish, free_port, losses_of, run_processes, small_config, start_processes
 
 from lnpo.data import PairIterator
 from lnpo.train import trainer
 from lnpo.train.run import run
-from train_helpers import finish, free_port, losses_of, run_processes, small_config, start_processes
 
 # ----------------------------------------------------------------------------- the global batch
 BATCH = """

@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
+from train_helpers import losses_of, small_config
 
 from lnpo.config import ConfigError
 from lnpo.train.run import run
-from train_helpers import losses_of, small_config
 
 LD = {"loss.name": "ld_dpo", "loss.beta": 0.5, "loss.alpha": 0.3}
 

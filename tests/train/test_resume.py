@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from train_helpers import losses_of, result_of, run_python, small_config
 
 from lnpo.train.run import run
-from train_helpers import losses_of, result_of, run_python, small_config
 
 # Runs the config in a fresh process; the logger sends this process SIGTERM right
 # after logging step KILL_AT (through the real signal handler).

@@ -11,12 +11,12 @@ import subprocess
 import sys
 
 import pytest
+from train_helpers import REPO, _env, small_config
 
-from lnpo.errors import ConfigError
 from lnpo import rundir
+from lnpo.errors import ConfigError
 from lnpo.train import outputs
 from lnpo.train import run as run_mod
-from train_helpers import REPO, _env, small_config
 
 
 def _embedded_config(tmp_path):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from train_helpers import losses_of, result_of, run_python, small_config
 
 from lnpo.train.run import run
-from train_helpers import losses_of, result_of, run_python, small_config
 
 SCRIPT = """
 import json, sys

@@ -9,12 +9,10 @@ import os
 import jax
 import numpy as np
 import pytest
+from train_helpers import REPO, small_config
 
 from lnpo.train import step_builder
 from lnpo.train.run import run
-
-from train_helpers import REPO, small_config
-
 
 BUILD = step_builder.build_train_step  # the real builder (the spies below wrap it)
 

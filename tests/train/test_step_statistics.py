@@ -57,7 +57,10 @@ def _batch(pairs, layout):
     return mb
 
 
-def _statistics(model, reference, mb, needs, num_pairs, key=jax.random.key(0)):
+_KEY = jax.random.key(0)  # _statistics's default key
+
+
+def _statistics(model, reference, mb, needs, num_pairs, key=_KEY):
     tokens, log_sum_sq = logprobs.batch_token_logps(model, mb, 16, with_log_sum_sq=True)
     _, counts = logprobs.sequence_logps(tokens, mb["seq_index"], 2 * num_pairs)
     ref_tokens = logprobs.batch_token_logps(reference, mb, 16)
@@ -133,7 +136,7 @@ def _ld_reference(policy, ref, alpha, beta):
     out = []
     for i in range(len(policy) // 2):
         k = min(len(policy[2 * i][0]), len(policy[2 * i + 1][0]))
-        ld = lambda t: t[:k].sum() + alpha * t[k:].sum()  # noqa: E731
+        ld = lambda t, k=k: t[:k].sum() + alpha * t[k:].sum()  # noqa: E731
         m = (ld(policy[2 * i][0]) - ld(ref[2 * i][0])) - (ld(policy[2 * i + 1][0]) - ld(ref[2 * i + 1][0]))
         out.append(np.logaddexp(0.0, -beta * m))
     return np.sum(out)

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import optax
 import pytest
+from train_helpers import losses_of, result_of, run_python
 
 from lnpo.train.optim import learning_rate_schedule, make_optimizer
 from lnpo.train.steps import step_hparams
-from train_helpers import losses_of, result_of, run_python
 
 
 @pytest.mark.parametrize("schedule,warmup", [("cosine", 3), ("linear", 0), ("constant", 2)])

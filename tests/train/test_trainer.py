@@ -8,12 +8,11 @@ import os
 
 import numpy as np
 import pytest
+from train_helpers import losses_of, small_config
 
 from lnpo.train import trainer
 from lnpo.train.loop import NonFiniteLoss
 from lnpo.train.run import run
-
-from train_helpers import losses_of, small_config
 
 TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                "logps/rejected")

@@ -7,10 +7,10 @@ import os
 import shutil
 
 import pytest
+from train_helpers import small_config
 
 from lnpo.errors import ConfigError, ModelError
 from lnpo.train import trainer
-from train_helpers import small_config
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
 
