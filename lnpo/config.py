@@ -15,8 +15,8 @@ import ml_collections
 
 from lnpo.errors import ConfigError
 from lnpo.implied import data_parallel, row_length, tiny_model_config
+from lnpo.train import stages
 
-STAGES = ("sft", "po", "rm")
 REFERENCE_MODES = ("cache", "in_step", "base")  # base: LoRA only
 # Parameter, compute and in-step reference dtypes; float16 is not offered (lnpo trains without loss scaling).
 TRAINING_DTYPES = ("float32", "bfloat16")
@@ -141,10 +141,11 @@ def _check_lora(config: ml_collections.ConfigDict) -> None:
             raise ConfigError("config.reference.mode: 'base' (the base with the adapters off) needs LoRA: "
                               "set model.lora.rank > 0, or use 'cache' / 'in_step'")
         return
-    if config.stage == "rm":
+    stage = stages.get(config.stage)
+    if stage.num_labels:
         raise ConfigError("config.model.lora.rank: LoRA trains the sft and po stages; a reward model trains whole "
                           "(set model.lora.rank=0)")
-    if (config.stage == "po" and losses.requires_reference(config.loss.name)
+    if (stage.objective and losses.requires_reference(config.loss.name)
             and config.reference.mode != "base"):
         raise ConfigError(f"config.reference.mode: a LoRA run's reference is the base with the adapters off: set "
                           f"'base', not {config.reference.mode!r}")
@@ -156,7 +157,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
 
     d = config.data
     _choice("data.pku_preference", d.pku_preference, tuple(PKU_PREFERENCES))
-    allowed = SFT_COLUMNS if config.stage == "sft" else PREFERENCE_COLUMNS
+    allowed = SFT_COLUMNS if stages.get(config.stage).examples == "sft" else PREFERENCE_COLUMNS
     for key, column in d.columns.items():
         if not isinstance(column, str):
             raise ConfigError(f"config.data.columns.{key}: must be a column name (a string), got {column!r}")
@@ -189,8 +190,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> tuple[in
     from lnpo.data.tokenize import TRUNCATIONS
     from lnpo.models.config import DTYPES, REMAT_POLICIES
 
-    _choice("stage", config.stage, STAGES)
-    if config.stage == "po":
+    if stages.get(config.stage).objective:  # a ConfigError naming the stages for an unknown one
         names = losses.names()
         if config.loss.name not in names:
             raise ConfigError(f"config.loss.name: unknown objective {config.loss.name!r}; valid: {', '.join(names)}")

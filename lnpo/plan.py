@@ -156,7 +156,7 @@ def _lora_parts(config, cfg, mesh) -> dict | None:
     """Per-chip bytes of a LoRA run's frozen base, adapters and the adapters' optimizer state (None: no LoRA)."""
     from lnpo.models import lora
 
-    spec = lora.spec_from_config(config.model.lora) if config.stage != "rm" else None
+    spec = lora.spec_from_config(config.model.lora) if not stages.get(config.stage).num_labels else None
     if spec is None:
         return None
     base_infos, adapter_infos, abstract = lora_infos(cfg, spec, config.model.lora.base_dtype)
@@ -246,7 +246,7 @@ def plan(config, chips: int | None = None, hbm_gib: float | None = None, *, chip
                   "compute_dtype": cfg.compute_dtype, "remat": cfg.remat},
         "chips": chips, "mesh": given, "chip": {"type": chip_type, "hbm_gib": hbm, "peak_flops": peak},
         "lora": ({"rank": int(config.model.lora.rank), "base_dtype": config.model.lora.base_dtype}
-                 if config.model.lora.rank and config.stage != "rm" else None),
+                 if config.model.lora.rank and not stages.get(config.stage).num_labels else None),
         "reference": {"mode": ref_mode, "dtype": config.reference.dtype if ref_mode == "in_step" else None},
         "batch": {"pairs_per_step": G, "micro_batches": A, "pairs_per_micro_batch": mem["pairs_per_micro_batch"],
                   "rows_per_micro_batch": mem["rows_per_micro_batch"], "seq_len": T,

@@ -36,7 +36,6 @@ from lnpo.train.step_builder import build_stage_step
 from lnpo.train.steps import BATCH_SPEC
 
 # ----------------------------------------------------------------------------- data
-load_tokenizer = preflight.load_tokenizer
 
 
 def prepare_data(config, tokenizer, *, embedded_paths: dict | None):
@@ -244,7 +243,7 @@ def load_inputs(config, init_path: str | None, paths: rundir.StagePaths) -> Stag
     if init_path is not None:
         preflight.model_config(init_path, **model_runtime(config))
     tokenizer_dir = config.data.tokenizer or init_path or embedded_paths["tokenizer"]
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = preflight.load_tokenizer(tokenizer_dir)
     train_ds, eval_ds = prepare_data(config, tokenizer, embedded_paths=embedded_paths)
     if len(train_ds) < config.train.global_batch:
         raise ConfigError(f"config.train.global_batch: {config.train.global_batch} is larger than the "

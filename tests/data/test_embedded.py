@@ -76,7 +76,7 @@ def test_same_bytes_in_a_fresh_process_with_other_hash_seed(tmp_path):
     code = (
         "import hashlib, json; from lnpo.data import embedded as E; "
         f"sizes = {{**E.DEFAULT_SIZES, **{SMALL!r}}}; "
-        "out = {k: hashlib.sha256(v).hexdigest() for k, v in E.v1.split_bytes(5, sizes).items()}; "
+        "out = {k: hashlib.sha256(v).hexdigest() for k, v in E.files.split_bytes(1, 5, sizes).items()}; "
         "out['bpe'] = hashlib.sha256(E.tokenizer._train_bpe(E.corpus_texts()).to_str().encode()).hexdigest(); "
         "print(json.dumps(out))"
     )

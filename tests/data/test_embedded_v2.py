@@ -36,12 +36,12 @@ def task2(tmp_path_factory):
 
 
 def test_version_1_bytes_are_unchanged_by_version_2(tmp_path):
-    one = E.v1.split_bytes(0, SMALL)
+    one = E.files.split_bytes(1, 0, SMALL)
     assert {k: hashlib.sha256(v).hexdigest() for k, v in one.items() if k in V1_SMALL_SHA256} == V1_SMALL_SHA256
     paths = E.materialize(tmp_path / "v1", seed=0, sizes=SMALL)
     with open(paths["manifest"]) as f:
         assert json.load(f)["version"] == 1
-    two = v2.split_bytes(0, SMALL)
+    two = E.files.split_bytes(2, 0, SMALL)
     assert all(one[k] != two[k] for k in one)
 
 

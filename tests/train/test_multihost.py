@@ -15,6 +15,7 @@ import pytest
 from train_helpers import finish, free_port, losses_of, run_processes, small_config, start_processes
 
 from lnpo.data import PairIterator
+from lnpo.models import preflight
 from lnpo.train import trainer
 from lnpo.train.run import run
 
@@ -24,11 +25,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from lnpo import parallel
 from lnpo.data import PairIterator
+from lnpo.models import preflight
 from lnpo.train import trainer
 from train_helpers import small_config
 assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
 config = small_config(MODEL, TASK)
-train_ds, _ = trainer.prepare_data(config, trainer.load_tokenizer(MODEL), embedded_paths=None)
+train_ds, _ = trainer.prepare_data(config, preflight.load_tokenizer(MODEL), embedded_paths=None)
 mesh = parallel.make_mesh((2, 2, 1))  # data x fsdp = 4 shards of the batch axis, 2 per process
 ref = {"chosen": np.arange(len(train_ds), dtype=np.float32),
        "rejected": -np.arange(len(train_ds), dtype=np.float32) - 0.5}
@@ -64,7 +66,7 @@ def test_two_hosts_assemble_the_single_process_global_batch(tmp_path, tiny_sft_d
     hosts = np.load(out)
 
     config = small_config(tiny_sft_dir, task_files)
-    train_ds, _ = trainer.prepare_data(config, trainer.load_tokenizer(tiny_sft_dir), embedded_paths=None)
+    train_ds, _ = trainer.prepare_data(config, preflight.load_tokenizer(tiny_sft_dir), embedded_paths=None)
     ref = {"chosen": np.arange(len(train_ds), dtype=np.float32),
            "rejected": -np.arange(len(train_ds), dtype=np.float32) - 0.5}
     checked = 0

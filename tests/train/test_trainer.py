@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from train_helpers import losses_of, small_config
 
+from lnpo.models import preflight
 from lnpo.train import trainer
 from lnpo.train.loop import NonFiniteLoss
 from lnpo.train.run import run
@@ -157,7 +158,7 @@ def test_model_settings_reach_the_model(tiny_sft_dir, task_files):
     from lnpo import parallel
 
     config = small_config(tiny_sft_dir, task_files, **{"model.attn_query_chunk": 16, "model.remat": "full"})
-    tokenizer, mesh = trainer.load_tokenizer(tiny_sft_dir), parallel.make_mesh((1, 1, 1))
+    tokenizer, mesh = preflight.load_tokenizer(tiny_sft_dir), parallel.make_mesh((1, 1, 1))
     model = trainer.build_model(config, tiny_sft_dir, tokenizer, mesh, num_labels=0)
     assert (model.config.attn_query_chunk, model.config.remat) == (16, "full")
 

@@ -10,6 +10,7 @@ import pytest
 from train_helpers import small_config
 
 from lnpo.errors import ConfigError, ModelError
+from lnpo.models import preflight
 from lnpo.train import trainer
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
@@ -69,7 +70,7 @@ def test_vocab_mismatch_fails_before_compiling_naming_both_sizes(tmp_path, tiny_
     with pytest.raises(ModelError) as e:
         trainer.train_stage(config, str(tmp_path / "run"), init_path=model)
     text = str(e.value)
-    size = len(trainer.load_tokenizer(tiny_sft_dir))
+    size = len(preflight.load_tokenizer(tiny_sft_dir))
     assert text.startswith(f"vocabulary mismatch: the tokenizer {tiny_sft_dir} has {size} tokens and the data use id ")
     assert f"the model {model} has vocab_size 8 (config.json)" in text
 
@@ -87,7 +88,7 @@ def test_bfloat16_model_is_exported_in_its_own_dtype_unless_export_dtype_says(tm
     from lnpo.models import from_pretrained, save_pretrained
 
     bf16 = str(tmp_path / "bf16")
-    save_pretrained(from_pretrained(tiny_sft_dir), bf16, tokenizer=trainer.load_tokenizer(tiny_sft_dir),
+    save_pretrained(from_pretrained(tiny_sft_dir), bf16, tokenizer=preflight.load_tokenizer(tiny_sft_dir),
                     dtype="bfloat16")
     assert _safetensors_dtypes(bf16) == {"BF16"}
     config = small_config(bf16, task_files, **{"train.steps": 1, "train.export_dtype": export_dtype,
@@ -99,11 +100,11 @@ def test_bfloat16_model_is_exported_in_its_own_dtype_unless_export_dtype_says(tm
 
 
 def test_tokenizer_without_chat_template_trains_with_data_chat_template(tmp_path, tiny_sft_dir, task_files):
-    tokenizer = trainer.load_tokenizer(tiny_sft_dir)
+    tokenizer = preflight.load_tokenizer(tiny_sft_dir)
     tokenizer.chat_template = None
     model = _model_copy(tiny_sft_dir, tmp_path / "base_model", tokenizer=False)
     tokenizer.save_pretrained(model)
-    assert not getattr(trainer.load_tokenizer(model), "chat_template", None)
+    assert not getattr(preflight.load_tokenizer(model), "chat_template", None)
     with pytest.raises(ConfigError, match=r"^config\.data\.chat_template: the tokenizer .* has no chat template"):
         trainer.train_stage(small_config(model, task_files), str(tmp_path / "run"), init_path=model)
     config = small_config(model, task_files, **{"data.chat_template": "plain", "train.steps": 1,

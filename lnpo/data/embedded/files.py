@@ -19,12 +19,13 @@ from collections.abc import Mapping
 
 from lnpo.data.embedded import tokenizer as task_tokenizer
 from lnpo.data.embedded import v1, v2
+from lnpo.data.embedded.rows import jsonl_bytes
 from lnpo.data.embedded.scorer import check_version
 from lnpo.digest import file_sha256
 
-#: The newest task version (what the default configs use); version 1 stays reproducible.
+#: The newest task version (the study's sweep uses it; the default job runs version 1).
 LATEST_VERSION = 2
-#: version -> the module that generates its splits (``split_bytes(seed, sizes)``).
+#: version -> the module that generates its rows (``sft_rows``, ``pref_rows``, ``ood_rows``).
 GENERATORS = {1: v1, 2: v2}
 
 #: Default number of rows per split (override any subset with ``sizes=``).
@@ -40,15 +41,16 @@ FILES: dict[str, str] = {
     "manifest": "manifest.json",
 }
 
-#: File names written by :func:`materialize` (keys match :data:`DEFAULT_SIZES`).
-FILES: dict[str, str] = {
-    "sft": "sft.jsonl",
-    "train_prefs": "train_prefs.jsonl",
-    "eval_prefs": "eval_prefs.jsonl",
-    "ood_prompts": "ood_prompts.jsonl",
-    "tokenizer": "tokenizer",
-    "manifest": "manifest.json",
-}
+
+def split_bytes(version: int, seed: int, sizes: Mapping[str, int]) -> dict[str, bytes]:
+    """The JSONL bytes of every split of task ``version`` (each split has its own RNG stream)."""
+    generator = GENERATORS[version]
+    return {
+        "sft": jsonl_bytes(generator.sft_rows(seed, sizes["sft"])),
+        "train_prefs": jsonl_bytes(generator.pref_rows(seed, "train_prefs", sizes["train_prefs"], heldout=False)),
+        "eval_prefs": jsonl_bytes(generator.pref_rows(seed, "eval_prefs", sizes["eval_prefs"], heldout=True)),
+        "ood_prompts": jsonl_bytes(generator.ood_rows(seed, sizes["ood_prompts"])),
+    }
 
 
 def _resolve_sizes(sizes: Mapping[str, int] | None) -> dict[str, int]:
@@ -117,7 +119,7 @@ def materialize(directory: str | os.PathLike, *, seed: int = 0, sizes: Mapping[s
         return paths
 
     os.makedirs(directory, exist_ok=True)
-    contents = GENERATORS[version].split_bytes(seed, sizes)
+    contents = split_bytes(version, seed, sizes)
     tokenizer = task_tokenizer.build_tokenizer(task_tokenizer.corpus_texts(version),
                                                max_length=task_tokenizer.MAX_LENGTHS[version])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 
 
 def split_rng(seed: int, split: str, version: int = 1) -> random.Random:
@@ -29,3 +30,17 @@ def pref_row(prompt: str, chosen: str, rejected: str) -> dict:
 
 def jsonl_bytes(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+def annotated_pair(rng: random.Random, prompt: str, policy: Callable[[], tuple[str, bool]],
+                   preference: Callable[[bool, int, bool, int], float]) -> dict:
+    """A preference row from an annotator: two different ``policy()`` responses ``(text, correct)`` a and
+    b, a chosen with probability ``preference(correct_a, words_a, correct_b, words_b)``."""
+    a, correct_a = policy()
+    while True:
+        b, correct_b = policy()
+        if b != a:
+            break
+    p = preference(correct_a, len(a.split()), correct_b, len(b.split()))
+    chosen, rejected = (a, b) if rng.random() < p else (b, a)
+    return pref_row(prompt, chosen, rejected)

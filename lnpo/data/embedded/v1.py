@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
 
 from lnpo.data.embedded.responses import (
     concise_response,
     sample_fillers,
     verbose_response,
 )
-from lnpo.data.embedded.rows import jsonl_bytes, pref_row, sft_row, split_rng
+from lnpo.data.embedded.rows import annotated_pair, pref_row, sft_row, split_rng
 from lnpo.data.embedded.task import Question, sample_question, wrong_answer
 
 #: Every rendered prompt + response of version 1 fits in this many tokens.
@@ -41,7 +40,6 @@ POLICY_FILLER_PROBS: tuple[float, ...] = (0.4, 0.2, 0.2, 0.2)  # P(n fillers = 0
 #: Annotator: P(a > b) = sigmoid(K_CORRECT * (correct_a - correct_b) + K_LENGTH * (words_a - words_b)).
 K_CORRECT = 3.0
 K_LENGTH = 0.17
-
 
 
 def preference_probability(correct_a: bool, words_a: int, correct_b: bool, words_b: int) -> float:
@@ -62,17 +60,10 @@ def _policy_response(rng: random.Random, q: Question) -> tuple[str, bool]:
 
 
 def _annotated_pair(rng: random.Random, q: Question) -> dict:
-    a, correct_a = _policy_response(rng, q)
-    while True:
-        b, correct_b = _policy_response(rng, q)
-        if b != a:
-            break
-    p = preference_probability(correct_a, len(a.split()), correct_b, len(b.split()))
-    chosen, rejected = (a, b) if rng.random() < p else (b, a)
-    return pref_row(q.prompt, chosen, rejected)
+    return annotated_pair(rng, q.prompt, lambda: _policy_response(rng, q), preference_probability)
 
 
-def _sft_rows(seed: int, n: int) -> list[dict]:
+def sft_rows(seed: int, n: int) -> list[dict]:
     rng = split_rng(seed, "sft")
     rows = []
     for _ in range(n):
@@ -82,12 +73,12 @@ def _sft_rows(seed: int, n: int) -> list[dict]:
     return rows
 
 
-def _pref_rows(seed: int, split: str, n: int, heldout: bool) -> list[dict]:
+def pref_rows(seed: int, split: str, n: int, heldout: bool) -> list[dict]:
     rng = split_rng(seed, split)
     return [_annotated_pair(rng, sample_question(rng, heldout=heldout)) for _ in range(n)]
 
 
-def _ood_rows(seed: int, n: int) -> list[dict]:
+def ood_rows(seed: int, n: int) -> list[dict]:
     rng = split_rng(seed, "ood_prompts")
     rows = []
     for _ in range(n):
@@ -101,15 +92,5 @@ def _ood_rows(seed: int, n: int) -> list[dict]:
             rejected = verbose_response(q.answer, sample_fillers(rng, rng.randint(1, 3)))
         rows.append(pref_row(q.prompt, concise_response(q.answer), rejected))
     return rows
-
-
-def split_bytes(seed: int, sizes: Mapping[str, int]) -> dict[str, bytes]:
-    """The JSONL bytes of every split (each split has its own RNG stream)."""
-    return {
-        "sft": jsonl_bytes(_sft_rows(seed, sizes["sft"])),
-        "train_prefs": jsonl_bytes(_pref_rows(seed, "train_prefs", sizes["train_prefs"], heldout=False)),
-        "eval_prefs": jsonl_bytes(_pref_rows(seed, "eval_prefs", sizes["eval_prefs"], heldout=True)),
-        "ood_prompts": jsonl_bytes(_ood_rows(seed, sizes["ood_prompts"])),
-    }
 
 

@@ -39,10 +39,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
 
 from lnpo.data.embedded.responses import concise_response
-from lnpo.data.embedded.rows import jsonl_bytes, pref_row, sft_row, split_rng
+from lnpo.data.embedded.rows import annotated_pair, pref_row, sft_row, split_rng
 from lnpo.data.embedded.task import Question, sample_question, wrong_answer
 
 #: Every rendered prompt + response of version 2 fits in this many tokens.
@@ -124,17 +123,10 @@ def _policy_response(rng: random.Random, q: Question, p_correct: float) -> tuple
 
 
 def _annotated_pair(rng: random.Random, q: Question) -> dict:
-    a, correct_a = _policy_response(rng, q, POLICY_P_CORRECT)
-    while True:
-        b, correct_b = _policy_response(rng, q, POLICY_P_CORRECT)
-        if b != a:
-            break
-    p = preference_probability(correct_a, len(a.split()), correct_b, len(b.split()))
-    chosen, rejected = (a, b) if rng.random() < p else (b, a)
-    return pref_row(q.prompt, chosen, rejected)
+    return annotated_pair(rng, q.prompt, lambda: _policy_response(rng, q, POLICY_P_CORRECT), preference_probability)
 
 
-def _sft_rows(seed: int, n: int) -> list[dict]:
+def sft_rows(seed: int, n: int) -> list[dict]:
     rng = split_rng(seed, "sft", version=2)
     rows = []
     for _ in range(n):
@@ -144,12 +136,12 @@ def _sft_rows(seed: int, n: int) -> list[dict]:
     return rows
 
 
-def _pref_rows(seed: int, split: str, n: int, heldout: bool) -> list[dict]:
+def pref_rows(seed: int, split: str, n: int, heldout: bool) -> list[dict]:
     rng = split_rng(seed, split, version=2)
     return [_annotated_pair(rng, sample_question(rng, heldout=heldout)) for _ in range(n)]
 
 
-def _ood_rows(seed: int, n: int) -> list[dict]:
+def ood_rows(seed: int, n: int) -> list[dict]:
     rng = split_rng(seed, "ood_prompts", version=2)
     rows = []
     for _ in range(n):
@@ -163,16 +155,6 @@ def _ood_rows(seed: int, n: int) -> list[dict]:
             rejected = explained_response(q.answer, [rng.choice(SENTENCES_BEFORE)], [rng.choice(SENTENCES_AFTER)])
         rows.append(pref_row(q.prompt, concise_response(q.answer), rejected))
     return rows
-
-
-def split_bytes(seed: int, sizes: Mapping[str, int]) -> dict[str, bytes]:
-    """The JSONL bytes of every split (each split has its own RNG stream)."""
-    return {
-        "sft": jsonl_bytes(_sft_rows(seed, sizes["sft"])),
-        "train_prefs": jsonl_bytes(_pref_rows(seed, "train_prefs", sizes["train_prefs"], heldout=False)),
-        "eval_prefs": jsonl_bytes(_pref_rows(seed, "eval_prefs", sizes["eval_prefs"], heldout=True)),
-        "ood_prompts": jsonl_bytes(_ood_rows(seed, sizes["ood_prompts"])),
-    }
 
 
 def corpus_texts() -> list[str]:
