@@ -35,6 +35,7 @@ import os
 
 from lnpo.errors import CheckpointError, InputNotFound
 from lnpo.eval_settings import EvalSettings
+from lnpo.json_files import read_json
 
 DEFAULT_RUNS_ROOT = "runs"
 
@@ -241,13 +242,7 @@ def read_run_info(workdir: str) -> RunInfo:
     """``workdir/run.json`` as a :class:`RunInfo`: :class:`~lnpo.errors.InputNotFound` when missing,
     :class:`~lnpo.errors.CheckpointError` naming the file when it is not a valid JSON object."""
     path = run_json(workdir)
-    if not os.path.isfile(path):
-        raise InputNotFound(f"{path}: missing (a trained workdir has run.json)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+    data = read_json(path, missing=InputNotFound, invalid=CheckpointError, needed_by="a trained workdir has run.json")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a JSON object")
     return RunInfo.from_json(data, where=path)

@@ -8,12 +8,12 @@ names, class names) and knows nothing of the dataclass (``lnpo.models.config`` c
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from lnpo.errors import InputNotFound, ModelError
+from lnpo.json_files import read_json
 
 SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "llama", "mistral", "phi3", "qwen2", "qwen3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -339,13 +339,7 @@ def read_config(path: str) -> dict:
     """The parsed ``<path>/config.json`` of a Hugging Face model directory; a missing directory or file is
     an :class:`~lnpo.errors.InputNotFound` and invalid JSON a :class:`~lnpo.errors.ModelError`, each
     naming the path."""
-    cfg_path = os.path.join(path, "config.json")
     if not os.path.isdir(path):
         raise InputNotFound(f"{path}: no such model directory")
-    if not os.path.isfile(cfg_path):
-        raise InputNotFound(f"{cfg_path}: missing (a Hugging Face model directory needs config.json)")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{cfg_path}: invalid JSON ({e})") from None
+    return read_json(os.path.join(path, "config.json"), missing=InputNotFound, invalid=ModelError,
+                     needed_by="a Hugging Face model directory needs config.json")

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from lnpo.errors import ModelError
+from lnpo.json_files import read_json
 from lnpo.models import lora
 from lnpo.models.safetensors_io import SafetensorsFile, write_file
 
@@ -76,13 +77,8 @@ def read_spec(path: str) -> lora.LoraSpec:
     """The :class:`~lnpo.models.lora.LoraSpec` of a PEFT adapter directory (ModelError naming the file for what
     lnpo cannot load: another PEFT type, biases, DoRA, fan_in_fan_out, unknown targets)."""
     cfg_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(cfg_path):
-        raise ModelError(f"{cfg_path}: missing (a PEFT adapter directory needs {CONFIG_FILE})")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{cfg_path}: invalid JSON ({e})") from None
+    cfg = read_json(cfg_path, missing=ModelError, invalid=ModelError,
+                    needed_by=f"a PEFT adapter directory needs {CONFIG_FILE}")
     if cfg.get("peft_type") != "LORA":
         raise ModelError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r}; lnpo loads LORA adapters only")
     for key, ok in (("bias", "none"), ("use_dora", False), ("fan_in_fan_out", False)):

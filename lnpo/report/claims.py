@@ -74,6 +74,22 @@ def _widest(pairs: list[tuple[str, tuple]]) -> tuple[str, tuple]:
     return max(pairs, key=lambda x: abs(x[1][0]) if not math.isnan(x[1][0]) else -1.0)
 
 
+def _alike_claim(pairs: list[tuple[str, tuple]], claim: str, measurement: str, *, claim_is_alike: bool) -> dict:
+    """A claim about pairwise differences (``pairs``: name, interval), shown by the widest pair
+    (``{name}`` in ``measurement``). Every pair alike confirms "alike" and refutes "diverge"; one pair
+    surely apart does the opposite; anything else is inconclusive."""
+    name, ci = _widest(pairs)
+    verdicts = [alike(c) for _, c in pairs]
+    all_alike, one_apart = all(v == CONFIRMED for v in verdicts), NOT_CONFIRMED in verdicts
+    if one_apart:
+        verdict = NOT_CONFIRMED if claim_is_alike else CONFIRMED
+    elif all_alike:
+        verdict = CONFIRMED if claim_is_alike else NOT_CONFIRMED
+    else:
+        verdict = INCONCLUSIVE
+    return _claim(claim, measurement.format(name=name), ci, verdict)
+
+
 def study_claims(points: Sequence[GridPoint]) -> list[dict]:
     """The claims table's rows: ``claim``, ``measurement``, ``value``, ``lo``, ``hi``, ``verdict``."""
     methods = [m for m in ("dpo", "ln_dpo", "simpo") if any(p.method == m for p in points)]
@@ -82,13 +98,9 @@ def study_claims(points: Sequence[GridPoint]) -> list[dict]:
     pairs = [(f"{label(a)} - {label(b)}", diff_ci(best[a].per_seed("score_mean"), best[b].per_seed("score_mean")))
              for a, b in combinations([m for m in methods if m in best], 2)]
     if pairs:
-        name, ci = _widest(pairs)
-        verdicts = [alike(c) for _, c in pairs]
-        verdict = (NOT_CONFIRMED if NOT_CONFIRMED in verdicts else
-                   CONFIRMED if all(v == CONFIRMED for v in verdicts) else INCONCLUSIVE)
-        rows.append(_claim("At their best, DPO, LN-DPO and SimPO perform alike",
-                           f"score difference of the best grid points, largest pair ({name}); alike = within "
-                           f"+-{EQUIVALENCE_MARGIN} for every pair", ci, verdict))
+        rows.append(_alike_claim(pairs, "At their best, DPO, LN-DPO and SimPO perform alike",
+                                 "score difference of the best grid points, largest pair ({name}); alike = within "
+                                 f"+-{EQUIVALENCE_MARGIN} for every pair", claim_is_alike=True))
     rest = {}
     for m in methods:
         others = [p for p in points if p.method == m and p is not best.get(m)]
@@ -96,13 +108,10 @@ def study_claims(points: Sequence[GridPoint]) -> list[dict]:
             rest[m] = _seedwise(others, "score_mean", np.mean)
     pairs = [(f"{label(a)} - {label(b)}", diff_ci(rest[a], rest[b])) for a, b in combinations(list(rest), 2)]
     if pairs:
-        name, ci = _widest(pairs)
-        verdicts = [alike(c) for _, c in pairs]
-        verdict = (CONFIRMED if NOT_CONFIRMED in verdicts else
-                   NOT_CONFIRMED if all(v == CONFIRMED for v in verdicts) else INCONCLUSIVE)
-        rows.append(_claim("Away from their best, the methods diverge",
-                           f"difference of the mean score over each method's other grid points, largest pair ({name}); "
-                           f"diverge = outside +-{EQUIVALENCE_MARGIN} for some pair", ci, verdict))
+        rows.append(_alike_claim(pairs, "Away from their best, the methods diverge",
+                                 "difference of the mean score over each method's other grid points, largest pair "
+                                 f"({{name}}); diverge = outside +-{EQUIVALENCE_MARGIN} for some pair",
+                                 claim_is_alike=False))
     rows += _dpo_and_lndpo_claims(points, best)
     return rows
 
