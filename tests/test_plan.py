@@ -343,6 +343,23 @@ def test_an_8b_dpo_with_32k_shared_prompt_rows_fits_a_v5p_64_slice(tmp_path):
     assert "longest row" not in planlib.format_plan(splash)
 
 
+def test_ring_attention_pays_off_on_a_context_axis_of_8_not_4(tmp_path):
+    """docs/pod_walkthrough.md's ring rows: for 32k-token shared-prompt rows of Llama-3-8B on v5p-64,
+    ring attention needs less per chip than the gathered einsum at context 8 (and its longest row is
+    longer), but not at context 4 (its block backward's float32 copies outweigh the saving)."""
+    model = _model_dir(tmp_path, **LLAMA3_8B)
+
+    def at_32k(attn, mesh):
+        config = _long_config(model, attn, mesh)
+        p = planlib.plan(planlib.with_row_length(config, 32768), 32, chip_type="v5p")
+        return p["bytes"]["total"], planlib.longest_row(config, 32, chip_type="v5p")
+
+    (ring8, ring8_longest), (xla8, xla8_longest) = at_32k("ring", (1, 4, 1, 8)), at_32k("xla", (1, 4, 1, 8))
+    assert ring8 < 0.85 * xla8 and ring8_longest > 1.3 * xla8_longest
+    (ring4, _), (xla4, _) = at_32k("ring", (1, 8, 1, 4)), at_32k("xla", (1, 8, 1, 4))
+    assert ring4 >= xla4
+
+
 def test_cli_reports_the_longest_row(tmp_path):
     model = _model_dir(tmp_path)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -15,6 +15,7 @@ sys.path.insert(0, REPO)  # configs/ (the repository's config files) is imported
 from configs.lora_dpo import get_config  # noqa: E402
 from lnpo import implied  # noqa: E402
 from lnpo import plan as planlib  # noqa: E402
+from lnpo.sweep.overrides import apply_overrides  # noqa: E402
 
 SMALL = dict(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
              model_type="llama")
@@ -32,12 +33,7 @@ def _config(tmp_path, **overrides):
     c.data.max_len = 64
     c.data.max_prompt_len = 32
     c.mesh.shape = (1, 1, 1)
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        target = c
-        for part in section.split("."):
-            target = target[part]
-        target[field] = value
+    apply_overrides(c, overrides)
     return c
 
 

@@ -103,12 +103,11 @@ def _print_reports(loaded, tokenized) -> None:
         print(f"lnpo: tokenized {tokenized.summary()}", flush=True)
 
 
-def to_global(local: dict, mesh) -> dict:
+def to_global(local: dict, mesh, groups: int) -> dict:
     """Assemble host-local ``[A, n_local, ...]`` arrays into global arrays split along axis 1: each of
-    the mesh's batch groups (:func:`lnpo.parallel.batch_group`; one per process unless a tensor or
-    context axis spans processes) holds ``n_local`` of the global rows."""
+    the mesh's ``groups`` batch groups (:func:`lnpo.parallel.batch_group`; one per process unless a
+    tensor or context axis spans processes) holds ``n_local`` of the global rows."""
     sharding = NamedSharding(mesh, BATCH_SPEC)
-    _, groups = parallel.process_batch_group(mesh)
     out = {}
     for key, value in local.items():
         value = np.asarray(value)
@@ -207,7 +206,7 @@ def compute_reference(ref_params, graphdef, dataset, config, mesh, *, batch_pair
     out = {name: np.zeros(n, np.float32) for name in names}
     for b, local in enumerate(iterator):
         local = {k: v for k, v in local.items() if k != "example_valid"}
-        values = jax.device_get(_replicated(fn(ref_params, to_global(local, mesh)), mesh))
+        values = jax.device_get(_replicated(fn(ref_params, to_global(local, mesh, groups)), mesh))
         start = b * batch_pairs
         count = min(batch_pairs, n - start)
         for name in names:
@@ -344,7 +343,7 @@ def _global_batches(iterator, ref_train: dict | None, A: int, mesh):
         tokens = real_tokens(local, groups)
         if ref_train is not None:
             local.update(_cached_reference_slice(ref_train, indices, A, (group, groups)))
-        yield to_global(local, mesh), tokens
+        yield to_global(local, mesh, groups), tokens
 
 
 def _row_multiple(mesh) -> int:
@@ -415,7 +414,8 @@ def make_held_out_loss(config, eval_ds, graphdef, ref_graphdef, ref_params, ref_
                 indices = np.arange(b * pairs, (b + 1) * pairs)
                 indices[indices >= len(eval_ds)] = -1
                 local.update(_cached_reference_slice(ref_eval, indices, 1, (group, groups)))
-            sums = jax.device_get(jitted(state.params, to_global(local, mesh), ref_params, loss_hparams, frozen))
+            batch = to_global(local, mesh, groups)
+            sums = jax.device_get(jitted(state.params, batch, ref_params, loss_hparams, frozen))
             sums = jax.tree.map(np.float64, sums)  # summed over batches on the host in float64
             total = sums if total is None else jax.tree.map(np.add, total, sums)
         if total is None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from train_helpers import losses_of, small_config
 
+from lnpo.sweep.overrides import apply_overrides
 from lnpo.train.run import run
 
 LORA = {"model.lora.rank": 4, "model.lora.alpha": 8.0, "reference.mode": "base", "optim.lr": 1e-2,
@@ -20,12 +21,7 @@ LORA = {"model.lora.rank": 4, "model.lora.alpha": 8.0, "reference.mode": "base",
 def _lora_config(model, task, **overrides):
     c = small_config(model, task)
     c.loss = type(c.loss)({"name": "dpo", "beta": 0.5})
-    for key, value in {**LORA, **overrides}.items():
-        section, _, field = key.rpartition(".")
-        target = c
-        for part in section.split("."):
-            target = target[part]
-        target[field] = value
+    apply_overrides(c, {**LORA, **overrides})
     return c
 
 

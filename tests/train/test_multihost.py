@@ -43,7 +43,8 @@ for layout in ("padded", "packed", "shared_prompt"):
         indices = it.next_indices()
         local = it.build(indices)
         local.update(trainer._cached_reference_slice(ref, indices, 2, parallel.process_batch_group(mesh)))
-        full = multihost_utils.process_allgather(trainer.to_global(local, mesh), tiled=True)
+        batch = trainer.to_global(local, mesh, parallel.process_batch_group(mesh)[1])
+        full = multihost_utils.process_allgather(batch, tiled=True)
         for key, value in full.items():
             out[f"{layout}/{step}/{key}"] = np.asarray(value)
 if jax.process_index() == 0:

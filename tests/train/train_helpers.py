@@ -15,6 +15,7 @@ def small_config(model_path: str, task_files: dict, **overrides):
     """The lndpo config shrunk for tests: tiny data, a few steps, every step logged."""
     sys.path.insert(0, REPO)
     from configs.lndpo import get_config
+    from lnpo.sweep.overrides import apply_overrides
 
     c = get_config()
     # What runs share (reference cache, weights hashes) next to the test's model, never the repo's runs/.
@@ -34,12 +35,7 @@ def small_config(model_path: str, task_files: dict, **overrides):
     c.train.eval_batches = 1
     c.train.checkpoint_every = 2
     c.eval.enabled = False
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        target = c
-        for part in section.split(".") if section else []:
-            target = target[part]
-        target[field] = value
+    apply_overrides(c, overrides)
     return c
 
 
