@@ -141,6 +141,12 @@ def reference_cache_dir(config) -> str:
     return config.reference.cache_dir or os.path.join(runs_root(config), "reference_cache")
 
 
+def sft_samples_dir(config) -> str:
+    """The SFT model's evaluation samples, shared by the runs under the runs root
+    (:mod:`lnpo.evaluate.sample_cache`)."""
+    return os.path.join(runs_root(config), "sft_samples")
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -55,7 +55,7 @@ import numpy as np
 from lnpo import rundir
 from lnpo.errors import CheckpointError, ConfigError, DataError, InputNotFound, ModelError
 from lnpo.eval_settings import EvalSettings
-from lnpo.evaluate import metrics
+from lnpo.evaluate import metrics, sample_cache
 from lnpo.evaluate.generate import generate
 from lnpo.evaluate.scorers import Scorer, make_scorer, prompt_text
 from lnpo.train import stages
@@ -205,7 +205,7 @@ class _Scores:
 
 def evaluate_run(policy_dir: str, sft_dir: str | None, prompts_source, out_dir: str | None, *,
                  scorer: Scorer | str | None, settings: EvalSettings = _DEFAULT_SETTINGS, mesh=None,
-                 cache_dir: str | None = None, plain_template=None) -> dict:
+                 cache_dir: str | None = None, plain_template=None, sft_samples_dir: str | None = None) -> dict:
     """Evaluate the policy checkpoint ``policy_dir`` against ``sft_dir`` on ``prompts_source``.
 
     policy_dir, sft_dir: Hugging Face causal-LM directories (the tokenizer is read
@@ -220,14 +220,17 @@ def evaluate_run(policy_dir: str, sft_dir: str | None, prompts_source, out_dir: 
     mesh: place the models' parameters on this mesh (``from_pretrained``);
     cache_dir: the ``datasets`` cache; plain_template: the training run's
     ``data.chat_template`` setting (:func:`lnpo.data.tokenize.template_for`; ``None`` = the
-    tokenizer's chat template, an error for a tokenizer without one). Returns the summary dict (module docstring).
+    tokenizer's chat template, an error for a tokenizer without one); sft_samples_dir: keep the SFT model's
+    samples there and reuse them when the same model, tokenizer, prompts and settings come again
+    (:mod:`lnpo.evaluate.sample_cache`; a sweep passes its own directory; None = always sample).
+    Returns the summary dict (module docstring).
     """
     t0 = time.time()
     _check_inputs(policy_dir, sft_dir, scorer)
     rows = load_eval_prompts(prompts_source, max_prompts=settings.max_prompts or None, cache_dir=cache_dir)
     prompts = [r["prompt"] for r in rows]
     gen_kw = _generation_kwargs(settings, plain_template)
-    sampled = _sample(policy_dir, sft_dir, prompts, settings, gen_kw, mesh)
+    sampled = _sample(policy_dir, sft_dir, prompts, settings, gen_kw, mesh, sft_samples_dir)
     scores = _score(scorer, prompts, rows, sampled)
     summary = _summary(policy_dir, sft_dir, prompts_source, prompts, sampled, scores, gen_kw)
     summary["seconds"] = time.time() - t0
@@ -256,9 +259,10 @@ def _generation_kwargs(settings: EvalSettings, plain_template) -> dict:
 
 
 def _sample(policy_dir: str, sft_dir: str | None, prompts: list, settings: EvalSettings, gen_kw: dict,
-            mesh) -> _Sampled:
-    """Sample from the policy and (same settings and seed) the SFT model; log-probs and KL of the policy's
-    samples under both. The models are freed before returning (a reward model may be loaded next)."""
+            mesh, sft_samples_dir: str | None = None) -> _Sampled:
+    """Sample from the policy and (same settings and seed) the SFT model, whose samples come from
+    ``sft_samples_dir`` when it has them; log-probs and KL of the policy's samples under both. The models are
+    freed before returning (a reward model may be loaded next)."""
     tokenizer = _load_tokenizer(policy_dir, sft_dir)
     policy = _load_lm(policy_dir, dtype=settings.dtype, mesh=mesh)
     t_gen = time.time()
@@ -270,7 +274,16 @@ def _sample(policy_dir: str, sft_dir: str | None, prompts: list, settings: EvalS
         if sft.config.vocab_size != policy.config.vocab_size:
             raise ModelError(f"policy vocab {policy.config.vocab_size} != SFT vocab {sft.config.vocab_size}: "
                              "KL and log-ratios need the same tokenizer")
-        sft_samples = samples if same else generate(sft, tokenizer, prompts, **gen_kw)
+        if same:
+            sft_samples = samples
+        elif sft_samples_dir is None:
+            sft_samples = generate(sft, tokenizer, prompts, **gen_kw)
+        else:
+            key = sample_cache.cache_key(sft_dir, tokenizer, prompts, {**gen_kw, "dtype": settings.dtype},
+                                         memo_dir=sft_samples_dir)
+            sft_samples, _ = sample_cache.load_or_sample(
+                sft_samples_dir, key, len(samples), lambda: generate(sft, tokenizer, prompts, **gen_kw),
+                is_writer=jax.process_index() == 0)
     seconds = time.time() - t_gen
     logps = metrics.sequence_logps_and_kl(policy, sft, [s["prompt_ids"] for s in samples],
                                           [s["response_ids"] for s in samples], batch_size=settings.batch_size,
@@ -398,7 +411,8 @@ def _write_outputs(out_dir: str, summary: dict, records: list[dict], sampled: _S
 
 def evaluate_workdir(workdir: str, *, out_dir: str | None = None, settings: EvalSettings | None = None,
                      scorer: Scorer | str | None = None, sft_dir: str | None = None, prompts_source=None,
-                     plain_template=None, mesh=None, cache_dir: str | None = None, **setting_changes) -> dict:
+                     plain_template=None, mesh=None, cache_dir: str | None = None, sft_samples_dir: str | None = None,
+                     **setting_changes) -> dict:
     """Evaluate a trained workdir; writes its eval directory (:mod:`lnpo.rundir`: summary.json, samples.jsonl,
     sft_samples.jsonl).
 
@@ -408,7 +422,7 @@ def evaluate_workdir(workdir: str, *, out_dir: str | None = None, settings: Eval
     ``eval`` (:class:`~lnpo.eval_settings.EvalSettings`). ``settings`` replaces run.json's settings (a sweep
     passes its config's); ``setting_changes`` (EvalSettings fields, None values ignored: unset flags) change
     single fields; ``scorer``, ``sft_dir``, ``prompts_source`` and ``plain_template`` replace run.json's
-    when given.
+    when given; ``sft_samples_dir`` as :func:`evaluate_run`'s.
     """
     run = rundir.read_run_info(workdir)
     if stages.get(run.stage).export_kind != "causal_lm":
@@ -423,4 +437,5 @@ def evaluate_workdir(workdir: str, *, out_dir: str | None = None, settings: Eval
     settings = (settings or run.eval).replace(**setting_changes)
     return evaluate_run(policy, sft_dir or run.sft_path, prompts, out_dir or rundir.eval_dir(workdir),
                         scorer=scorer if scorer is not None else (run.scorer or None), settings=settings,
-                        plain_template=plain_template or run.chat_template or None, mesh=mesh, cache_dir=cache_dir)
+                        plain_template=plain_template or run.chat_template or None, mesh=mesh, cache_dir=cache_dir,
+                        sft_samples_dir=sft_samples_dir)

@@ -32,7 +32,8 @@ def execute_run(spec: RunSpec, *, config: ml_collections.ConfigDict | None = Non
     ``config.eval.enabled`` off; the sweep then calls :func:`lnpo.evaluate.evaluate_workdir` with
     ``config``'s :class:`~lnpo.eval_settings.EvalSettings` (and its scorer and prompts, when set), so the
     sampling settings of ``config.eval`` apply whatever an earlier run wrote into run.json (which the sweep
-    never rewrites).
+    never rewrites). The SFT model's samples are kept in the runs root
+    (:func:`lnpo.rundir.sft_samples_dir`), so the runs that share an SFT model sample it once.
     """
     config = config if config is not None else spec.config()
     if is_writer():
@@ -57,7 +58,8 @@ def execute_run(spec: RunSpec, *, config: ml_collections.ConfigDict | None = Non
 
         result = lnpo.evaluate.evaluate_workdir(spec.workdir, settings=EvalSettings.from_config(config),
                                                 scorer=config.eval.scorer or None,
-                                                prompts_source=config.data.get("ood_prompts") or None)
+                                                prompts_source=config.data.get("ood_prompts") or None,
+                                                sft_samples_dir=rundir.sft_samples_dir(config))
         summary_path = rundir.summary_path(spec.workdir)  # run()'s summary, as lnpo.main leaves it
         summary = read_json(summary_path)
         if summary is not None and is_writer():

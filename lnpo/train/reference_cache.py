@@ -160,7 +160,7 @@ def save(cache_dir: str, key: str, *arrays: np.ndarray, names: tuple = NAMES) ->
     return path
 
 
-def _agreed_missing(missing_here: bool) -> bool:
+def agreed_missing(missing_here: bool) -> bool:
     """Whether to compute, agreed by all processes (process 0 decides): ``compute`` is a
     collective, so one process skipping it while others run it would hang them."""
     import jax
@@ -181,7 +181,7 @@ def load_or_compute(cache_dir: str, key: str, num_pairs: int,
     pass over a sharded model) but only ``is_writer`` writes the file.
     """
     cached = load(cache_dir, key, num_pairs, names)
-    if not _agreed_missing(cached is None):
+    if not agreed_missing(cached is None):
         if cached is None:
             raise CheckpointError(f"reference cache {cache_path(cache_dir, key)}: process 0 has it but this "
                                   "process does not; reference.cache_dir must be on storage every host reads")

@@ -82,13 +82,21 @@ def test_sft_data_have_a_quarter_wrong_answers_and_lengths_from_5_to_150_tokens(
     assert abs(concise - p_concise) < 4 * math.sqrt(p_concise * (1 - p_concise) / n)
 
 
+def test_every_version_2_response_opens_with_its_answer_sentence(task2):
+    """Explanations follow the answer, so a longer response never moves the answer further from the question."""
+    responses = [r["messages"][1]["content"] for r in task2["sft"]]
+    responses += [r[k][0]["content"] for r in task2["train_prefs"] for k in ("chosen", "rejected")]
+    assert all(text.startswith("The answer is ") for text in responses)
+    assert max(len(text.split()) for text in responses) > 100
+
+
 def test_annotator_formula_and_pairs_follow_it(task2):
     def sigmoid(x):
         return 1 / (1 + math.exp(-x))
 
     assert v2.preference_probability(True, 10, False, 10) == pytest.approx(sigmoid(3.0))
-    assert v2.preference_probability(False, 100, True, 5) == pytest.approx(sigmoid(-3.0 + 0.5 * math.log(20)))
-    assert v2.preference_probability(True, 5, True, 100) == pytest.approx(sigmoid(-0.5 * math.log(20)))
+    assert v2.preference_probability(False, 100, True, 5) == pytest.approx(sigmoid(-3.0 + 0.25 * math.log(20)))
+    assert v2.preference_probability(True, 5, True, 100) == pytest.approx(sigmoid(-0.25 * math.log(20)))
     # Labels follow the annotator: with q = P(first-by-text response wins), the chosen one is the first
     # with probability q, so the count of "first chosen" has mean sum(q) and variance sum(q (1 - q)).
     q = np.asarray([v2.preference_probability(*pair) for pair in _pairs_unordered(task2["train_prefs"])])

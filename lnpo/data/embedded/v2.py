@@ -54,7 +54,7 @@ SENTENCE_WEIGHTS: tuple[float, ...] = tuple(1.0 / (n + 1) for n in range(MAX_SEN
 SFT_P_WRONG = 0.25
 POLICY_P_CORRECT = 0.6
 K_CORRECT = 3.0
-K_LENGTH = 0.5
+K_LENGTH = 0.25
 
 #: Explanation sentences placed before the answer sentence.
 SENTENCES_BEFORE: tuple[str, ...] = (
@@ -106,9 +106,7 @@ def sample_response(rng: random.Random, q: Question, answer: str) -> str:
     own = [s.format(**args) for s in RESTATEMENTS[q.kind]]
     before_pool = [*SENTENCES_BEFORE, *own]
     picked = rng.sample(before_pool + list(SENTENCES_AFTER), n)
-    before = [s for s in picked if s in before_pool]
-    after = [s for s in picked if s not in before_pool]
-    return explained_response(answer, before, after)
+    return explained_response(answer, [], picked)
 
 
 def preference_probability(correct_a: bool, words_a: int, correct_b: bool, words_b: int) -> float:
