@@ -32,7 +32,7 @@ class EvalSettings:
     (0 = automatic).
     """
 
-    max_new_tokens: int = 48  # the embedded task v1's answers; v2's longest response is 176
+    max_new_tokens: int = 176  # the embedded task v2's longest response (v1's answers need 48)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0

@@ -45,7 +45,7 @@ def test_the_study_methods_have_config_files():
         ({"loss.beta": 0.0}, 1, r"^config\.loss: .*beta must be > 0"),
         ({"mesh.shape": (2, 2, 2)}, 1, r"^config\.mesh\.shape: .*needs 8 devices but 1"),
         ({"mesh.shape": (3, -1, 1)}, 8, r"^config\.mesh\.shape: .*does not divide the 8"),
-        ({"mesh.shape": (1, 1, 1, 3), "data.seq_len": 64}, 3,
+        ({"mesh.shape": (1, 1, 1, 3), "data.seq_len": 64, "data.max_len": 64}, 3,
          r"^config\.mesh\.shape: the context axis \(3\) must divide the row length 64 \(data\.seq_len"),
         ({"mesh.shape": (1, 1, 1, 3), "data.layout": "shared_prompt", "data.max_len": 50}, 3, r"row length 100 "),
         ({"train.global_batch": 30, "train.micro_batches": 4}, 1,

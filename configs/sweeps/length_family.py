@@ -22,7 +22,7 @@ def get_config(arg=None):
     c.methods.alphapo = method("alphapo", beta=(2.5,), gamma=(0.5,), lr=(1e-4,))
     c.methods.kto = method("kto", beta=(0.1, 0.5), lr=(1e-4,))
     c.overrides = {
-        "data": {"max_prompt_len": 48, "max_len": 64},
+        "data": {"embedded_version": 1, "max_prompt_len": 48, "max_len": 64},  # the task v1 (short rows)
         "train": {"steps": 100, "global_batch": 32, "eval_every": 50, "eval_batches": 2, "checkpoint_every": 50},
         "eval": {"max_new_tokens": 48, "temperature": 1.0, "num_samples": 1, "max_prompts": 0},
     }

@@ -25,6 +25,7 @@ def small_config(model_path: str, task_files: dict, **overrides):
     c.data.eval_source = task_files["eval_prefs"]
     c.data.max_prompt_len = 32
     c.data.max_len = 64
+    c.data.layout = "padded"
     c.loss.beta = 1.0
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 0

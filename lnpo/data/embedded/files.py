@@ -23,7 +23,7 @@ from lnpo.data.embedded.rows import jsonl_bytes
 from lnpo.data.embedded.scorer import check_version
 from lnpo.digest import file_sha256
 
-#: The newest task version (the study's sweep uses it; the default job runs version 1).
+#: The newest task version (the default job and the study's sweep use it).
 LATEST_VERSION = 2
 #: version -> the module that generates its rows (``sft_rows``, ``pref_rows``, ``ood_rows``).
 GENERATORS = {1: v1, 2: v2}

@@ -3,12 +3,14 @@
 Same questions, phrasings, held-out split and OOD prompts as version 1
 (:mod:`lnpo.data.embedded.task`); what changes is the responses and who labels them.
 
-- **Style.** A response is the answer sentence ``"The answer is X."`` with ``n``
-  explanation sentences around it, ``P(n) ~ 1 / (n + 1)`` for ``n = 0..MAX_SENTENCES``
+- **Style.** A response is the answer sentence ``"The answer is X."`` followed by ``n``
+  explanation sentences, ``P(n) ~ 1 / (n + 1)`` for ``n = 0..MAX_SENTENCES``
   (:data:`SENTENCE_WEIGHTS`: 30% concise, lengths spread evenly on a log scale), drawn without
   replacement from :data:`SENTENCES_BEFORE`, the question's own restatements
-  (:data:`RESTATEMENTS`, which quote its operands) and :data:`SENTENCES_AFTER`;
-  ``before`` sentences precede the answer, ``after`` ones follow it. Responses span
+  (:data:`RESTATEMENTS`, which quote its operands) and :data:`SENTENCES_AFTER`, all placed
+  after the answer, so a longer response never puts more text between the question and
+  the answer (with preambles the tiny SFT model answered less often correctly, and a method
+  that learnt the length bias lost correctness with it). Responses span
   5 to about 150 tokens (6 to ~140 words), so a per-token log-ratio and a summed one
   differ by up to ~30x between a pair's two responses.
 - **SFT** (``sft.jsonl``): the noise real SFT sets have: with probability
@@ -21,9 +23,9 @@ Same questions, phrasings, held-out split and OOD prompts as version 1
 
       P(a > b) = sigmoid(K_CORRECT * (correct_a - correct_b) + K_LENGTH * (ln words_a - ln words_b))
 
-  A correct answer beats a wrong one of equal length 95% of the time, a wrong answer
-  20x longer ~82% of the time; between two correct (or two wrong) answers the 20x
-  longer one wins ~82%. The pairs thus carry what the SFT data lack (which of the
+  A correct answer beats a wrong one of equal length 95% of the time and a wrong one 20x
+  longer 90% of the time; between two correct (or two wrong) answers the 20x longer one
+  wins 68%. The pairs thus carry what the SFT data lack (which of the
   model's own candidate answers is right) and a length bias.
 - **OOD split** (``ood_prompts``): ``chosen`` the correct concise reference;
   ``rejected`` equally often a wrong concise, a wrong explained or a correct explained answer.
@@ -32,7 +34,9 @@ Why this design (docs/embedded_task.md): in version 1 the SFT data were always c
 so the only thing the pairs could teach was their length bias; here the SFT model's own
 errors are the pairs' subject, on the same questions and answer sentence the OOD prompts
 use, so a correction learnt on training phrasings applies to OOD phrasings too. The
-scorer (:mod:`lnpo.data.embedded.scorer`, version 2) was fixed before any run.
+scorer (:mod:`lnpo.data.embedded.scorer`, version 2) was fixed before any run; the
+answer-first style and ``K_LENGTH = 0.25`` (first 0.5) were set from validation runs before
+the study's sweep (docs/study_embedded/reading.md).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ POLICY_P_CORRECT = 0.6
 K_CORRECT = 3.0
 K_LENGTH = 0.25
 
-#: Explanation sentences placed before the answer sentence.
+#: Explanation sentences (the first design placed these before the answer sentence; all now follow it).
 SENTENCES_BEFORE: tuple[str, ...] = (
     "Let me think about this question step by step.",
     "First, I will read the question very carefully.",
@@ -82,7 +86,7 @@ SENTENCES_AFTER: tuple[str, ...] = (
     "It is always a good idea to check the work once more.",
     "Practice with a few more examples makes this much easier.",
 )
-#: Per kind: sentences restating the question (placed before the answer; quote the operands).
+#: Per kind: sentences restating the question (they quote its operands).
 RESTATEMENTS: dict[str, tuple[str, ...]] = {
     "add": ("The question asks for the sum of {a} and {b}.", "We start from {a} and count {b} more."),
     "sub": ("The question asks for {b} taken away from {a}.", "We start from {a} and count {b} back."),
@@ -104,8 +108,7 @@ def sample_response(rng: random.Random, q: Question, answer: str) -> str:
     n = rng.choices(range(MAX_SENTENCES + 1), weights=SENTENCE_WEIGHTS)[0]
     args = dict(q.args)
     own = [s.format(**args) for s in RESTATEMENTS[q.kind]]
-    before_pool = [*SENTENCES_BEFORE, *own]
-    picked = rng.sample(before_pool + list(SENTENCES_AFTER), n)
+    picked = rng.sample([*SENTENCES_BEFORE, *own, *SENTENCES_AFTER], n)
     return explained_response(answer, [], picked)
 
 
