@@ -31,7 +31,7 @@ def get_config(arg=None):
     c = new_sweep("paper_smollm2", seeds=(0, 1, 2))
     c.sft_path = arg or ""  # the SFT stage's export (a Hugging Face directory)
     c.methods.dpo = method("dpo", beta=(0.01, 0.05, 0.1, 0.5))
-    c.methods.lndpo = method("lndpo", beta=(0.5, 1.0, 2.5, 10.0))
+    c.methods.lndpo = method("lndpo", beta=(0.5, 2.0, 5.0, 10.0))
     c.methods.simpo = method("simpo", beta=(1.0, 2.5), gamma=(0.5, 1.5))
     c.overrides = {
         "model": {"path": "", "compute_dtype": "bfloat16", "remat": "full"},

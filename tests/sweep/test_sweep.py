@@ -349,6 +349,8 @@ def test_paper_embedded_sweep_shrunk_trains_the_sft_model_once(tmp_path, monkeyp
         assert _json(os.path.join(root, name, "eval", "summary.json"))["scorer"] == "embedded-v2"
     # one reference, train + held-out pairs
     assert len(glob.glob(os.path.join(root, "reference_cache", "reference-*.npz"))) == 2
+    # the SFT model sampled once for the three evaluations (lnpo.evaluate.sample_cache)
+    assert len(glob.glob(os.path.join(root, "sft_samples", "sft-samples-*.json"))) == 1
     assert out["report"]["ok"] == 3
 
 
