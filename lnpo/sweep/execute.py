@@ -74,7 +74,8 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, *, config_root: st
 
     Returns ``{"runs": [{"name", "status", "error"?, "seconds"}], "finished": n, "skipped": n,
     "failed": [names], "preempted": bool, "report": build_report's result or None}``; writes
-    ``workdir/sweep.json``.
+    ``workdir/sweep.json`` (this call's runs, then the records of runs it did not run, so processes
+    that split one sweep directory with ``only`` leave one file listing every run).
     """
     specs = expand(sweep, workdir, config_root=config_root, only=only)
     if is_writer():
@@ -82,10 +83,14 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str, *, config_root: st
     records = [{"name": s.name, "method": s.method, "point": s.point, "status": "pending"} for s in specs]
     out = {"runs": records, "finished": 0, "skipped": 0, "failed": [], "preempted": False, "report": None}
 
-    def save():
+    mine = {rec["name"] for rec in records}
+
+    def save():  # other processes' runs (``--only`` splits of one sweep directory) keep their records
         if is_writer():
-            write_json(os.path.join(workdir, "sweep.json"),
-                        {"name": sweep.get("name", ""), "sweep": sweep.to_dict(), "runs": records})
+            path = os.path.join(workdir, "sweep.json")
+            others = [r for r in (read_json(path) or {}).get("runs", [])
+                      if isinstance(r, dict) and r.get("name") not in mine]
+            write_json(path, {"name": sweep.get("name", ""), "sweep": sweep.to_dict(), "runs": records + others})
 
     log(f"lnpo.sweep: {len(specs)} run(s) under {os.path.abspath(workdir)}")
     for i, (spec, rec) in enumerate(zip(specs, records)):

@@ -18,7 +18,18 @@ from smollm2 import PAIRS, write_pairs_file
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 MAX_LEN, MAX_PROMPT_LEN = 64, 48
-BETA = {"dpo": 0.1, "ln_dpo": 1.0}  # configs/dpo.py, configs/lndpo.py
+
+
+def _config_beta(name: str) -> float:
+    """``loss.beta`` of ``configs/<name>.py``: the value the README's commands train with."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    return float(importlib.import_module(f"configs.{name}").get_config().loss.beta)
+
+
+BETA = {"dpo": _config_beta("dpo"), "ln_dpo": _config_beta("lndpo")}
 
 
 @pytest.fixture(scope="module")

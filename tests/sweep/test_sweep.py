@@ -354,6 +354,20 @@ def test_paper_embedded_sweep_shrunk_trains_the_sft_model_once(tmp_path, monkeyp
     assert out["report"]["ok"] == 3
 
 
+def test_processes_that_split_a_sweep_with_only_share_one_sweep_json(tmp_path, monkeypatch):
+    from lnpo.sweep import execute
+
+    monkeypatch.setattr(execute, "execute_run", lambda spec, **kw: "finished")
+    sweep = sweep_lib.load_sweep(SMOKE)
+    root = str(tmp_path)
+    first = sweep_lib.run_sweep(sweep, root, config_root=REPO, only=["dpo"], log=lambda _: None)
+    second = sweep_lib.run_sweep(sweep, root, config_root=REPO, only=["simpo"], log=lambda _: None)
+    assert first["finished"] == second["finished"] == 2
+    runs = _json(os.path.join(root, "sweep.json"))["runs"]
+    assert sorted(r["name"] for r in runs) == sorted(r["name"] for r in first["runs"] + second["runs"])
+    assert {r["status"] for r in runs} == {"finished"}
+
+
 def test_preempted_run_stops_the_sweep(tmp_path, monkeypatch):
     from lnpo.train import run as run_module
 
