@@ -39,8 +39,7 @@ def cache_key(model_dir: str, tokenizer, prompts: Sequence, settings: dict, *, m
     plus the dtype; values are keyed by their ``repr`` where they are not JSON)."""
     payload = json.dumps({"weights": reference_cache.weights_fingerprint(model_dir, memo_dir),
                           "tokenizer": _tokenizer_identity(tokenizer), "prompts": list(prompts),
-                          "settings": {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
-                                       for k, v in sorted(settings.items())}}, sort_keys=True, default=repr)
+                          "settings": settings}, sort_keys=True, default=repr)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -86,20 +85,8 @@ def save(cache_dir: str, key: str, samples: list[dict]) -> str:
 
 def load_or_sample(cache_dir: str, key: str, num_samples: int, sample: Callable[[], list[dict]], *,
                    is_writer: bool = True) -> tuple[list[dict], bool]:
-    """``(samples, sampled)``: the cached samples of ``key``, else ``sample()``'s (then written by the writer).
-
-    With several processes every one samples when process 0 finds no cache (sampling a sharded model is a
-    collective), as :func:`lnpo.train.reference_cache.load_or_compute` does for the reference pass.
-    """
-    cached = load(cache_dir, key, num_samples)
-    if not reference_cache.agreed_missing(cached is None):
-        if cached is None:
-            from lnpo.errors import CheckpointError
-
-            raise CheckpointError(f"SFT sample cache {cache_path(cache_dir, key)}: process 0 has it but this "
-                                  "process does not; the sweep directory must be on storage every host reads")
-        return cached, False
-    samples = sample()
-    if is_writer:
-        save(cache_dir, key, samples)
-    return samples, True
+    """``(samples, sampled)``: the cached samples of ``key``, else ``sample()``'s (then written by the writer;
+    with several processes as :func:`lnpo.train.reference_cache.load_or_make`)."""
+    return reference_cache.load_or_make(
+        lambda: load(cache_dir, key, num_samples), sample, lambda made: save(cache_dir, key, made),
+        name=f"SFT sample cache {cache_path(cache_dir, key)}", storage="the runs root", is_writer=is_writer)

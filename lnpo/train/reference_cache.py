@@ -22,6 +22,7 @@ import os
 import socket
 import zipfile
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -172,21 +173,30 @@ def agreed_missing(missing_here: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.array(missing_here)))
 
 
+def load_or_make(load_cached: Callable[[], Any], make: Callable[[], Any], save_made: Callable[[Any], Any], *,
+                 name: str, storage: str, is_writer: bool = True) -> tuple[Any, bool]:
+    """``(value, made)``: ``load_cached()`` (None when absent), else ``make()``, then ``save_made(value)`` by
+    the writer. Every process makes the value when process 0 finds no cache (making it is a collective over a
+    sharded model); a process that misses a cache process 0 has raises one CheckpointError naming ``name``
+    and the setting (``storage``) that must point at storage every host reads."""
+    cached = load_cached()
+    if not agreed_missing(cached is None):
+        if cached is None:
+            raise CheckpointError(f"{name}: process 0 has it but this process does not; {storage} must be on "
+                                  "storage every host reads")
+        return cached, False
+    value = make()
+    if is_writer:
+        save_made(value)
+    return value, True
+
+
 def load_or_compute(cache_dir: str, key: str, num_pairs: int,
                     compute: Callable[[], tuple[np.ndarray, ...]], *, is_writer: bool = True, names: tuple = NAMES):
     """Return ``(*arrays, computed)``, one array per name (default ``chosen, rejected``); ``compute``
-    (returning the arrays in ``names`` order) runs only when no cache exists.
-
-    With several processes, every process runs ``compute`` (it is a collective
-    pass over a sharded model) but only ``is_writer`` writes the file.
-    """
-    cached = load(cache_dir, key, num_pairs, names)
-    if not agreed_missing(cached is None):
-        if cached is None:
-            raise CheckpointError(f"reference cache {cache_path(cache_dir, key)}: process 0 has it but this "
-                                  "process does not; reference.cache_dir must be on storage every host reads")
-        return (*cached, False)
-    arrays = tuple(compute())
-    if is_writer:
-        save(cache_dir, key, *arrays, names=names)
-    return (*arrays, True)
+    (returning the arrays in ``names`` order) runs only when no cache exists (:func:`load_or_make`)."""
+    arrays, computed = load_or_make(
+        lambda: load(cache_dir, key, num_pairs, names), lambda: tuple(compute()),
+        lambda made: save(cache_dir, key, *made, names=names),
+        name=f"reference cache {cache_path(cache_dir, key)}", storage="reference.cache_dir", is_writer=is_writer)
+    return (*arrays, computed)

@@ -22,11 +22,9 @@ MAX_LEN, MAX_PROMPT_LEN = 64, 48
 
 def _config_beta(name: str) -> float:
     """``loss.beta`` of ``configs/<name>.py``: the value the README's commands train with."""
-    import importlib
-    import sys
+    from lnpo.config_files import load_config, recipe_file
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    return float(importlib.import_module(f"configs.{name}").get_config().loss.beta)
+    return float(load_config(recipe_file(name)).loss.beta)
 
 
 BETA = {"dpo": _config_beta("dpo"), "ln_dpo": _config_beta("lndpo")}
