@@ -229,6 +229,17 @@ def active_mesh_rules() -> tuple[Mesh, tuple] | None:
     return _ACTIVE.get()
 
 
+def active_shards(axes: Sequence[str | None], shape: Sequence[int], dim: int) -> int:
+    """Into how many pieces the active mesh (:func:`use_rules`) splits dimension ``dim`` of an
+    array of this ``shape`` with these logical ``axes``; 1 without an active mesh."""
+    active = _ACTIVE.get()
+    if active is None:
+        return 1
+    mesh, rules = active
+    spec = logical_to_spec(axes, rules, shape=shape, mesh_shape=dict(mesh.shape))
+    return int(np.prod([mesh.shape[a] for a in spec_entry_axes(spec[dim])], dtype=np.int64))
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """Sharding constraint by logical names; the identity outside :func:`use_rules`."""
     active = _ACTIVE.get()

@@ -70,6 +70,15 @@ def test_constrain_is_identity_outside_rules_and_shards_inside():
     assert "sharding_constraint" in jaxpr and "data" in jaxpr and "fsdp" in jaxpr
 
 
+def test_active_shards_counts_the_pieces_of_one_dimension():
+    assert parallel.active_shards(("batch", "length"), (2, 8), 1) == 1  # no active mesh
+    fake = type("FakeMesh", (), {"shape": {"data": 2, "fsdp": 1, "tensor": 1, "context": 4}})()
+    with parallel.use_rules(fake):
+        assert parallel.active_shards(("batch", "length"), (2, 8), 1) == 4
+        assert parallel.active_shards(("batch", "length"), (2, 8), 0) == 2
+        assert parallel.active_shards(("batch", "length"), (2, 6), 1) == 1  # 4 does not divide 6: replicated
+
+
 def test_a_mesh_axis_that_does_not_divide_a_dimension_replicates_it():
     mesh = {"data": 1, "fsdp": 2, "tensor": 4}
     axes = ("layers", "embed", "kv_heads", "head_dim")

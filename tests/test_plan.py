@@ -162,9 +162,10 @@ def test_activation_estimate_tracks_compiled_step(tmp_path):
         assert ACTIVATION_FACTOR[0] <= ratio <= ACTIVATION_FACTOR[1], (key, compiled[key], planned[key])
     assert planned[("full", 0)] < planned[("none", 0)]
     assert compiled[("full", 0)] < compiled[("none", 0)]
-    # query chunks drop the saved [B, H, T, S] scores: both the plan and XLA see less
+    # query chunks drop the saved [B, H, T, S] scores: both the plan and XLA see less (XLA: 0.80x with
+    # the causal chunks, 0.78x with the strided chunks over all keys they replaced off a context axis)
     assert planned[("none", 16)] < 0.8 * planned[("none", 0)]
-    assert compiled[("none", 16)] < 0.8 * compiled[("none", 0)]
+    assert compiled[("none", 16)] < 0.85 * compiled[("none", 0)]
 
 
 GPU_RUNS = os.path.join(REPO, "docs", "gpu_h200_2026-11-27.jsonl")

@@ -104,7 +104,9 @@ class ModelConfig:
     ``attn_query_chunk`` > 0 runs attention over that many query positions at a
     time (recomputed chunk by chunk in the backward pass): it bounds the float32
     attention scores at ``[B, H, chunk, S]`` for less peak memory; 0 (default)
-    attends all queries at once.
+    attends all queries at once. Where the row is not split over a context axis the
+    chunks are contiguous and each attends only the keys up to its end (the causal
+    order hides the rest), so it also computes fewer scores.
 
     ``attn_implementation`` picks the attention kernel of the training forward
     pass (no KV cache): ``"xla"`` (default) is lnpo's own einsum softmax

@@ -48,6 +48,62 @@ def test_fused_route_matches_einsum_attention(heads, kv_heads, window):
     assert np.isfinite(np.asarray(got)).all()
 
 
+def _padded_early(B=2, T=24):
+    """Rows whose padding falls in early query chunks (a short sequence, padding, then another)."""
+    seg, br, pos = _mask_inputs(B, T)
+    seg[0, 3:9] = 0  # queries 3-8 see no key: chunks before the last hold fully masked queries
+    return seg, br, pos
+
+
+@pytest.mark.parametrize("chunk", [5, 8, 22])
+@pytest.mark.parametrize("window,softcap", [(0, None), (5, None), (0, 3.0)])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (6, 1)])
+def test_causal_chunks_match_einsum_attention(chunk, window, softcap, heads, kv_heads):
+    """causal_chunked_attention (contiguous query chunks, each against the keys up to its end)
+    equals dot_product_attention over the whole row, at every position (a query with no visible
+    key included), with the gradients of q, k and v; packed segments, padding in early chunks,
+    shared-prompt branches, a sliding window, soft-capping and GQA."""
+    rng = np.random.default_rng(chunk * 100 + heads + window)
+    B, T, D = 2, 23, 8  # 23: the last chunk is short (1 query with chunks of 22)
+    seg, br, pos = _padded_early(B, T)
+    info = A.TokenInfo(jnp.asarray(pos), jnp.asarray(seg), jnp.asarray(br), jnp.arange(T, dtype=jnp.int32))
+    q = jnp.asarray(rng.normal(size=(B, T, heads, D)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(B, T, kv_heads, D)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(B, T, kv_heads, D)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(B, T, heads, D)), jnp.float32)
+
+    def whole(q, k, v):
+        out = A.dot_product_attention(q, k, v, A.attention_mask(info, info, window), scale=D**-0.5, softcap=softcap)
+        return jnp.sum(out * weights), out
+
+    def chunked(q, k, v):
+        out = A.causal_chunked_attention(q, k, v, info, window, scale=D**-0.5, softcap=softcap, chunk=chunk)
+        return jnp.sum(out * weights), out
+
+    (_, want), g_want = jax.jit(jax.value_and_grad(whole, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    (_, got), g_got = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_got, g_want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_training_attention_takes_causal_chunks_unless_the_row_is_context_sharded(monkeypatch):
+    """With attn_query_chunk, the training forward uses contiguous causal chunks; where the active
+    mesh splits the row over a context axis it keeps the strided chunks (each chunk spans the shards)."""
+    calls = []
+    real = attention_layer.causal_chunked_attention
+    monkeypatch.setattr(attention_layer, "causal_chunked_attention",
+                        lambda *a, **kw: calls.append(kw["chunk"]) or real(*a, **kw))
+    model = M.Decoder(CFG.replace(compute_dtype="float32", attn_query_chunk=8), rngs=nnx.Rngs(0))
+    ids = jnp.ones((2, 24), jnp.int32)
+    model.hidden_states(ids)
+    assert calls == [8]  # traced once: the layers are scanned
+    calls.clear()
+    monkeypatch.setattr(attention_layer, "active_shards", lambda axes, shape, dim: 2 if dim == 1 else 1)
+    model.hidden_states(ids)
+    assert calls == []
+
+
 CFG = M.ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                     compute_dtype="bfloat16")
 
