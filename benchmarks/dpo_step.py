@@ -421,7 +421,7 @@ def run_lnpo(args) -> dict:
              "lora_rank": args.lora_rank, "layout": args.layout, "logprob_chunk": args.logprob_chunk,
              "remat": args.remat, "attn_chunk": args.attn_chunk, "attn_impl": args.attn_impl, "dtype": args.dtype,
              "rows": sorted(executables), "compiles": len(executables), "row_buckets": list(buckets),
-             "seq_len": seq_len,
+             "seq_len": seq_len, "positions_per_step": [int(h["segment_ids"].size) for h in host_batches],
              "row_fill": round(real / slots, 3), "params": n_params, "init_param_norm": round(init_norm, 4),
              "compile_s": round(compile_s, 1),
              "xla_peak_mb": xla_mb, "xla_temp_mb": xla_temp_mb, "peak_rss_after_compile_mb": rss_after_compile,
@@ -529,12 +529,18 @@ class _ComputeDtypeProbe:
         import torch
 
         self.dtypes: set[str] = set()
+        self.positions: list[int] = []  # B x L of every training forward (the padded batch TRL computes)
         self.handles = [m.register_forward_hook(self._hook) for m in model.modules()
                         if isinstance(m, torch.nn.Linear)]
+        self.handles.append(model.get_input_embeddings().register_forward_hook(self._positions_hook))
 
     def _hook(self, module, inputs, output):
         if module.training:
             self.dtypes.add(str(output.dtype).removeprefix("torch."))
+
+    def _positions_hook(self, module, inputs, output):
+        if module.training:
+            self.positions.append(int(inputs[0].numel()))
 
     def remove(self):
         for h in self.handles:
@@ -623,6 +629,7 @@ def run_trl(args, callbacks=()) -> dict:
                 [x[k] for x in pairs] for k in ("prompt_ids", "chosen_ids", "rejected_ids")]:
             raise RuntimeError(f"TRL tokenized {args.model}'s text to other ids than lnpo's data")
         probe.dtypes.clear()  # the precompute pass ran in eval mode; only the train steps count
+        probe.positions.clear()
         trainer.train()
     probe.remove()
     ran = trainer.args
@@ -642,7 +649,7 @@ def run_trl(args, callbacks=()) -> dict:
              "precompute_ref_log_probs": bool(ran.precompute_ref_log_probs),
              "padding_free": bool(trainer.padding_free), "padding_free_requested": bool(ran.padding_free),
              "use_cpu": bool(ran.use_cpu), "abandoned_after_s": abandoned[0] if abandoned else None,
-             "steps_run": steps_run,
+             "steps_run": steps_run, "positions_per_step": probe.positions,
              "params": int(sum(p.numel() for p in model.parameters())), "init_param_norm": round(init_norm, 4),
              "torch": torch.__version__,
              "trl": trl.__version__, "transformers": transformers.__version__,

@@ -11,15 +11,15 @@ from flax import nnx
 from lnpo.models.attention_kernels import (
     TokenInfo,
     attention_mask,
-    causal_chunked_attention,
     dot_product_attention,
     fused_attention,
+    self_attention,
 )
 from lnpo.models.config import ModelConfig
 from lnpo.models.layers import Proj, RMSNorm
 from lnpo.models.ring import ring_attention
 from lnpo.models.rope import apply_rope
-from lnpo.parallel import active_shards, constrain
+from lnpo.parallel import constrain
 
 
 class Attention(nnx.Module):
@@ -95,22 +95,18 @@ class Attention(nnx.Module):
                                  query_chunk=self.query_chunk)
             out = constrain(out, ("batch", "length", "act_heads", None))
             return self.o_proj(out), None
-        T = q.shape[1]
-        if (kv_cache is None and self.implementation == "xla" and 0 < self.query_chunk < T
-                and active_shards(("batch", "length", "act_heads", None), q.shape, 1) == 1):
-            # Contiguous query chunks, each against the keys before its end (q_info is k_info, in row order).
-            out = causal_chunked_attention(q, k, v, q_info, window, scale=self.scale, softcap=self.softcap,
-                                           chunk=self.query_chunk)
-            out = constrain(out, ("batch", "length", "act_heads", None))
-            return self.o_proj(out), None
         if kv_cache is None:  # the whole row's keys for this shard's queries (context parallelism)
             k = constrain(k, ("batch", None, "act_heads", None))
             v = constrain(v, ("batch", None, "act_heads", None))
-        mask = constrain(attention_mask(q_info, k_info, window), ("batch", "length", None))
-        if kv_cache is None and self.implementation != "xla":
-            out = fused_attention(q, k, v, mask, scale=self.scale, implementation=self.implementation)
+        if kv_cache is None and self.implementation == "xla":
+            out = self_attention(q, k, v, q_info, window, scale=self.scale, softcap=self.softcap,
+                                 query_chunk=self.query_chunk)
         else:
-            out = dot_product_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap,
-                                        query_chunk=self.query_chunk)
+            mask = constrain(attention_mask(q_info, k_info, window), ("batch", "length", None))
+            if kv_cache is None:
+                out = fused_attention(q, k, v, mask, scale=self.scale, implementation=self.implementation)
+            else:
+                out = dot_product_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap,
+                                            query_chunk=self.query_chunk)
         out = constrain(out, ("batch", "length", "act_heads", None))
         return self.o_proj(out), new_cache

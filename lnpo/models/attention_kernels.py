@@ -17,6 +17,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lnpo.parallel import active_shards, constrain
+
 
 class TokenInfo(NamedTuple):
     """Per-token mask inputs of one side (queries or keys) of attention.
@@ -96,6 +98,35 @@ def fused_attention(
     out = jax.nn.dot_product_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask=mask_BxTxS[:, None], scale=scale,
                                        is_causal=True, implementation=implementation)
     return out[:, :T]
+
+
+#: The logical axes of q / k / v / attention outputs ``[B, T, H, D]``.
+ACT_AXES = ("batch", "length", "act_heads", None)
+
+
+def self_attention(
+    q_BxTxHxD: jax.Array,
+    k_BxTxKxD: jax.Array,
+    v_BxTxKxD: jax.Array,
+    info: TokenInfo,
+    window: jax.Array | int,
+    *,
+    scale: float,
+    softcap: float | None = None,
+    query_chunk: int = 0,
+) -> jax.Array:
+    """lnpo's einsum attention of a row set over itself in row order (``info`` describes the
+    queries and the keys): :func:`causal_chunked_attention` when ``query_chunk`` splits the row
+    and the active mesh does not split it over a context axis, else
+    :func:`dot_product_attention` with ``attention_mask(info, info, window)`` (strided query
+    chunks, each spanning the shards, with ``query_chunk``)."""
+    T = q_BxTxHxD.shape[1]
+    if 0 < query_chunk < T and active_shards(ACT_AXES, q_BxTxHxD.shape, 1) == 1:
+        return causal_chunked_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, info, window, scale=scale,
+                                        softcap=softcap, chunk=query_chunk)
+    mask = constrain(attention_mask(info, info, window), ("batch", "length", None))
+    return dot_product_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask, scale=scale, softcap=softcap,
+                                 query_chunk=query_chunk)
 
 
 def causal_chunked_attention(

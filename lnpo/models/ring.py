@@ -25,7 +25,7 @@ windows and the causal order all hold across shards. A query that sees no key at
 gets zeros, which no consumer reads (its targets are masked).
 
 Without an active mesh (:func:`lnpo.parallel.use_rules`) or with a context axis of 1, it is the
-einsum attention (:func:`~lnpo.models.attention_kernels.dot_product_attention`) over the whole row.
+einsum attention over the whole row (:func:`~lnpo.models.attention_kernels.self_attention`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from lnpo.models.attention_kernels import TokenInfo, attention_mask, dot_product_attention
-from lnpo.parallel import active_mesh_rules, logical_to_spec, spec_entry_axes
+from lnpo.models.attention_kernels import ACT_AXES, TokenInfo, attention_mask, self_attention
+from lnpo.parallel import active_mesh_rules, active_shards, logical_to_spec, spec_entry_axes
 
 _NEG = -1e30  # the running maximum before any visible key; exp(_NEG - m) underflows to 0
 
@@ -51,18 +51,13 @@ def ring_attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Ar
     ``query_chunk`` > 0 attends each shard's queries to a block in chunks of that many positions
     (when it divides the shard's ``T / c``), one chunk's scores ``[B, H, chunk, T/c]`` at a time.
     Returns ``[B, T, H, D]`` in v's dtype; see the module docstring."""
-    active = active_mesh_rules()
-    if active is not None:
-        mesh, rules = active
-        spec = logical_to_spec(("batch", "length", "act_heads", None), rules, shape=q_BxTxHxD.shape,
-                               mesh_shape=dict(mesh.shape))
-        context = spec_entry_axes(spec[1])
-        if context and int(np.prod([mesh.shape[a] for a in context])) > 1:
-            return _ring_on_mesh(mesh, spec, q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, info, window, scale=scale,
-                                 softcap=softcap, query_chunk=query_chunk)
-    mask = attention_mask(info, info, window)
-    return dot_product_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask, scale=scale, softcap=softcap,
-                                 query_chunk=query_chunk)
+    if active_shards(ACT_AXES, q_BxTxHxD.shape, 1) > 1:
+        mesh, rules = active_mesh_rules()
+        spec = logical_to_spec(ACT_AXES, rules, shape=q_BxTxHxD.shape, mesh_shape=dict(mesh.shape))
+        return _ring_on_mesh(mesh, spec, q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, info, window, scale=scale,
+                             softcap=softcap, query_chunk=query_chunk)
+    return self_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, info, window, scale=scale, softcap=softcap,
+                          query_chunk=query_chunk)
 
 
 def _ring_on_mesh(mesh, spec, q, k, v, info: TokenInfo, window, *, scale, softcap, query_chunk):

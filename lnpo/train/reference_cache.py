@@ -161,7 +161,7 @@ def save(cache_dir: str, key: str, *arrays: np.ndarray, names: tuple = NAMES) ->
     return path
 
 
-def agreed_missing(missing_here: bool) -> bool:
+def _agreed_missing(missing_here: bool) -> bool:
     """Whether to compute, agreed by all processes (process 0 decides): ``compute`` is a
     collective, so one process skipping it while others run it would hang them."""
     import jax
@@ -180,7 +180,7 @@ def load_or_make(load_cached: Callable[[], Any], make: Callable[[], Any], save_m
     sharded model); a process that misses a cache process 0 has raises one CheckpointError naming ``name``
     and the setting (``storage``) that must point at storage every host reads."""
     cached = load_cached()
-    if not agreed_missing(cached is None):
+    if not _agreed_missing(cached is None):
         if cached is None:
             raise CheckpointError(f"{name}: process 0 has it but this process does not; {storage} must be on "
                                   "storage every host reads")

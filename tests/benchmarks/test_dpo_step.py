@@ -50,6 +50,9 @@ def test_trl_precomputed_reference_is_reported_as_cache(bench, tmp_path, monkeyp
     assert line["reference"] == "cache" and line["precompute_ref_log_probs"] is True
     assert line["gradient_checkpointing"] is True  # --trl-gradient-checkpointing auto follows --remat
     assert line["dtype"] == "float32"
+    # the positions TRL's training forward ran: 2 x 2 sequences of prompt 6 + completion 6, once per step
+    # (the precompute pass and the recomputation of checkpointed layers do not count)
+    assert line["positions_per_step"] == [2 * 2 * 12] * line["steps_run"]
 
 
 def _line(**kw):

@@ -87,21 +87,24 @@ def test_causal_chunks_match_einsum_attention(chunk, window, softcap, heads, kv_
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-def test_training_attention_takes_causal_chunks_unless_the_row_is_context_sharded(monkeypatch):
-    """With attn_query_chunk, the training forward uses contiguous causal chunks; where the active
-    mesh splits the row over a context axis it keeps the strided chunks (each chunk spans the shards)."""
+@pytest.mark.parametrize("implementation", ["xla", "ring"])
+def test_training_attention_takes_causal_chunks_unless_the_row_is_context_sharded(monkeypatch, implementation):
+    """With attn_query_chunk, the training forward (lnpo's einsum, or ring attention without a
+    context axis) uses contiguous causal chunks; where the active mesh splits the row over a
+    context axis the einsum keeps the strided chunks (each chunk spans the shards)."""
     calls = []
-    real = attention_layer.causal_chunked_attention
-    monkeypatch.setattr(attention_layer, "causal_chunked_attention",
-                        lambda *a, **kw: calls.append(kw["chunk"]) or real(*a, **kw))
-    model = M.Decoder(CFG.replace(compute_dtype="float32", attn_query_chunk=8), rngs=nnx.Rngs(0))
+    real = A.causal_chunked_attention
+    monkeypatch.setattr(A, "causal_chunked_attention", lambda *a, **kw: calls.append(kw["chunk"]) or real(*a, **kw))
+    cfg = CFG.replace(compute_dtype="float32", attn_query_chunk=8, attn_implementation=implementation)
+    model = M.Decoder(cfg, rngs=nnx.Rngs(0))
     ids = jnp.ones((2, 24), jnp.int32)
     model.hidden_states(ids)
     assert calls == [8]  # traced once: the layers are scanned
-    calls.clear()
-    monkeypatch.setattr(attention_layer, "active_shards", lambda axes, shape, dim: 2 if dim == 1 else 1)
-    model.hidden_states(ids)
-    assert calls == []
+    if implementation == "xla":
+        calls.clear()
+        monkeypatch.setattr(A, "active_shards", lambda axes, shape, dim: 2 if dim == 1 else 1)
+        model.hidden_states(ids)
+        assert calls == []
 
 
 CFG = M.ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
